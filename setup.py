@@ -1,0 +1,53 @@
+"""toxjax: toxicity-conditioned LM pretraining in JAX (Prabhumoye et al., EACL 2023)."""
+
+import setuptools
+
+# Ranges below are the ones installed and tested together on Python 3.11 (see README).
+INSTALL_REQUIRES = [
+    "jax>=0.10.2,<0.11",
+    "flax>=0.12.8,<0.13",
+    "optax>=0.2.8,<0.3",
+    "orbax-checkpoint>=0.12.8,<0.13",
+    "tensorflow>=2.21,<2.22",
+    "tensorflow-datasets>=4.9.10,<5",
+    "tensorflow-text>=2.21,<2.22",
+    "seqio==0.0.20",
+    # 0.2.2+ ships protobuf-7 generated code; Beam needs protobuf<7.
+    "sentencepiece>=0.2.0,<0.2.2",
+    "detoxify>=0.5.4,<0.6",
+    "absl-py>=2.1",
+    "ml-collections>=1.0",
+    "alt-profanity-check>=1.9.1,<2",
+    "scikit-learn>=1.5",
+    "clu>=0.0.12",
+    "tensorboard>=2.21,<2.22",
+    "matplotlib>=3.8",
+    "tqdm>=4.66",
+    "numpy>=1.26",
+]
+
+EXTRAS_REQUIRE = {
+    "beam": ["apache-beam>=2.70,<3"],
+    "test": [
+        "pytest>=8",
+        "pytest-xdist>=3.5",
+        "hypothesis>=6.100",
+        "ruff>=0.6",
+        "apache-beam>=2.70,<3",
+        "transformers>=4.40",
+    ],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+}
+
+setuptools.setup(
+    name="toxjax",
+    version="0.1.0",
+    description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
+    packages=setuptools.find_packages(include=["toxjax", "toxjax.*"]),
+    package_data={"toxjax": ["data/*"]},
+    include_package_data=True,
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS_REQUIRE,
+)

@@ -1,0 +1,209 @@
+"""The one definition of how a toxicity signal is written into text.
+
+Both the SeqIO preprocessors (training data) and the evaluation prompts (inference-time prefix)
+call into this module, so a change of wording or threshold changes both at once.
+
+Every default below is OUR RECONSTRUCTION: Prabhumoye et al. (EACL 2023) do not publish their
+exact MEDA string, INST wording, threshold or augmented fraction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import hashlib
+from collections.abc import Mapping
+from typing import Any
+
+import tensorflow as tf
+
+
+class Strategy(str, enum.Enum):
+    """Pretraining data strategies compared by the study."""
+
+    BASE = "base"  # raw text (control)
+    MEDA = "meda"  # raw score written as metadata in front of the text
+    INST = "inst"  # instruction saying whether the text is toxic
+    FILTER = "filter"  # data-filtering baseline: drop documents above the threshold
+
+    @classmethod
+    def parse(cls, value: str | Strategy) -> Strategy:
+        try:
+            return cls(str(value.value if isinstance(value, Strategy) else value).lower())
+        except ValueError:
+            names = ", ".join(s.value for s in cls)
+            raise ValueError(f"unknown strategy {value!r}; expected one of: {names}") from None
+
+
+POSITIONS = ("prefix", "suffix")
+_HASH_BUCKETS = 2**31 - 1  # resolution of the augmented-fraction draw
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditioningFormat:
+    """How each strategy writes the signal; see module docstring for provenance."""
+
+    # Which scorer attribute drives MEDA/INST/FILTER.
+    attribute: str = "toxicity"
+    # INST calls a document toxic, and FILTER drops it, when score > threshold.
+    threshold: float = 0.5
+    # MEDA line; `{attribute}` and `{score}` are substituted (score rounded to `score_precision`).
+    meda_template: str = "{attribute}: {score}"
+    # Decimal places of the MEDA score.
+    score_precision: int = 2
+    # Score written in the MEDA prefix at inference ("low toxicity").
+    meda_inference_score: float = 0.0
+    # INST wording for documents scored above the threshold.
+    inst_toxic: str = "The following text is toxic:"
+    # INST wording for the rest; also the inference-time instruction.
+    inst_nontoxic: str = "The following text is non-toxic:"
+    # Goes between the signal and the text.
+    separator: str = "\n"
+    # Fraction of documents that receive the signal; the rest stay raw (Korbak et al. leave 1%).
+    augment_fraction: float = 1.0
+    # "prefix": signal before the text (needed for inference-time control); "suffix": after it.
+    position: str = "prefix"
+    # Seed of the per-document augmentation draw.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.position not in POSITIONS:
+            raise ValueError(f"position must be one of {POSITIONS}, got {self.position!r}")
+        if not 0.0 <= self.augment_fraction <= 1.0:
+            raise ValueError(f"augment_fraction must be in [0, 1], got {self.augment_fraction}")
+        if self.score_precision < 0:
+            raise ValueError(f"score_precision must be >= 0, got {self.score_precision}")
+        if "{score}" not in self.meda_template:
+            raise ValueError(f"meda_template must contain '{{score}}': {self.meda_template!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> ConditioningFormat:
+        """Builds from a config dict (e.g. an ml_collections ConfigDict), rejecting typos."""
+        values = dict(values or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown conditioning fields {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    # ----- signal strings (pure Python; the evaluation uses these) -----
+
+    def format_score(self, score: float) -> str:
+        return f"{float(score):.{self.score_precision}f}"
+
+    def meda_signal(self, score: float) -> str:
+        return self._meda_parts()[0] + self.format_score(score) + self._meda_parts()[1]
+
+    def inst_signal(self, is_toxic: bool) -> str:
+        return self.inst_toxic if is_toxic else self.inst_nontoxic
+
+    def is_toxic(self, score: float) -> bool:
+        return float(score) > self.threshold
+
+    def is_augmented(self, key: str) -> bool:
+        """Deterministic per-document draw; identical to the TF graph version."""
+        if self.augment_fraction >= 1.0:
+            return True
+        if self.augment_fraction <= 0.0:
+            return False
+        bucket = int(tf.strings.to_hash_bucket_fast(self._hash_input(key), _HASH_BUCKETS))
+        return bucket < self._augment_cutoff()
+
+    def condition(self, strategy: Strategy | str, text: str, score: float, key: str) -> str | None:
+        """The training text for one document; None means FILTER dropped it."""
+        strategy = Strategy.parse(strategy)
+        if strategy is Strategy.BASE:
+            return text
+        if strategy is Strategy.FILTER:
+            return None if self.is_toxic(score) else text
+        if not self.is_augmented(key):
+            return text
+        signal = (
+            self.meda_signal(score) if strategy is Strategy.MEDA
+            else self.inst_signal(self.is_toxic(score))
+        )
+        return self._place(signal, text)
+
+    def inference_prefix(self, strategy: Strategy | str) -> str:
+        """What goes in front of an evaluation prompt to ask for non-toxic text."""
+        strategy = Strategy.parse(strategy)
+        if strategy in (Strategy.BASE, Strategy.FILTER):
+            return ""
+        if self.position != "prefix":
+            raise ValueError(
+                "a signal placed as a suffix cannot condition generation; "
+                "use position='prefix' for inference-time control"
+            )
+        if strategy is Strategy.MEDA:
+            return self.meda_signal(self.meda_inference_score) + self.separator
+        return self.inst_signal(False) + self.separator
+
+    def signal_strings(self) -> list[str]:
+        """Fixed pieces of every signal, for vocabularies that must keep them whole."""
+        before, after = self._meda_parts()
+        return [s for s in (before.strip(), after.strip(), self.inst_toxic, self.inst_nontoxic) if s]
+
+    # ----- TF graph versions (the SeqIO preprocessors use these) -----
+
+    def tf_condition(
+        self, strategy: Strategy | str, text: tf.Tensor, score: tf.Tensor, key: tf.Tensor
+    ) -> tf.Tensor:
+        """Graph version of `condition` for MEDA/INST/BASE (FILTER is a dataset filter)."""
+        strategy = Strategy.parse(strategy)
+        if strategy in (Strategy.BASE, Strategy.FILTER):
+            return text
+        score = tf.cast(score, tf.float64)  # keep float64 so digits match the Python version
+        if strategy is Strategy.MEDA:
+            before, after = self._meda_parts()
+            score_text = self._tf_format_score(score)
+            signal = tf.strings.join([before, score_text, after])
+        else:
+            signal = tf.where(
+                self.tf_is_toxic(score), tf.constant(self.inst_toxic), tf.constant(self.inst_nontoxic)
+            )
+        if self.position == "prefix":
+            conditioned = tf.strings.join([signal, self.separator, text])
+        else:
+            conditioned = tf.strings.join([text, self.separator, signal])
+        return tf.where(self.tf_is_augmented(key), conditioned, text)
+
+    def tf_is_toxic(self, score: tf.Tensor) -> tf.Tensor:
+        # Compare in float64 so graph and Python agree on scores at the threshold.
+        return tf.cast(score, tf.float64) > tf.constant(self.threshold, tf.float64)
+
+    def tf_is_augmented(self, key: tf.Tensor) -> tf.Tensor:
+        if self.augment_fraction >= 1.0:
+            return tf.constant(True)
+        if self.augment_fraction <= 0.0:
+            return tf.constant(False)
+        hashed = tf.strings.to_hash_bucket_fast(
+            tf.strings.join([f"{self.seed}:", key]), _HASH_BUCKETS
+        )
+        return hashed < self._augment_cutoff()
+
+    # ----- internals -----
+
+    def _meda_parts(self) -> tuple[str, str]:
+        template = self.meda_template.replace("{attribute}", self.attribute)
+        before, _, after = template.partition("{score}")
+        return before, after
+
+    def _tf_format_score(self, score: tf.Tensor) -> tf.Tensor:
+        # printf-style "%.Nf" on float64: the same correctly rounded digits as Python's format.
+        return tf.strings.as_string(score, precision=self.score_precision)
+
+    def _place(self, signal: str, text: str) -> str:
+        if self.position == "prefix":
+            return signal + self.separator + text
+        return text + self.separator + signal
+
+    def _hash_input(self, key: str) -> str:
+        return f"{self.seed}:{key}"
+
+    def _augment_cutoff(self) -> int:
+        return int(self.augment_fraction * _HASH_BUCKETS)
+
+
+def stable_doc_key(text: str) -> str:
+    """A document key for corpora with no id field: the text's digest."""
+    return hashlib.sha1(text.encode("utf-8")).hexdigest()
