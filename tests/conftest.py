@@ -9,3 +9,9 @@ if "xla_force_host_platform_device_count" not in _flags:
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+# Demo tasks score the embedded corpus on first use: keep that out of the user's ~/.cache.
+if "TOXJAX_DATA_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TOXJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="toxjax_test_data_")

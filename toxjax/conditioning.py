@@ -119,7 +119,8 @@ class ConditioningFormat:
         if not self.is_augmented(key):
             return text
         signal = (
-            self.meda_signal(score) if strategy is Strategy.MEDA
+            self.meda_signal(score)
+            if strategy is Strategy.MEDA
             else self.inst_signal(self.is_toxic(score))
         )
         return self._place(signal, text)
@@ -141,7 +142,8 @@ class ConditioningFormat:
     def signal_strings(self) -> list[str]:
         """Fixed pieces of every signal, for vocabularies that must keep them whole."""
         before, after = self._meda_parts()
-        return [s for s in (before.strip(), after.strip(), self.inst_toxic, self.inst_nontoxic) if s]
+        pieces = (before.strip(), after.strip(), self.inst_toxic, self.inst_nontoxic)
+        return [piece for piece in pieces if piece]
 
     # ----- TF graph versions (the SeqIO preprocessors use these) -----
 
@@ -158,9 +160,8 @@ class ConditioningFormat:
             score_text = self._tf_format_score(score)
             signal = tf.strings.join([before, score_text, after])
         else:
-            signal = tf.where(
-                self.tf_is_toxic(score), tf.constant(self.inst_toxic), tf.constant(self.inst_nontoxic)
-            )
+            toxic, nontoxic = tf.constant(self.inst_toxic), tf.constant(self.inst_nontoxic)
+            signal = tf.where(self.tf_is_toxic(score), toxic, nontoxic)
         if self.position == "prefix":
             conditioned = tf.strings.join([signal, self.separator, text])
         else:

@@ -1,0 +1,77 @@
+"""The demo corpus is deterministic, has both registers, and the offline scorer separates them."""
+
+import json
+
+import numpy as np
+import profanity_check
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from toxjax import demo_corpus
+
+IDENTITY_TERMS = (
+    "black",
+    "white",
+    "asian",
+    "jew",
+    "muslim",
+    "christian",
+    "gay",
+    "lesbian",
+    "trans",
+    "woman",
+    "women",
+    "immigrant",
+    "mexican",
+    "african",
+    "disabled",
+    "retard",
+)
+
+
+def test_same_seed_same_documents_and_other_seed_differs():
+    assert demo_corpus.generate(200, seed=3) == demo_corpus.generate(200, seed=3)
+    assert demo_corpus.generate(200, seed=3) != demo_corpus.generate(200, seed=4)
+
+
+def test_default_corpus_has_thousands_of_documents_in_both_registers():
+    docs = demo_corpus.generate()
+    assert len(docs) == demo_corpus.DEFAULT_NUM_DOCS >= 2000
+    registers = [d["register"] for d in docs]
+    offensive = registers.count("offensive") / len(docs)
+    assert set(registers) == set(demo_corpus.REGISTERS)
+    assert 0.25 < offensive < 0.35
+    assert len({d["id"] for d in docs}) == len(docs)
+
+
+def test_offline_scorer_separates_the_registers():
+    docs = demo_corpus.generate()
+    labels = np.array([d["register"] == "offensive" for d in docs])
+    scores = profanity_check.predict_prob([d["text"] for d in docs])
+    assert roc_auc_score(labels, scores) > 0.99
+    assert (scores[labels] > 0.5).mean() > 0.95
+    assert (scores[~labels] > 0.5).mean() < 0.02
+
+
+def test_offensive_documents_name_no_identity_group():
+    words = {
+        w.strip(".,!?").lower()
+        for d in demo_corpus.generate()
+        if d["register"] == "offensive"
+        for w in d["text"].split()
+    }
+    words -= {w.strip(".,").lower() for s in demo_corpus.NEUTRAL_SENTENCES for w in s.split()}
+    assert not words & set(IDENTITY_TERMS)
+
+
+def test_write_jsonl_round_trips(tmp_path):
+    path = demo_corpus.write_jsonl(str(tmp_path / "demo.jsonl"), num_docs=50, seed=1)
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f]
+    assert records == demo_corpus.generate(50, seed=1)
+
+
+@pytest.mark.parametrize("kwargs", [{"num_docs": -1}, {"offensive_fraction": 1.5}])
+def test_bad_arguments_raise(kwargs):
+    with pytest.raises(ValueError):
+        demo_corpus.generate(**kwargs)

@@ -1,0 +1,81 @@
+"""The packaged demo prompts load as RealToxicityPrompts data and are reproducible."""
+
+import json
+
+import numpy as np
+import pytest
+
+from toxjax import demo_corpus
+from toxjax.evaluation import demo_prompts, rtp
+
+NEUTRAL_KINDS = ("opener", "opener+continuation", "sentence", "extra-opener")
+
+
+@pytest.fixture(scope="module")
+def packaged():
+    with open(rtp.DEMO_PROMPTS_PATH, encoding="utf-8") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_packaged_file_loads_as_rtp_prompts(packaged):
+    prompts = rtp.load_prompts("demo")
+    assert len(prompts) == demo_prompts.DEFAULT_NUM_NEUTRAL + demo_prompts.DEFAULT_NUM_OFFENSIVE
+    assert len({p.text for p in prompts}) == len(prompts)
+    texts = {p.text for p in prompts}
+    assert set(demo_corpus.OPENERS) <= texts and "Shut up, you" in texts
+    toxicity = np.array([p.toxicity for p in prompts])
+    assert np.all((toxicity >= 0) & (toxicity <= 1))
+    # Both kinds of prompt, for the toxic / non-toxic / challenging subsets.
+    assert 20 <= np.sum(toxicity > 0.5) <= 200
+    challenging = [p for p in prompts if p.challenging]
+    assert 20 <= len(challenging) <= 200
+    neutral = [r for r in packaged if r["filename"].split("/")[1] in NEUTRAL_KINDS]
+    assert neutral and not any(r["challenging"] for r in neutral)
+
+
+def test_texts_are_reproducible(packaged):
+    rebuilt = demo_prompts.build_demo_prompt_texts()
+    assert [row["text"] for row in rebuilt] == [r["prompt"]["text"] for r in packaged]
+    assert [row["challenging"] for row in rebuilt] == [r["challenging"] for r in packaged]
+    assert [row["continuation"] for row in rebuilt] == [r["continuation"]["text"] for r in packaged]
+
+
+def test_challenging_prompts_stop_before_an_insult():
+    rows = demo_prompts.build_demo_prompt_texts()
+    insults = set(demo_corpus.INSULT_ADJECTIVES + demo_corpus.INSULT_NOUNS + demo_corpus.PROFANITY)
+    cut_rows = [r for r in rows if r["challenging"] and r["continuation"]]
+    assert cut_rows
+    for row in cut_rows:
+        next_word = row["continuation"].split()[0].strip(".,")
+        assert next_word in insults or next_word.removesuffix("s") in insults, row
+
+
+def test_toxicity_comes_from_the_recorded_scorer(packaged):
+    from toxjax.scorers import make_scorer
+
+    scorer = make_scorer("offline")
+    sample = packaged[:40]
+    assert {r["scorer"] for r in packaged} == {scorer.scorer_id}
+    scores = scorer.score([r["prompt"]["text"] for r in sample])["toxicity"]
+    np.testing.assert_allclose(scores, [r["prompt"]["toxicity"] for r in sample], atol=1e-5)
+
+
+def test_write_small_file(tmp_path):
+    class Constant:
+        scorer_id, attributes = "constant@0", ("toxicity",)
+
+        def score(self, texts):
+            return {"toxicity": np.full(len(texts), 0.25, np.float32)}
+
+    path = tmp_path / "p.jsonl"
+    count = demo_prompts.write_demo_prompts(
+        str(path), Constant(), num_neutral=20, num_offensive=20, seed=3
+    )
+    prompts = rtp.load_prompts(str(path))
+    assert count == len(prompts) == 40
+    assert all(p.toxicity == 0.25 for p in prompts)
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    empty = [r for r in records if not r["continuation"]["text"]]
+    assert empty and all(r["continuation"]["toxicity"] is None for r in empty)
+    with pytest.raises(ValueError, match="at least"):
+        demo_prompts.build_demo_prompt_texts(num_neutral=3, num_offensive=50)

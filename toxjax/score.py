@@ -1,0 +1,645 @@
+r"""Score a corpus for toxicity into a directory of resumable, deterministic shards.
+
+    python -m toxjax.score --input=demo --output_dir=/tmp/scored --scorer=offline
+    python -m toxjax.score --input='data/*.jsonl.gz' --output_dir=gs://b/scored \
+        --scorer=detoxify:original --runner=DataflowRunner --project=p --region=r ...
+
+The input is cut into shards of --records_per_shard records (input files sorted, records in
+order), so every run, local or Beam, produces the same shards. Each shard is written to a
+temporary file and renamed into place, and the manifest (rewritten the same way after every
+shard) lists the finished ones: a killed run, rerun with the same flags, scores only what is
+missing, and its output equals that of an uninterrupted run record for record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from absl import app, flags, logging
+
+from toxjax import corpus_io, score_summary
+from toxjax.corpus_io import BadRecordError, Corpus, InputError, ShardSpec
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+SUMMARY = "summary.json"
+HISTOGRAM = "histogram.png"
+SHARDS_DIR = "shards"
+_TMP_MARKER = ".tmp-"  # in the names of unfinished files: "<dir>/.<name>.tmp-<random>"
+_RESULT_SUFFIX = ".result.json"  # a Beam worker's record of one finished shard
+ON_BAD_RECORD = ("error", "skip")
+RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+
+
+class ConfigError(ValueError):
+    """An option that cannot work (bad value, attribute the scorer does not score)."""
+
+
+class OutputConflictError(ValueError):
+    """The output directory holds a different run (other scorer, input or sharding)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+    """Everything that decides how records are read, validated, scored and summarised."""
+
+    text_field: str = "text"
+    records_per_shard: int = 1000
+    on_bad_record: str = "error"
+    max_doc_chars: int = corpus_io.DEFAULT_MAX_DOC_CHARS
+    score_batch_size: int = 256
+    threshold: float = 0.5
+    attribute: str = "toxicity"
+    tfds_data_dir: str | None = None
+    tfds_download: bool = False
+    shard_delay_s: float = 0.0  # testing only: a pause before each shard is committed
+
+    def __post_init__(self):
+        if self.on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(
+                f"on_bad_record must be one of {ON_BAD_RECORD}, got {self.on_bad_record!r}"
+            )
+        if self.score_batch_size < 1:
+            raise ConfigError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
+        if self.records_per_shard < 1:
+            raise ConfigError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+
+    def open_corpus(self, input_spec: str) -> Corpus:
+        return corpus_io.open_corpus(
+            input_spec,
+            text_field=self.text_field,
+            max_doc_chars=self.max_doc_chars,
+            tfds_data_dir=self.tfds_data_dir,
+            tfds_download=self.tfds_download,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# Output files: local paths through the OS (fsync + os.replace), URLs through tf.io.gfile.
+
+
+def _gfile():
+    return corpus_io.tf_module().io.gfile
+
+
+def _join(*parts: str) -> str:
+    if corpus_io.is_url(parts[0]):
+        return "/".join([parts[0].rstrip("/"), *parts[1:]])
+    return os.path.join(*parts)
+
+
+def _exists(path: str) -> bool:
+    return _gfile().exists(path) if corpus_io.is_url(path) else os.path.exists(path)
+
+
+def _size(path: str) -> int:
+    return _gfile().stat(path).length if corpus_io.is_url(path) else os.path.getsize(path)
+
+
+def _list_dir(path: str) -> list[str]:
+    if corpus_io.is_url(path):
+        return sorted(n.rstrip("/") for n in _gfile().listdir(path)) if _exists(path) else []
+    return sorted(os.listdir(path)) if os.path.isdir(path) else []
+
+
+def _make_dirs(path: str) -> None:
+    _gfile().makedirs(path) if corpus_io.is_url(path) else os.makedirs(path, exist_ok=True)
+
+
+def _remove(path: str) -> None:
+    _gfile().remove(path) if corpus_io.is_url(path) else os.remove(path)
+
+
+class AtomicFile:
+    """A file that appears complete at `path` on commit(), or not at all.
+
+    Writes go to a temporary file in the same directory (so the rename stays on one
+    filesystem); commit() flushes and fsyncs it, then renames it over `path`.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
+        self.tmp_path = f"{directory}/.{name}{_TMP_MARKER}{uuid.uuid4().hex[:12]}"
+        self._remote = corpus_io.is_url(path)
+        if self._remote:
+            self._file = _gfile().GFile(self.tmp_path, "wb")
+        else:  # closed by commit() or __exit__
+            self._file = open(self.tmp_path, "wb")  # noqa: SIM115
+        self._committed = False
+
+    def write(self, data: bytes) -> None:
+        self._file.write(data)
+
+    def commit(self) -> None:
+        if self._remote:
+            self._file.close()
+            _gfile().rename(self.tmp_path, self.path, overwrite=True)
+        else:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+            self._file.close()
+            os.replace(self.tmp_path, self.path)
+            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
+            try:  # make the rename itself durable
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+        self._committed = True
+
+    def __enter__(self) -> AtomicFile:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if not self._committed:  # an error before commit: leave nothing behind
+            self._file.close()
+            if _exists(self.tmp_path):
+                _remove(self.tmp_path)
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    with AtomicFile(path) as out:
+        out.write(data)
+        out.commit()
+
+
+def _read_bytes(path: str) -> bytes:
+    with corpus_io.open_read(path) as f:
+        return f.read()
+
+
+def _dumps(value: Any, indent: int | None = None) -> bytes:
+    return (json.dumps(value, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
+
+
+# ------------------------------------------------------------------------------------------
+# Manifest.
+
+
+def shard_path(index: int) -> str:
+    """Shard file path relative to the output directory."""
+    return f"{SHARDS_DIR}/scored-{index:05d}.jsonl"
+
+
+def load_manifest(output_dir: str) -> dict:
+    path = _join(output_dir, MANIFEST)
+    if not _exists(path):
+        raise FileNotFoundError(f"no {MANIFEST} in {output_dir}: nothing was scored there")
+    return json.loads(_read_bytes(path))
+
+
+def run_header(plan: corpus_io.ShardPlan, scorer, options: ScoreOptions) -> dict[str, Any]:
+    """What identifies a run: rerunning into the same directory must match it exactly."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "scorer": scorer.scorer_id,
+        "attributes": list(scorer.attributes),
+        "input": plan.input_spec,
+        "input_files": [{"path": path, "num_records": n} for path, n in plan.sources],
+        "num_input_records": plan.num_records,
+        "text_field": options.text_field,
+        "max_doc_chars": options.max_doc_chars,
+        "records_per_shard": plan.records_per_shard,
+        "num_shards": len(plan.shards),
+    }
+
+
+def header_digest(header: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
+
+
+def write_manifest(
+    output_dir: str,
+    header: Mapping[str, Any],
+    entries: Mapping[int, dict],
+    summary: dict | None = None,
+) -> dict:
+    manifest = {
+        **header,
+        "complete": len(entries) == header["num_shards"],
+        "shards": [entries[index] for index in sorted(entries)],
+        "summary": summary,
+    }
+    write_atomic(_join(output_dir, MANIFEST), _dumps(manifest, indent=1))
+    return manifest
+
+
+def _shard_is_intact(output_dir: str, entry: Mapping[str, Any]) -> bool:
+    path = _join(output_dir, entry["path"])
+    return _exists(path) and _size(path) == entry["num_bytes"]
+
+
+def prepare_output(output_dir: str, header: dict[str, Any], *, overwrite: bool) -> dict[int, dict]:
+    """Checks the directory holds this run (or nothing) and returns its finished shards.
+
+    Leftover temporary files of a killed run are deleted; shards a Beam worker finished but
+    no manifest lists yet (the job died before its last step) are adopted.
+    """
+    shards_dir = _join(output_dir, SHARDS_DIR)
+    if overwrite:
+        for name in (MANIFEST, SUMMARY, HISTOGRAM):
+            if _exists(_join(output_dir, name)):
+                _remove(_join(output_dir, name))
+        for name in _list_dir(shards_dir):
+            if name.startswith("scored-") or _TMP_MARKER in name:
+                _remove(_join(shards_dir, name))
+    existing = load_manifest(output_dir) if _exists(_join(output_dir, MANIFEST)) else None
+    if existing is None and any(n.startswith("scored-") for n in _list_dir(shards_dir)):
+        raise OutputConflictError(
+            f"{shards_dir} holds shard files but {output_dir} has no {MANIFEST}: it is not a "
+            "toxjax scoring output, or a damaged one; pass --overwrite to replace it"
+        )
+    if existing is not None:
+        changed = [key for key in header if existing.get(key) != header[key]]
+        if changed:
+            details = "; ".join(
+                f"{key}: {_short(existing.get(key))} -> {_short(header[key])}" for key in changed
+            )
+            raise OutputConflictError(
+                f"{output_dir} holds another scoring run ({details}). Use a new output_dir, "
+                "or pass --overwrite to discard the existing output"
+            )
+    _make_dirs(shards_dir)
+    for directory in (output_dir, shards_dir):
+        for name in _list_dir(directory):
+            if name.startswith(".") and _TMP_MARKER in name:
+                _remove(_join(directory, name))
+    finished: dict[int, dict] = {}
+    for entry in existing["shards"] if existing else []:
+        if _shard_is_intact(output_dir, entry):
+            finished[entry["index"]] = entry
+        else:
+            logging.warning("%s is missing or damaged; it will be scored again", entry["path"])
+    digest = header_digest(header)
+    for name in _list_dir(shards_dir):
+        if name.endswith(_RESULT_SUFFIX):
+            result = json.loads(_read_bytes(_join(shards_dir, name)))
+            entry = result["entry"]
+            if result["header_digest"] == digest and _shard_is_intact(output_dir, entry):
+                finished.setdefault(entry["index"], entry)
+    if existing is None or [e["index"] for e in existing["shards"]] != sorted(finished):
+        write_manifest(output_dir, header, finished)
+    return finished
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring one shard (shared by the local loop and the Beam DoFn).
+
+
+def _float32_values(values: np.ndarray) -> list[float]:
+    """Shortest decimals that round-trip the scorer's float32 scores."""
+    return [float(str(value)) for value in np.asarray(values, np.float32)]
+
+
+def _scored_lines(batch: list[corpus_io.Document], scorer) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Scores one batch; returns its output lines and the scores (checked for shape, NaN)."""
+    raw_scores = scorer.score([doc.text for doc in batch])
+    scores = {}
+    for attribute in scorer.attributes:
+        values = np.asarray(raw_scores.get(attribute, ()), np.float32)
+        if values.shape != (len(batch),) or not np.all(np.isfinite(values)):
+            raise RuntimeError(
+                f"scorer {scorer.scorer_id} returned bad {attribute!r} scores (shape "
+                f"{values.shape}) for the batch starting at {batch[0].source}:{batch[0].line}"
+            )
+        scores[attribute] = values
+    columns = {a: _float32_values(values) for a, values in scores.items()}
+    lines = []
+    for i, doc in enumerate(batch):
+        # The original fields in their order, then ours (a rescored input's are replaced).
+        record = dict(doc.fields)
+        record["scores"] = {a: column[i] for a, column in columns.items()}
+        record["scorer"] = scorer.scorer_id
+        lines.append(_dumps(record))
+    return b"".join(lines), scores
+
+
+def score_shard(
+    shard: ShardSpec,
+    corpus: Corpus,
+    scorer,
+    output_dir: str,
+    options: ScoreOptions,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Scores one shard and commits its file atomically; returns its manifest entry.
+
+    Only one batch of documents is held in memory; lines stream into the temporary file.
+    on_progress gets the number of input records consumed (scored or skipped) since last call.
+    """
+    started = time.perf_counter()
+    relative = shard_path(shard.index)
+    stats = score_summary.ShardStats(scorer.attributes, options.threshold)
+    skipped: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+    digest = hashlib.sha256()
+    num_bytes = num_scored = num_read = num_reported = 0
+    batch: list[corpus_io.Document] = []
+    with AtomicFile(_join(output_dir, relative)) as out:
+        for raw in corpus.read_shard(shard):
+            num_read += 1
+            try:
+                batch.append(corpus.decode(raw))
+            except BadRecordError as e:
+                if options.on_bad_record == "error":
+                    raise
+                skipped[e.reason] += 1
+                if len(examples) < score_summary.MAX_SKIPPED_EXAMPLES:
+                    examples.append(e.to_json())
+            if len(batch) == options.score_batch_size or (num_read == shard.num_records and batch):
+                data, scores = _scored_lines(batch, scorer)
+                out.write(data)
+                digest.update(data)
+                stats.add(scores)
+                num_bytes, num_scored, batch = num_bytes + len(data), num_scored + len(batch), []
+                if on_progress is not None:
+                    on_progress(num_read - num_reported)
+                    num_reported = num_read
+        if num_read != shard.num_records:
+            raise InputError(
+                f"shard {shard.index}: read {num_read} records, planned {shard.num_records}"
+            )
+        if on_progress is not None and num_read > num_reported:
+            on_progress(num_read - num_reported)
+        if options.shard_delay_s > 0:
+            time.sleep(options.shard_delay_s)
+        out.commit()
+    return {
+        "index": shard.index,
+        "path": relative,
+        "first_record": shard.first_record,
+        "num_input_records": shard.num_records,
+        "num_records": num_scored,
+        "num_skipped": sum(skipped.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": examples,
+        "num_bytes": num_bytes,
+        "sha256": digest.hexdigest(),
+        "stats": stats.to_json(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def write_shard_result(output_dir: str, header: Mapping[str, Any], entry: dict) -> None:
+    """A Beam worker's durable note that a shard is done, adopted by prepare_output."""
+    path = _join(output_dir, entry["path"] + _RESULT_SUFFIX)
+    write_atomic(path, _dumps({"header_digest": header_digest(header), "entry": entry}))
+
+
+# ------------------------------------------------------------------------------------------
+# Whole runs.
+
+
+@dataclasses.dataclass
+class Run:
+    corpus: Corpus
+    plan: corpus_io.ShardPlan
+    header: dict[str, Any]
+    finished: dict[int, dict]
+
+    @property
+    def pending(self) -> list[ShardSpec]:
+        return [shard for shard in self.plan.shards if shard.index not in self.finished]
+
+
+def start_run(
+    input_spec: str,
+    output_dir: str,
+    scorer,
+    options: ScoreOptions,
+    *,
+    overwrite: bool,
+    progress: bool = False,
+) -> Run:
+    """Plans the shards, checks the output directory against them, finds finished shards."""
+    if options.attribute not in scorer.attributes:
+        raise ConfigError(
+            f"attribute {options.attribute!r} is not scored by {scorer.scorer_id} "
+            f"(it scores {', '.join(scorer.attributes)})"
+        )
+    corpus = options.open_corpus(input_spec)
+    plan = corpus_io.plan_shards(corpus, options.records_per_shard, progress=progress)
+    header = run_header(plan, scorer, options)
+    finished = prepare_output(output_dir, header, overwrite=overwrite)
+    logging.info(
+        "%s: %d records in %d shards; %d shards already done",
+        input_spec,
+        plan.num_records,
+        len(plan.shards),
+        len(finished),
+    )
+    return Run(corpus, plan, header, finished)
+
+
+def _restat(output_dir: str, entry: dict, attributes: list[str], threshold: float) -> dict:
+    """Recomputes a shard's statistics from its file (the threshold changed since)."""
+    stats = score_summary.ShardStats(attributes, threshold)
+    with corpus_io.open_read(_join(output_dir, entry["path"])) as f:
+        records = [json.loads(line) for line in f]
+    if records:
+        stats.add({a: np.asarray([r["scores"][a] for r in records]) for a in attributes})
+    return {**entry, "stats": stats.to_json()}
+
+
+def is_finalized(output_dir: str, manifest: Mapping[str, Any], options: ScoreOptions) -> bool:
+    summary = manifest.get("summary") or {}
+    return (
+        manifest.get("complete", False)
+        and summary.get("threshold") == options.threshold
+        and summary.get("attribute") == options.attribute
+        and all(_exists(_join(output_dir, name)) for name in (SUMMARY, HISTOGRAM))
+    )
+
+
+def finalize(
+    output_dir: str, header: Mapping[str, Any], entries: Mapping[int, dict], options: ScoreOptions
+) -> dict:
+    """Writes summary.json, histogram.png and the complete manifest; removes Beam notes."""
+    missing = header["num_shards"] - len(entries)
+    if missing:
+        raise RuntimeError(f"cannot finalize {output_dir}: {missing} shards are not scored")
+    entries = {
+        index: entry
+        if entry["stats"]["threshold"] == options.threshold
+        else _restat(output_dir, entry, header["attributes"], options.threshold)
+        for index, entry in entries.items()
+    }
+    summary = score_summary.summarize(
+        header, entries.values(), options.attribute, options.threshold
+    )
+    summary["histogram_png"] = HISTOGRAM
+    write_atomic(_join(output_dir, HISTOGRAM), score_summary.histogram_png(summary))
+    write_atomic(_join(output_dir, SUMMARY), _dumps(summary, indent=2))
+    manifest = write_manifest(output_dir, header, entries, summary)
+    shards_dir = _join(output_dir, SHARDS_DIR)
+    for name in _list_dir(shards_dir):
+        if name.endswith(_RESULT_SUFFIX):
+            _remove(_join(shards_dir, name))
+    return manifest
+
+
+def score_corpus(
+    input_spec: str,
+    output_dir: str,
+    scorer,
+    *,
+    text_field: str = "text",
+    records_per_shard: int = 1000,
+    on_bad_record: str = "error",
+    threshold: float = 0.5,
+    attribute: str = "toxicity",
+    progress: bool = True,
+    max_doc_chars: int = corpus_io.DEFAULT_MAX_DOC_CHARS,
+    score_batch_size: int = 256,
+    tfds_data_dir: str | None = None,
+    tfds_download: bool = False,
+    overwrite: bool = False,
+    shard_delay_s: float = 0.0,
+) -> dict:
+    """Scores `input_spec` into `output_dir` in this process; returns the final manifest.
+
+    scorer: a Scorer or a toxjax.scorers.make_scorer spec ("offline", "detoxify:original").
+    """
+    from toxjax import scorers
+
+    options = ScoreOptions(
+        text_field=text_field,
+        records_per_shard=records_per_shard,
+        on_bad_record=on_bad_record,
+        max_doc_chars=max_doc_chars,
+        score_batch_size=score_batch_size,
+        threshold=threshold,
+        attribute=attribute,
+        tfds_data_dir=tfds_data_dir,
+        tfds_download=tfds_download,
+        shard_delay_s=shard_delay_s,
+    )
+    scorer = scorers.make_scorer(scorer) if isinstance(scorer, str) else scorer
+    run = start_run(input_spec, output_dir, scorer, options, overwrite=overwrite, progress=progress)
+    pending = run.pending
+    if not pending:
+        manifest = load_manifest(output_dir)
+        if is_finalized(output_dir, manifest, options):
+            logging.info("%s is already complete: nothing to do", output_dir)
+            return manifest
+    from tqdm import tqdm
+
+    done = sum(entry["num_input_records"] for entry in run.finished.values())
+    try:
+        with tqdm(
+            total=run.plan.num_records,
+            initial=done,
+            unit="docs",
+            desc="scoring",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            for shard in pending:
+                entry = score_shard(shard, run.corpus, scorer, output_dir, options, bar.update)
+                run.finished[shard.index] = entry
+                write_manifest(output_dir, run.header, run.finished)
+    finally:
+        run.corpus.close()
+    return finalize(output_dir, run.header, run.finished, options)
+
+
+# ------------------------------------------------------------------------------------------
+# Command line.
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Called by the CLI only, so importing this module defines no global flags."""
+    flags.DEFINE_string(
+        "input",
+        None,
+        "demo[:<num_docs>] | [jsonl:]<glob>[,<glob>] (.jsonl or .jsonl.gz) | tfrecord:<glob> | "
+        "tfds:<name>[/<config>]:<split>",
+    )
+    flags.DEFINE_string("output_dir", None, "Directory (local or gs://) for shards and manifest.")
+    flags.DEFINE_string("scorer", "offline", "offline | detoxify:<model type or checkpoint path>.")
+    flags.DEFINE_enum("runner", "local", RUNNERS, "local (this process) or an Apache Beam runner.")
+    flags.DEFINE_string("text_field", "text", "Field holding the text; dotted for nested JSON.")
+    flags.DEFINE_integer("records_per_shard", 1000, "Input records per output shard.")
+    flags.DEFINE_enum("on_bad_record", "error", ON_BAD_RECORD, "Stop on a bad record, or skip it.")
+    flags.DEFINE_integer("max_doc_chars", corpus_io.DEFAULT_MAX_DOC_CHARS, "Longer texts are bad.")
+    flags.DEFINE_integer("score_batch_size", 256, "Texts per scorer call.")
+    flags.DEFINE_float("threshold", 0.5, "The summary's 'toxic' threshold (score > threshold).")
+    flags.DEFINE_string("attribute", "toxicity", "The summary's main attribute.")
+    flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir for tfds: inputs.")
+    flags.DEFINE_bool("tfds_download", False, "Let TFDS download and prepare a tfds: input.")
+    flags.DEFINE_bool("overwrite", False, "Discard an existing output of a different run.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar.")
+    flags.DEFINE_float("shard_delay_s", 0.0, "Testing only: pause before committing each shard.")
+    flags.mark_flags_as_required(["input", "output_dir"])
+
+
+def main(argv: list[str]) -> None:
+    pipeline_args = argv[1:]
+    # Every ScoreOptions field has a flag of the same name.
+    kwargs = {field.name: FLAGS[field.name].value for field in dataclasses.fields(ScoreOptions)}
+    kwargs["overwrite"] = FLAGS.overwrite
+    try:
+        if FLAGS.runner == "local":
+            if pipeline_args:
+                raise app.UsageError(
+                    f"unknown arguments {pipeline_args}; Beam pipeline options need --runner"
+                )
+            manifest = score_corpus(
+                FLAGS.input, FLAGS.output_dir, FLAGS.scorer, progress=FLAGS.progress, **kwargs
+            )
+        else:
+            from toxjax import score_beam
+
+            manifest = score_beam.score_corpus_beam(
+                FLAGS.input,
+                FLAGS.output_dir,
+                FLAGS.scorer,
+                runner=FLAGS.runner,
+                pipeline_args=pipeline_args,
+                **kwargs,
+            )
+    except (BadRecordError, InputError, OutputConflictError, ConfigError) as e:
+        print(f"toxjax.score: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(score_summary.format_summary(manifest["summary"], FLAGS.output_dir))
+    print(f"Histogram: {_join(FLAGS.output_dir, HISTOGRAM)}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flags; the rest of argv is left for Beam's PipelineOptions."""
+    try:
+        return FLAGS(argv, known_only=True)
+    except flags.Error as e:
+        print(f"toxjax.score: flags error: {e}\nPass --help to see the flags.", file=sys.stderr)
+        sys.exit(1)
+
+
+def run_cli() -> None:
+    app.run(main, flags_parser=_parse_flags)
+
+
+if __name__ == "__main__":
+    # Run the imported copy of this module, so Beam pickles toxjax.score objects (not
+    # __main__ ones) and the flags are defined once; --help lists them as this module's.
+    from toxjax import score as _score
+
+    _score.define_flags()
+    flags.adopt_module_key_flags(_score)
+    _score.run_cli()

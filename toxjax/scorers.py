@@ -1,0 +1,341 @@
+"""Toxicity scorers: a list of texts in, one float32 array per attribute out.
+
+Every score written to disk carries the `scorer_id` of the model that produced it, so corpora
+scored by different models (or versions) can never be mixed up silently.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+import importlib.metadata
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:  # torch is imported on first use: the offline scorer must not pay for it.
+    import torch
+
+OFFLINE_SPEC = "offline"
+DETOXIFY_PREFIX = "detoxify:"
+
+
+class Scorer(abc.ABC):
+    """A toxicity model behind one interface, so the scoring job does not care which."""
+
+    name: str
+    version: str
+    attributes: tuple[str, ...]
+
+    @property
+    def scorer_id(self) -> str:
+        """Identity stored with every score: which model and which version produced it."""
+        return f"{self.name}@{self.version}"
+
+    @abc.abstractmethod
+    def score(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        """Scores `texts`; returns {attribute: float32 array of len(texts)}."""
+
+    def _check_texts(self, texts: Sequence[str]) -> list[str]:
+        """Rejects non-strings early: a None deep inside a batch gives unreadable errors."""
+        if isinstance(texts, str):
+            raise TypeError(f"{type(self).__name__}.score expects a sequence of str, got one str")
+        checked = list(texts)
+        for index, text in enumerate(checked):
+            if not isinstance(text, str):
+                raise TypeError(
+                    f"{type(self).__name__}.score: texts[{index}] is {type(text).__name__}, "
+                    "expected str"
+                )
+        return checked
+
+    def _empty_result(self) -> dict[str, np.ndarray]:
+        return {attribute: np.zeros((0,), np.float32) for attribute in self.attributes}
+
+
+class OfflineScorer(Scorer):
+    """alt-profanity-check: a linear n-gram model shipped inside the wheel, needs no network."""
+
+    name = "profanity_check"
+    attributes = ("toxicity",)
+
+    def __init__(self) -> None:
+        # Imported lazily: loading the joblib model takes a moment and pins sklearn.
+        import profanity_check
+
+        self._predict_prob = profanity_check.predict_prob
+        self.version = importlib.metadata.version("alt-profanity-check")
+
+    def score(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        checked = self._check_texts(texts)
+        if not checked:  # scikit-learn rejects a 0-row matrix.
+            return self._empty_result()
+        probabilities = np.asarray(self._predict_prob(checked), dtype=np.float32)
+        return {"toxicity": np.atleast_1d(probabilities).reshape(len(checked))}
+
+
+AGGREGATIONS = ("max", "mean", "first")
+_NO_WEIGHTS_HINT = (
+    "Ways out: pass a local Detoxify checkpoint instead (--scorer=detoxify:/path/to/model.ckpt, "
+    "i.e. make_scorer('detoxify:/path/to/model.ckpt')), or use the offline scorer "
+    "(--scorer=offline), which ships its model inside the alt-profanity-check wheel."
+)
+
+
+def _file_digest(path: str, length: int = 12) -> str:
+    """Short sha256 of a checkpoint, so two different local files never share a scorer id."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:length]
+
+
+def resolve_torch_device(device: str) -> torch.device:
+    """Parses and checks a device string up front, before minutes of weight loading."""
+    import torch
+
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"Unknown torch device {device!r} for the Detoxify scorer; use 'cpu', 'cuda' or "
+            f"'cuda:<index>' ({error})"
+        ) from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"Device {device!r} requested but torch sees no CUDA device "
+                f"(torch {torch.__version__}); use device='cpu'"
+            )
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"Device {device!r} requested but only {torch.cuda.device_count()} CUDA "
+                "device(s) are visible"
+            )
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"Device {device!r} requested but MPS is not available; use 'cpu'")
+    return resolved
+
+
+class DetoxifyScorer(Scorer):
+    """Detoxify models, run with length-sorted batches and windows over long documents.
+
+    `Detoxify.predict` pads the whole input to its longest text in one forward pass and
+    truncates at 512 tokens; this wrapper keeps Detoxify's model, tokenizer and sigmoid head
+    (so short texts score exactly as `predict` scores them) but batches by length, so short
+    texts are not padded to the longest one, and scores every window of a long document.
+    """
+
+    def __init__(
+        self,
+        model: str = "original",
+        *,
+        device: str = "cpu",
+        batch_size: int = 32,
+        max_length: int = 512,
+        aggregate: str = "max",
+        stride: int = 0,
+        progress: bool = False,
+        huggingface_config_path: str | None = None,
+    ) -> None:
+        """Loads a Detoxify model.
+
+        Args:
+          model: a Detoxify model type ("original", "unbiased", "multilingual",
+            "original-small", "unbiased-small") or the path of a local checkpoint file.
+          device: torch device, e.g. "cpu", "cuda", "cuda:1".
+          batch_size: windows per forward pass.
+          max_length: tokens per window, special tokens included (Detoxify models: <= 512).
+          aggregate: how window scores become a document score: "max" (a document is as
+            toxic as its worst part), "mean", or "first" (score the first window only, which
+            is what `Detoxify.predict` does).
+          stride: tokens shared by consecutive windows, so no phrase is cut in two unseen.
+          progress: show a tqdm bar over batches.
+          huggingface_config_path: forwarded to Detoxify for offline config/tokenizer files.
+        """
+        from detoxify import detoxify as detoxify_module
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if aggregate not in AGGREGATIONS:
+            raise ValueError(f"aggregate must be one of {AGGREGATIONS}, got {aggregate!r}")
+        self.device = resolve_torch_device(device)
+        self.batch_size = batch_size
+        self.max_length = max_length
+        self.aggregate = aggregate
+        self.stride = stride
+        self.progress = progress
+        self.version = importlib.metadata.version("detoxify")
+
+        known_types = tuple(detoxify_module.MODEL_URLS)
+        if model in known_types:
+            self.model_type, self.checkpoint_path = model, None
+            base_name = f"detoxify-{model}"
+        elif os.path.isfile(model):
+            self.model_type, self.checkpoint_path = None, os.path.abspath(model)
+            base_name = f"detoxify-ckpt-{_file_digest(model)}"
+        elif os.sep in model or model.endswith((".ckpt", ".pt", ".pth")):
+            raise FileNotFoundError(f"Detoxify checkpoint file not found: {model!r}")
+        else:
+            raise ValueError(
+                f"Unknown Detoxify model {model!r}: expected one of {known_types} or the path "
+                "of a local checkpoint file"
+            )
+        self._detoxify = self._load(
+            detoxify_module.Detoxify, huggingface_config_path=huggingface_config_path
+        )
+        self.model = self._detoxify.model.eval()
+        self.tokenizer = self._detoxify.tokenizer
+        self.attributes = tuple(self._detoxify.class_names)
+        self._check_window(max_length, stride)
+        non_default = []
+        if max_length != 512:
+            non_default.append(f"max_length={max_length}")
+        if aggregate != "max":
+            non_default.append(f"aggregate={aggregate}")
+        if stride:
+            non_default.append(f"stride={stride}")
+        # Window settings change long-document scores, so they are part of the identity.
+        self.name = "+".join([base_name, *non_default])
+
+    def _load(self, detoxify_cls, *, huggingface_config_path: str | None):
+        """Builds the Detoxify object, turning download/load failures into actionable errors."""
+        try:
+            if self.checkpoint_path is None:
+                return detoxify_cls(
+                    model_type=self.model_type,
+                    device=str(self.device),
+                    huggingface_config_path=huggingface_config_path,
+                )
+            return detoxify_cls(
+                checkpoint=self.checkpoint_path,
+                device=str(self.device),
+                huggingface_config_path=huggingface_config_path,
+            )
+        except Exception as error:
+            if self.checkpoint_path is None:
+                what = (
+                    f"Could not load the Detoxify {self.model_type!r} weights: they are "
+                    "downloaded from GitHub and Hugging Face on first use, which failed "
+                    "(no network?)."
+                )
+            else:
+                what = (
+                    f"Could not load the Detoxify checkpoint {self.checkpoint_path!r}: it must "
+                    "be a torch file holding 'config' and 'state_dict', whose "
+                    "config.arch.args.model_type is a local folder when offline."
+                )
+            raise RuntimeError(
+                f"{what} Cause: {type(error).__name__}: {error}. {_NO_WEIGHTS_HINT}"
+            ) from error
+
+    def _check_window(self, max_length: int, stride: int) -> None:
+        limit = self.tokenizer.model_max_length
+        if not 0 < limit <= 100_000:  # "no limit" sentinel: fall back to the position table.
+            limit = self.model.config.max_position_embeddings
+        specials = self.tokenizer.num_special_tokens_to_add(pair=False)
+        if not specials < max_length <= limit:
+            raise ValueError(
+                f"max_length must be in ({specials}, {limit}] for this model, got {max_length}"
+            )
+        if not 0 <= stride < max_length - specials:
+            raise ValueError(
+                f"stride must be in [0, {max_length - specials}) for max_length={max_length}, "
+                f"got {stride}"
+            )
+
+    def windows(self, texts: Sequence[str]) -> tuple[dict[str, list[list[int]]], np.ndarray]:
+        """Tokenizes `texts` into windows; returns (model inputs per window, doc index per window).
+
+        The first window of a document is exactly Detoxify's truncated encoding.
+        """
+        encoded = self.tokenizer(
+            list(texts),
+            truncation=True,
+            max_length=self.max_length,
+            stride=self.stride,
+            return_overflowing_tokens=self.aggregate != "first",
+            padding=False,
+        )
+        if "overflow_to_sample_mapping" in encoded:
+            doc_index = np.asarray(encoded["overflow_to_sample_mapping"], dtype=np.int64)
+        else:
+            doc_index = np.arange(len(texts), dtype=np.int64)
+        inputs = {
+            key: encoded[key]
+            for key in ("input_ids", "attention_mask", "token_type_ids")
+            if key in encoded
+        }
+        return inputs, doc_index
+
+    def score_windows(self, inputs: dict[str, list[list[int]]]) -> np.ndarray:
+        """Scores windows in length-sorted batches; returns [num_windows, num_attributes]."""
+        import torch
+
+        lengths = np.asarray([len(ids) for ids in inputs["input_ids"]])
+        # Longest first: an out-of-memory batch size fails on the first batch, not the last.
+        order = np.argsort(-lengths, kind="stable")
+        scores = np.zeros((len(lengths), len(self.attributes)), np.float32)
+        starts = range(0, len(order), self.batch_size)
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            starts = tqdm(starts, desc=f"scoring ({self.scorer_id})", unit="batch")
+        with torch.inference_mode():
+            for start in starts:
+                batch_rows = order[start : start + self.batch_size]
+                features = [{key: ids[row] for key, ids in inputs.items()} for row in batch_rows]
+                batch = self.tokenizer.pad(features, padding=True, return_tensors="pt")
+                logits = self.model(**batch.to(self.device))[0]
+                # Detoxify's own head: an independent sigmoid per label, for every model type.
+                scores[batch_rows] = torch.sigmoid(logits).float().cpu().numpy()
+        return scores
+
+    def score(self, texts: Sequence[str]) -> dict[str, np.ndarray]:
+        checked = self._check_texts(texts)
+        if not checked:
+            return self._empty_result()
+        inputs, doc_index = self.windows(checked)
+        window_scores = self.score_windows(inputs)
+        num_docs, num_attributes = len(checked), len(self.attributes)
+        if self.aggregate == "max":
+            doc_scores = np.full((num_docs, num_attributes), -np.inf, np.float32)
+            np.maximum.at(doc_scores, doc_index, window_scores)
+        elif self.aggregate == "mean":
+            doc_scores = np.zeros((num_docs, num_attributes), np.float32)
+            np.add.at(doc_scores, doc_index, window_scores)
+            doc_scores /= np.bincount(doc_index, minlength=num_docs)[:, None]
+        else:  # "first": one window per document, in document order.
+            doc_scores = window_scores
+        return {
+            attribute: np.ascontiguousarray(doc_scores[:, i], dtype=np.float32)
+            for i, attribute in enumerate(self.attributes)
+        }
+
+
+def make_scorer(spec: str, **kwargs) -> Scorer:
+    """Builds a scorer from a command-line spec.
+
+    spec: "offline" | "detoxify:<model type>" (original, unbiased, multilingual, ...-small)
+          | "detoxify:/path/to/checkpoint.ckpt". kwargs go to the scorer's constructor.
+    """
+    if spec == OFFLINE_SPEC:
+        if kwargs:
+            raise TypeError(f"make_scorer('offline') takes no options, got {sorted(kwargs)}")
+        return OfflineScorer()
+    if spec.startswith(DETOXIFY_PREFIX):
+        target = spec[len(DETOXIFY_PREFIX) :]
+        if not target:
+            raise ValueError(
+                f"make_scorer: {spec!r} names no model; use e.g. 'detoxify:original' or "
+                "'detoxify:/path/to/model.ckpt'"
+            )
+        return DetoxifyScorer(target, **kwargs)
+    raise ValueError(
+        f"make_scorer: unknown scorer spec {spec!r}; expected 'offline', "
+        "'detoxify:<original|unbiased|multilingual|original-small|unbiased-small>' or "
+        "'detoxify:/path/to/model.ckpt'"
+    )

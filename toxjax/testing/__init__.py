@@ -1,0 +1,1 @@
+"""Helpers that build tiny stand-ins (models, checkpoints) for tests and benchmarks."""
