@@ -16,10 +16,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,26 +25,35 @@ from typing import Any
 import numpy as np
 from absl import app, flags, logging
 
-from toxjax import corpus_io, score_summary
+from toxjax import corpus_io, fileio, score_summary
 from toxjax.corpus_io import BadRecordError, Corpus, InputError, ShardSpec
+from toxjax.fileio import AtomicFile, write_atomic
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-SUMMARY = "summary.json"
-HISTOGRAM = "histogram.png"
-SHARDS_DIR = "shards"
-_TMP_MARKER = ".tmp-"  # in the names of unfinished files: "<dir>/.<name>.tmp-<random>"
-_RESULT_SUFFIX = ".result.json"  # a Beam worker's record of one finished shard
+# The output directory's layout and bookkeeping; callers (score_beam, tests) also use
+# MANIFEST, SHARDS_DIR, header_digest and write_shard_result through this module.
+from toxjax.score_output import (  # noqa: F401
+    FORMAT_VERSION,
+    HISTOGRAM,
+    MANIFEST,
+    SHARDS_DIR,
+    SUMMARY,
+    OutputConflictError,
+    header_digest,
+    json_bytes,
+    load_manifest,
+    prepare_output,
+    remove_shard_results,
+    shard_path,
+    write_manifest,
+    write_shard_result,
+)
+
 ON_BAD_RECORD = ("error", "skip")
 RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
 
 
 class ConfigError(ValueError):
     """An option that cannot work (bad value, attribute the scorer does not score)."""
-
-
-class OutputConflictError(ValueError):
-    """The output directory holds a different run (other scorer, input or sharding)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,117 +92,7 @@ class ScoreOptions:
 
 
 # ------------------------------------------------------------------------------------------
-# Output files: local paths through the OS (fsync + os.replace), URLs through tf.io.gfile.
-
-
-def _gfile():
-    return corpus_io.tf_module().io.gfile
-
-
-def _join(*parts: str) -> str:
-    if corpus_io.is_url(parts[0]):
-        return "/".join([parts[0].rstrip("/"), *parts[1:]])
-    return os.path.join(*parts)
-
-
-def _exists(path: str) -> bool:
-    return _gfile().exists(path) if corpus_io.is_url(path) else os.path.exists(path)
-
-
-def _size(path: str) -> int:
-    return _gfile().stat(path).length if corpus_io.is_url(path) else os.path.getsize(path)
-
-
-def _list_dir(path: str) -> list[str]:
-    if corpus_io.is_url(path):
-        return sorted(n.rstrip("/") for n in _gfile().listdir(path)) if _exists(path) else []
-    return sorted(os.listdir(path)) if os.path.isdir(path) else []
-
-
-def _make_dirs(path: str) -> None:
-    _gfile().makedirs(path) if corpus_io.is_url(path) else os.makedirs(path, exist_ok=True)
-
-
-def _remove(path: str) -> None:
-    _gfile().remove(path) if corpus_io.is_url(path) else os.remove(path)
-
-
-class AtomicFile:
-    """A file that appears complete at `path` on commit(), or not at all.
-
-    Writes go to a temporary file in the same directory (so the rename stays on one
-    filesystem); commit() flushes and fsyncs it, then renames it over `path`.
-    """
-
-    def __init__(self, path: str):
-        self.path = path
-        directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
-        self.tmp_path = f"{directory}/.{name}{_TMP_MARKER}{uuid.uuid4().hex[:12]}"
-        self._remote = corpus_io.is_url(path)
-        if self._remote:
-            self._file = _gfile().GFile(self.tmp_path, "wb")
-        else:  # closed by commit() or __exit__
-            self._file = open(self.tmp_path, "wb")  # noqa: SIM115
-        self._committed = False
-
-    def write(self, data: bytes) -> None:
-        self._file.write(data)
-
-    def commit(self) -> None:
-        if self._remote:
-            self._file.close()
-            _gfile().rename(self.tmp_path, self.path, overwrite=True)
-        else:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self.tmp_path, self.path)
-            directory = os.open(os.path.dirname(os.path.abspath(self.path)), os.O_RDONLY)
-            try:  # make the rename itself durable
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-        self._committed = True
-
-    def __enter__(self) -> AtomicFile:
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        if not self._committed:  # an error before commit: leave nothing behind
-            self._file.close()
-            if _exists(self.tmp_path):
-                _remove(self.tmp_path)
-
-
-def write_atomic(path: str, data: bytes) -> None:
-    with AtomicFile(path) as out:
-        out.write(data)
-        out.commit()
-
-
-def _read_bytes(path: str) -> bytes:
-    with corpus_io.open_read(path) as f:
-        return f.read()
-
-
-def _dumps(value: Any, indent: int | None = None) -> bytes:
-    return (json.dumps(value, ensure_ascii=False, indent=indent) + "\n").encode("utf-8")
-
-
-# ------------------------------------------------------------------------------------------
-# Manifest.
-
-
-def shard_path(index: int) -> str:
-    """Shard file path relative to the output directory."""
-    return f"{SHARDS_DIR}/scored-{index:05d}.jsonl"
-
-
-def load_manifest(output_dir: str) -> dict:
-    path = _join(output_dir, MANIFEST)
-    if not _exists(path):
-        raise FileNotFoundError(f"no {MANIFEST} in {output_dir}: nothing was scored there")
-    return json.loads(_read_bytes(path))
+# What identifies a run.
 
 
 def run_header(plan: corpus_io.ShardPlan, scorer, options: ScoreOptions) -> dict[str, Any]:
@@ -212,89 +109,6 @@ def run_header(plan: corpus_io.ShardPlan, scorer, options: ScoreOptions) -> dict
         "records_per_shard": plan.records_per_shard,
         "num_shards": len(plan.shards),
     }
-
-
-def header_digest(header: Mapping[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(header, sort_keys=True).encode()).hexdigest()
-
-
-def write_manifest(
-    output_dir: str,
-    header: Mapping[str, Any],
-    entries: Mapping[int, dict],
-    summary: dict | None = None,
-) -> dict:
-    manifest = {
-        **header,
-        "complete": len(entries) == header["num_shards"],
-        "shards": [entries[index] for index in sorted(entries)],
-        "summary": summary,
-    }
-    write_atomic(_join(output_dir, MANIFEST), _dumps(manifest, indent=1))
-    return manifest
-
-
-def _shard_is_intact(output_dir: str, entry: Mapping[str, Any]) -> bool:
-    path = _join(output_dir, entry["path"])
-    return _exists(path) and _size(path) == entry["num_bytes"]
-
-
-def prepare_output(output_dir: str, header: dict[str, Any], *, overwrite: bool) -> dict[int, dict]:
-    """Checks the directory holds this run (or nothing) and returns its finished shards.
-
-    Leftover temporary files of a killed run are deleted; shards a Beam worker finished but
-    no manifest lists yet (the job died before its last step) are adopted.
-    """
-    shards_dir = _join(output_dir, SHARDS_DIR)
-    if overwrite:
-        for name in (MANIFEST, SUMMARY, HISTOGRAM):
-            if _exists(_join(output_dir, name)):
-                _remove(_join(output_dir, name))
-        for name in _list_dir(shards_dir):
-            if name.startswith("scored-") or _TMP_MARKER in name:
-                _remove(_join(shards_dir, name))
-    existing = load_manifest(output_dir) if _exists(_join(output_dir, MANIFEST)) else None
-    if existing is None and any(n.startswith("scored-") for n in _list_dir(shards_dir)):
-        raise OutputConflictError(
-            f"{shards_dir} holds shard files but {output_dir} has no {MANIFEST}: it is not a "
-            "toxjax scoring output, or a damaged one; pass --overwrite to replace it"
-        )
-    if existing is not None:
-        changed = [key for key in header if existing.get(key) != header[key]]
-        if changed:
-            details = "; ".join(
-                f"{key}: {_short(existing.get(key))} -> {_short(header[key])}" for key in changed
-            )
-            raise OutputConflictError(
-                f"{output_dir} holds another scoring run ({details}). Use a new output_dir, "
-                "or pass --overwrite to discard the existing output"
-            )
-    _make_dirs(shards_dir)
-    for directory in (output_dir, shards_dir):
-        for name in _list_dir(directory):
-            if name.startswith(".") and _TMP_MARKER in name:
-                _remove(_join(directory, name))
-    finished: dict[int, dict] = {}
-    for entry in existing["shards"] if existing else []:
-        if _shard_is_intact(output_dir, entry):
-            finished[entry["index"]] = entry
-        else:
-            logging.warning("%s is missing or damaged; it will be scored again", entry["path"])
-    digest = header_digest(header)
-    for name in _list_dir(shards_dir):
-        if name.endswith(_RESULT_SUFFIX):
-            result = json.loads(_read_bytes(_join(shards_dir, name)))
-            entry = result["entry"]
-            if result["header_digest"] == digest and _shard_is_intact(output_dir, entry):
-                finished.setdefault(entry["index"], entry)
-    if existing is None or [e["index"] for e in existing["shards"]] != sorted(finished):
-        write_manifest(output_dir, header, finished)
-    return finished
-
-
-def _short(value: Any) -> str:
-    text = json.dumps(value)
-    return text if len(text) <= 120 else text[:117] + "..."
 
 
 # ------------------------------------------------------------------------------------------
@@ -325,7 +139,7 @@ def _scored_lines(batch: list[corpus_io.Document], scorer) -> tuple[bytes, dict[
         record = dict(doc.fields)
         record["scores"] = {a: column[i] for a, column in columns.items()}
         record["scorer"] = scorer.scorer_id
-        lines.append(_dumps(record))
+        lines.append(json_bytes(record))
     return b"".join(lines), scores
 
 
@@ -350,7 +164,7 @@ def score_shard(
     digest = hashlib.sha256()
     num_bytes = num_scored = num_read = num_reported = 0
     batch: list[corpus_io.Document] = []
-    with AtomicFile(_join(output_dir, relative)) as out:
+    with AtomicFile(fileio.join(output_dir, relative)) as out:
         for raw in corpus.read_shard(shard):
             num_read += 1
             try:
@@ -393,12 +207,6 @@ def score_shard(
         "stats": stats.to_json(),
         "seconds": round(time.perf_counter() - started, 3),
     }
-
-
-def write_shard_result(output_dir: str, header: Mapping[str, Any], entry: dict) -> None:
-    """A Beam worker's durable note that a shard is done, adopted by prepare_output."""
-    path = _join(output_dir, entry["path"] + _RESULT_SUFFIX)
-    write_atomic(path, _dumps({"header_digest": header_digest(header), "entry": entry}))
 
 
 # ------------------------------------------------------------------------------------------
@@ -449,7 +257,7 @@ def start_run(
 def _restat(output_dir: str, entry: dict, attributes: list[str], threshold: float) -> dict:
     """Recomputes a shard's statistics from its file (the threshold changed since)."""
     stats = score_summary.ShardStats(attributes, threshold)
-    with corpus_io.open_read(_join(output_dir, entry["path"])) as f:
+    with fileio.open_read(fileio.join(output_dir, entry["path"])) as f:
         records = [json.loads(line) for line in f]
     if records:
         stats.add({a: np.asarray([r["scores"][a] for r in records]) for a in attributes})
@@ -462,7 +270,7 @@ def is_finalized(output_dir: str, manifest: Mapping[str, Any], options: ScoreOpt
         manifest.get("complete", False)
         and summary.get("threshold") == options.threshold
         and summary.get("attribute") == options.attribute
-        and all(_exists(_join(output_dir, name)) for name in (SUMMARY, HISTOGRAM))
+        and all(fileio.exists(fileio.join(output_dir, name)) for name in (SUMMARY, HISTOGRAM))
     )
 
 
@@ -483,13 +291,10 @@ def finalize(
         header, entries.values(), options.attribute, options.threshold
     )
     summary["histogram_png"] = HISTOGRAM
-    write_atomic(_join(output_dir, HISTOGRAM), score_summary.histogram_png(summary))
-    write_atomic(_join(output_dir, SUMMARY), _dumps(summary, indent=2))
+    write_atomic(fileio.join(output_dir, HISTOGRAM), score_summary.histogram_png(summary))
+    write_atomic(fileio.join(output_dir, SUMMARY), json_bytes(summary, indent=2))
     manifest = write_manifest(output_dir, header, entries, summary)
-    shards_dir = _join(output_dir, SHARDS_DIR)
-    for name in _list_dir(shards_dir):
-        if name.endswith(_RESULT_SUFFIX):
-            _remove(_join(shards_dir, name))
+    remove_shard_results(output_dir)
     return manifest
 
 
@@ -619,7 +424,7 @@ def main(argv: list[str]) -> None:
         print(f"toxjax.score: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(score_summary.format_summary(manifest["summary"], FLAGS.output_dir))
-    print(f"Histogram: {_join(FLAGS.output_dir, HISTOGRAM)}")
+    print(f"Histogram: {fileio.join(FLAGS.output_dir, HISTOGRAM)}")
 
 
 def _parse_flags(argv: list[str]) -> list[str]:

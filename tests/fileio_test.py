@@ -1,0 +1,84 @@
+"""toxjax.fileio: atomic writes, and the same helpers for local paths and URLs (ram://)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from toxjax import fileio
+
+
+def _temp_files(directory) -> list[str]:
+    return [name for name in os.listdir(directory) if fileio.TMP_MARKER in name]
+
+
+def test_atomic_file_appears_whole_only_on_commit(tmp_path):
+    path = str(tmp_path / "out.jsonl")
+    with fileio.AtomicFile(path) as out:
+        out.write(b"line 1\n")
+        out.write(b"line 2\n")
+        assert not os.path.exists(path)
+        assert _temp_files(tmp_path) == [os.path.basename(out.tmp_path)]
+        assert os.path.basename(out.tmp_path).startswith(".out.jsonl.tmp-")
+        out.commit()
+    assert (tmp_path / "out.jsonl").read_bytes() == b"line 1\nline 2\n"
+    assert _temp_files(tmp_path) == []
+
+
+def test_error_before_commit_leaves_the_old_file_and_no_temp_file(tmp_path):
+    path = tmp_path / "manifest.json"
+    path.write_bytes(b"old\n")
+    with pytest.raises(RuntimeError, match="killed"), fileio.AtomicFile(str(path)) as out:
+        out.write(b"half of the new")
+        raise RuntimeError("killed")
+    assert path.read_bytes() == b"old\n"
+    assert _temp_files(tmp_path) == []
+    fileio.write_atomic(str(path), b"new\n")
+    assert path.read_bytes() == b"new\n"
+
+
+def test_local_helpers(tmp_path, monkeypatch):
+    assert not fileio.is_url(str(tmp_path)) and fileio.is_url("gs://bucket/x")
+    directory = fileio.join(str(tmp_path), "a", "b")
+    assert directory == os.path.join(str(tmp_path), "a", "b")
+    assert fileio.list_dir(directory) == []  # missing: nothing listed, no error
+    fileio.make_dirs(directory)
+    fileio.make_dirs(directory)  # exists already: fine
+    for name in ("z.jsonl", "a.jsonl", "m.txt"):
+        fileio.write_atomic(fileio.join(directory, name), name.encode())
+    assert fileio.list_dir(directory) == ["a.jsonl", "m.txt", "z.jsonl"]
+    assert fileio.size(fileio.join(directory, "m.txt")) == 5
+    assert fileio.read_bytes(fileio.join(directory, "z.jsonl")) == b"z.jsonl"
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert fileio.glob_files("~/a/b/*.jsonl") == [
+        os.path.join(directory, "a.jsonl"),
+        os.path.join(directory, "z.jsonl"),
+    ]
+    fileio.remove(fileio.join(directory, "m.txt"))
+    assert not fileio.exists(fileio.join(directory, "m.txt"))
+
+
+def test_url_helpers_go_through_tf_gfile(tmp_path):
+    """ram:// is TensorFlow's in-memory filesystem: the code path gs:// paths take."""
+    root = f"ram://{tmp_path.name}-fileio/"
+    directory = fileio.join(root, "out", "shards")
+    assert directory == f"ram://{tmp_path.name}-fileio/out/shards"
+    assert fileio.list_dir(directory) == []
+    fileio.make_dirs(directory)
+    with fileio.AtomicFile(fileio.join(directory, "b.jsonl")) as out:
+        out.write(b'{"x": 1}\n')
+        assert not fileio.exists(fileio.join(directory, "b.jsonl"))
+        out.commit()
+    fileio.write_atomic(fileio.join(directory, "a.jsonl"), b"{}\n")
+    fileio.make_dirs(fileio.join(directory, "sub"))
+    assert fileio.list_dir(directory) == ["a.jsonl", "b.jsonl", "sub"]
+    assert fileio.size(fileio.join(directory, "b.jsonl")) == 9
+    with fileio.open_read(fileio.join(directory, "b.jsonl")) as f:
+        assert f.read() == b'{"x": 1}\n'
+    assert fileio.glob_files(f"{directory}/*.jsonl") == [
+        f"{directory}/a.jsonl",
+        f"{directory}/b.jsonl",
+    ]
+    fileio.remove(fileio.join(directory, "a.jsonl"))
+    assert fileio.list_dir(directory) == ["b.jsonl", "sub"]
