@@ -1,0 +1,27 @@
+"""GPT ~126M: GPT-3 Small / GPT-2 small shape.
+
+`python configs/gpt_126m.py` prints the parameter count (from jax.eval_shape of the model).
+"""
+
+import ml_collections
+
+try:
+    from configs import _gpt, default
+except ImportError:  # run as a script: configs/ itself is on sys.path
+    import _gpt
+    import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return _gpt.gpt_config(
+        num_layers=12,
+        d_model=768,
+        num_heads=12,
+        learning_rate=6e-4,
+        global_batch_size=256,  # sequences of 2048 tokens per step
+        remat_policy="none",
+    )
+
+
+if __name__ == "__main__":
+    default.print_size(get_config())

@@ -1,0 +1,27 @@
+"""GPT ~1.3B: the paper's main size (24 layers, hidden 2048, seq 2048).
+
+`python configs/gpt_1p3b.py` prints the parameter count (from jax.eval_shape of the model).
+"""
+
+import ml_collections
+
+try:
+    from configs import _gpt, default
+except ImportError:  # run as a script: configs/ itself is on sys.path
+    import _gpt
+    import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    return _gpt.gpt_config(
+        num_layers=24,
+        d_model=2048,
+        num_heads=16,
+        learning_rate=2e-4,
+        global_batch_size=512,  # sequences of 2048 tokens per step
+        remat_policy="dots_with_no_batch_dims_saveable",
+    )
+
+
+if __name__ == "__main__":
+    default.print_size(get_config())
