@@ -121,27 +121,35 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
-_MESH = flags.DEFINE_string(
-    "mesh", "", "Mesh sizes 'data:1,fsdp:256,tensor:1'; empty = config.mesh.ici"
-)
-_NUM_DEVICES = flags.DEFINE_integer(
-    "num_devices", None, "Device count; needed when the mesh has a -1."
-)
-_GRADS = flags.DEFINE_bool("grads", False, "Also count one float32 gradient copy.")
-_JSON = flags.DEFINE_bool("json", False, "Print the report as one JSON line.")
+def _define_flags() -> dict:
+    """Flags exist only when run as a command, so importing this module defines none."""
+    return {
+        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py)."),
+        "mesh": flags.DEFINE_string(
+            "mesh", "", "Mesh sizes 'data:1,fsdp:256,tensor:1'; empty = config.mesh.ici"
+        ),
+        "num_devices": flags.DEFINE_integer(
+            "num_devices", None, "Device count; needed when the mesh has a -1."
+        ),
+        "grads": flags.DEFINE_bool("grads", False, "Also count one float32 gradient copy."),
+        "json": flags.DEFINE_bool("json", False, "Print the report as one JSON line."),
+    }
 
 
-def main(argv: list[str]) -> None:
+def main(argv: list[str], flag_holders: dict) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    config = _CONFIG.value
+    values = {name: holder.value for name, holder in flag_holders.items()}
+    config = values["config"]
     if config is None:
         raise app.UsageError("--config is required")
-    sizes = parse_mesh(_MESH.value) if _MESH.value else dict(config.mesh.ici)
-    report = state_memory(config, sizes, num_devices=_NUM_DEVICES.value, include_grads=_GRADS.value)
-    print(json.dumps(report) if _JSON.value else format_report(report))
+    sizes = parse_mesh(values["mesh"]) if values["mesh"] else dict(config.mesh.ici)
+    report = state_memory(
+        config, sizes, num_devices=values["num_devices"], include_grads=values["grads"]
+    )
+    print(json.dumps(report) if values["json"] else format_report(report))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    _flag_holders = _define_flags()
+    app.run(lambda argv: main(argv, _flag_holders))
