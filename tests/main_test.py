@@ -177,26 +177,32 @@ def test_kill9_then_resume_matches_the_uninterrupted_run_bitwise(reference_run, 
         assert loss == reference[step], (step, loss, reference[step])
 
 
-def test_eval_modes_are_refused_with_a_clear_message(tmp_path):
+@pytest.mark.slow
+def test_eval_mode_on_the_tiny_checkpoint_writes_every_metric(reference_run, shared):
+    """--mode=eval restores the latest checkpoint and writes eval/step_<N>.json."""
+    command = _command(reference_run, os.path.join(shared, "data_cache"))
+    command[command.index("--mode=train")] = "--mode=eval"
+    command += [
+        "--config.eval.rtp_num_prompts=6",
+        "--config.eval.rtp.num_samples=3",
+        "--config.eval.rtp.max_new_tokens=6",
+        "--config.eval.utility_limit=8",
+        "--config.eval.bias_limit=8",
+        "--config.eval.perplexity_batches=1",
+    ]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "toxjax.main",
-            "--config=configs/tiny.py",
-            f"--workdir={tmp_path}",
-            "--mode=eval",
-        ],
-        cwd=REPO,
-        env=_environment(str(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=120,
+        command, cwd=REPO, env=_environment(shared), capture_output=True, text=True, timeout=420
     )
-    assert result.returncode != 0
-    assert "--mode=eval is not available yet: evaluation lands with the evaluation issue" in (
-        result.stderr + result.stdout
-    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    with open(os.path.join(reference_run, "eval", f"step_{NUM_STEPS}.json")) as f:
+        results = json.load(f)
+    assert results["step"] == NUM_STEPS
+    for run in ("conditioned", "unconditioned"):
+        metrics = results["rtp"][run]["metrics"]
+        for subset in ("all", "toxic", "nontoxic", "challenging"):
+            assert {"expected_max_toxicity", "toxicity_probability"} <= set(metrics[subset])
+    assert 0.0 <= results["utility"]["demo_cloze"]["acc"] <= 1.0
+    assert 0.0 <= results["bias"]["demo_toxicity_detection"]["auc"] <= 1.0
 
 
 @pytest.mark.parametrize(
@@ -218,3 +224,32 @@ def test_multi_process_detection(environ, expected):
 def test_distributed_false_never_initialises():
     assert main.maybe_initialize_distributed("false", {"SLURM_NTASKS": "8"}) is False
     assert main.maybe_initialize_distributed("auto", {}) is False
+
+
+@pytest.mark.slow
+def test_train_and_eval_evaluates_every_n_steps_and_at_the_end(shared, tmp_path):
+    workdir = str(tmp_path / "train_and_eval")
+    command = _command(workdir, os.path.join(shared, "data_cache"))
+    command[command.index("--mode=train")] = "--mode=train_and_eval"
+    command[command.index(f"--config.train.num_steps={NUM_STEPS}")] = "--config.train.num_steps=6"
+    command += [
+        "--config.train.eval_every=3",
+        "--config.eval.rtp_num_prompts=2",
+        "--config.eval.rtp.num_samples=2",
+        "--config.eval.rtp.max_new_tokens=4",
+        "--config.eval.utility_tasks=()",
+        "--config.eval.bias_tasks=()",
+        "--config.eval.perplexity_batches=1",
+    ]
+    result = subprocess.run(
+        command, cwd=REPO, env=_environment(shared), capture_output=True, text=True, timeout=420
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
+        "step_3",
+        "step_3.json",
+        "step_3.md",
+        "step_6",
+        "step_6.json",
+        "step_6.md",
+    ]

@@ -16,7 +16,6 @@ from ml_collections import config_flags
 from toxjax import fileio
 
 MODES = ("train", "eval", "train_and_eval")
-IMPLEMENTED_MODES = ("train",)
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -27,7 +26,12 @@ flags.DEFINE_enum(
     "mode",
     "train",
     MODES,
-    "What to run. Only 'train' exists so far; evaluation lands with the evaluation issue.",
+    "train; eval (the latest checkpoint, or --eval_step / --checkpoint_dir); train_and_eval "
+    "(evaluates every config.train.eval_every steps and at the end).",
+)
+flags.DEFINE_integer("eval_step", None, "--mode=eval: the checkpoint step; default the latest.")
+flags.DEFINE_string(
+    "checkpoint_dir", None, "--mode=eval: the run directory holding checkpoints; default WORKDIR."
 )
 flags.DEFINE_enum(
     "distributed",
@@ -81,18 +85,22 @@ def record_config(config, workdir: str) -> None:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
-    if FLAGS.mode not in IMPLEMENTED_MODES:
-        raise app.UsageError(
-            f"--mode={FLAGS.mode} is not available yet: evaluation lands with the evaluation "
-            f"issue; use --mode=train"
-        )
     maybe_initialize_distributed(FLAGS.distributed)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
     from toxjax import train
+    from toxjax.evaluation import loop
 
-    config = FLAGS.config
-    record_config(config, FLAGS.workdir)
-    train.train_and_evaluate(config, FLAGS.workdir)
+    config, workdir = FLAGS.config, FLAGS.workdir
+    record_config(config, workdir)
+    if FLAGS.mode == "eval":
+        loop.evaluate_checkpoint(
+            config, workdir, step=FLAGS.eval_step, checkpoint_dir=FLAGS.checkpoint_dir
+        )
+        return
+    eval_fn = None
+    if FLAGS.mode == "train_and_eval":
+        eval_fn = lambda params, step: loop.evaluate(params, config, step=step, workdir=workdir)
+    train.train_and_evaluate(config, workdir, eval_fn=eval_fn)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import functools
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -28,6 +28,9 @@ from absl import logging
 from toxjax import checkpoints, fileio, flops, input_pipeline, models, optim, partitioning
 
 TRAIN_LOG = "train_log.jsonl"
+
+
+EvalFn = Callable[[Any, int], Any]  # (params, step) -> results; see toxjax.evaluation.loop
 
 
 @flax.struct.dataclass
@@ -348,9 +351,11 @@ def _train_loop(
     checkpointer: checkpoints.Checkpointer,
     logger: MetricsLogger,
     stop: checkpoints.StopRequest,
+    eval_fn: EvalFn | None = None,
 ) -> TrainState:
-    """Steps until num_steps or a stop request; checkpoints on schedule and at the end."""
+    """Steps until num_steps or a stop request; checkpoints (and evaluates) on schedule."""
     num_steps = int(setup.config.train.num_steps)
+    eval_every = int(setup.config.train.get("eval_every", 0))
     log_every = max(1, int(setup.config.train.log_every))
     p_train_step = make_train_step(setup)
     step = int(jax.device_get(state.step))
@@ -383,13 +388,22 @@ def _train_loop(
         if step < num_steps and stop.should_stop(step, checkpointer):
             logging.warning("Stop requested: saving step %d and exiting", step)
             break
+        if eval_fn is not None and eval_every > 0 and step % eval_every == 0 and step < num_steps:
+            eval_fn(state.params, step)
     logger.flush()
     checkpointer.save(step, state, _checkpoint_meta(setup, pipeline, step), force=True)
+    if eval_fn is not None and step == num_steps:
+        eval_fn(state.params, step)
     return state
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, eval_fn: EvalFn | None = None
+) -> TrainState:
     """Train config.train.num_steps steps in workdir, resuming from its latest checkpoint.
+
+    eval_fn(params, step), if given, runs every config.train.eval_every steps and at the end
+    (toxjax.main passes the shared evaluation loop for --mode=train_and_eval).
 
     Returns the final state. A SIGTERM (or, on many hosts, a preemption notice) at any point
     saves a checkpoint after the next step and returns normally.
@@ -431,7 +445,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
 
         logger = MetricsLogger(workdir, setup, peak_flops(config))
         try:
-            return _train_loop(setup, state, pipeline, checkpointer, logger, stop)
+            return _train_loop(setup, state, pipeline, checkpointer, logger, stop, eval_fn)
         finally:
             logger.close()
     finally:
