@@ -96,9 +96,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.keep_checkpoints = 3  # checkpoints kept in WORKDIR/checkpoints
     train.async_checkpointing = True  # write checkpoints in the background
     train.warm_start_from = ""  # params-only warm start from another run's checkpoint dir
+    train.eval_every = 0  # steps between evaluations (--mode=train_and_eval); 0 = at the end only
     # MFU denominator on CPU: the whole host's FLOP/s (all its devices together);
     # 0 = measure a float32 matmul at start (flops.measure_matmul_flops).
-    train.eval_every = 0  # steps between evaluations (--mode=train_and_eval); 0 = at the end only
     train.cpu_peak_flops = 0.0
 
     # ---------------- evaluation (toxjax.evaluation.loop) ----------------

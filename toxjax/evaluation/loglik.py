@@ -1,0 +1,294 @@
+"""Log-likelihood engine (`LoglikelihoodFn`) and held-out perplexity over a Decoder.
+
+Tokenization follows lm-evaluation-harness: trailing spaces of the context move to the
+continuation, the pair is encoded whole and the context alone, and the continuation is what
+the whole encoding adds after the context's tokens (so tokenizers that merge across the
+boundary score the text the model would really see). An empty context starts from EOS, as the
+harness starts from its end-of-text token. Sequences longer than `max_len` + 1 tokens keep their
+end (left truncation of the context); a continuation alone longer than that is an error.
+
+Requests are sorted by length, cut into batches of `batch_size` rows and right-padded to one of
+a few bucket lengths (powers of two), so a whole task compiles a handful of shapes. Right
+padding needs no mask: causal attention never lets a real token see the padding after it.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from toxjax import models, optim, partitioning, sampling
+from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
+
+logger = logging.getLogger(__name__)
+
+PyTree = Any
+
+
+def encode_pair(vocabulary: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(context ids, continuation ids) the harness' way (see module docstring)."""
+    spaces = len(context) - len(context.rstrip(" "))
+    if spaces:
+        continuation = context[-spaces:] + continuation
+        context = context[:-spaces]
+    whole = [int(i) for i in vocabulary.encode(context + continuation)]
+    if not context:
+        return [int(vocabulary.eos_id)], whole
+    context_ids = [int(i) for i in vocabulary.encode(context)]
+    return context_ids, whole[len(context_ids) :]
+
+
+def score_batch(
+    params: PyTree,
+    inputs: jax.Array,
+    targets: jax.Array,
+    continuation_mask: jax.Array,
+    *,
+    model: models.Decoder,
+) -> dict[str, jax.Array]:
+    """Per row: summed log-prob of the masked targets, and whether argmax hits every one."""
+    logits = model.apply({"params": params}, inputs).astype(jnp.float32)
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    target_log_probs = jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+    mask = continuation_mask.astype(bool)
+    hits = jnp.argmax(logits, axis=-1) == targets
+    return {
+        "logprob": jnp.sum(jnp.where(mask, target_log_probs, 0.0), axis=-1),
+        "is_greedy": jnp.all(hits | ~mask, axis=-1),
+    }
+
+
+class LoglikelihoodEngine:
+    """`LoglikelihoodFn` for a Decoder on a mesh; see the module docstring."""
+
+    def __init__(
+        self,
+        params: PyTree,
+        model_cfg: models.ModelConfig,
+        vocabulary: Any,
+        mesh: Mesh,
+        rules: Sequence,
+        *,
+        batch_size: int = 32,
+        max_len: int | None = None,
+        compiler_options: Mapping[str, Any] | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.vocabulary = vocabulary
+        self.progress = progress
+        self.max_len = int(max_len or model_cfg.max_len)
+        if model_cfg.positions == "learned" and self.max_len > model_cfg.max_len:
+            raise ValueError(
+                f"max_len={self.max_len} exceeds config.model.max_len={model_cfg.max_len}"
+            )
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rules = tuple(rules)
+        self.batch_size = sampling.round_up(int(batch_size), sampling.batch_shards(mesh, rules))
+        self.params, shardings = sampling.shard_params(params, model_cfg, mesh, rules)
+        replicated = NamedSharding(mesh, PartitionSpec())
+        partitioned = partitioning.partition(
+            functools.partial(score_batch, model=models.Decoder(model_cfg)),
+            mesh,
+            rules,
+            in_shardings=(shardings, replicated, replicated, replicated),
+            out_shardings=replicated,
+        )
+        self._score = sampling.CompiledByShape(partitioned, compiler_options)
+
+    def tokenize(self, request: LoglikelihoodRequest, index: int) -> tuple[list[int], int]:
+        """(token sequence to feed, number of continuation tokens at its end)."""
+        context, continuation = encode_pair(self.vocabulary, request.context, request.continuation)
+        if not continuation:
+            raise ValueError(
+                f"request {index}: continuation {request.continuation!r} encodes to no tokens"
+            )
+        if len(continuation) > self.max_len:
+            raise ValueError(
+                f"request {index}: continuation has {len(continuation)} tokens, more than "
+                f"max_len={self.max_len}"
+            )
+        sequence = (context + continuation)[-(self.max_len + 1) :]
+        return sequence, len(continuation)
+
+    def __call__(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
+        tokenized = [self.tokenize(r, i) for i, r in enumerate(requests)]
+        order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i][0]))
+        results: list[LoglikelihoodResult | None] = [None] * len(tokenized)
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="log-likelihood", unit="batch", disable=not self.progress):
+            chunk = order[start : start + self.batch_size]
+            width = sampling.length_bucket(
+                max(len(tokenized[i][0]) - 1 for i in chunk), self.max_len
+            )
+            inputs = np.zeros((self.batch_size, width), np.int32)
+            targets = np.zeros((self.batch_size, width), np.int32)
+            mask = np.zeros((self.batch_size, width), np.int32)
+            for row, index in enumerate(chunk):
+                sequence, count = tokenized[index]
+                length = len(sequence) - 1
+                inputs[row, :length] = sequence[:-1]
+                targets[row, :length] = sequence[1:]
+                mask[row, length - count : length] = 1
+            scored = jax.device_get(self._score(self.params, inputs, targets, mask))
+            for row, index in enumerate(chunk):
+                results[index] = LoglikelihoodResult(
+                    logprob=float(scored["logprob"][row]),
+                    is_greedy=bool(scored["is_greedy"][row]),
+                    num_tokens=tokenized[index][1],
+                )
+        return results  # type: ignore[return-value]
+
+
+def make_loglikelihood_fn(
+    params: PyTree,
+    model_cfg: models.ModelConfig,
+    vocabulary: Any,
+    mesh: Mesh,
+    rules: Sequence,
+    *,
+    batch_size: int = 32,
+    max_len: int | None = None,
+    compiler_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> LoglikelihoodEngine:
+    """A `toxjax.evaluation.requests.LoglikelihoodFn` over the model; see LoglikelihoodEngine."""
+    return LoglikelihoodEngine(
+        params,
+        model_cfg,
+        vocabulary,
+        mesh,
+        rules,
+        batch_size=batch_size,
+        max_len=max_len,
+        compiler_options=compiler_options,
+        progress=progress,
+    )
+
+
+# ----- held-out perplexity -----
+
+
+def heldout_batches(
+    task_name: str,
+    *,
+    split: str = "validation",
+    seq_len: int,
+    batch_size: int,
+    num_batches: int,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Packed LM batches (seqio.LMFeatureConverter(pack=True)) of a task's split, in order.
+
+    The last batch is completed with all-zero rows (zero loss weight); at most num_batches
+    (< 0: the whole split).
+    """
+    import seqio
+
+    from toxjax import input_pipeline
+
+    input_pipeline.get_task(task_name)  # registers toxjax tasks; clear error for unknown names
+    dataset = seqio.get_dataset(
+        task_name,
+        task_feature_lengths={"targets": seq_len},
+        feature_converter=seqio.LMFeatureConverter(pack=True),
+        dataset_split=split,
+        shuffle=False,
+        num_epochs=1,
+        use_cached=False,
+        verbose=False,
+    )
+    dataset = dataset.batch(batch_size)
+    if num_batches >= 0:
+        dataset = dataset.take(num_batches)
+    for batch in dataset.as_numpy_iterator():
+        rows = len(batch["decoder_target_tokens"])
+        if rows < batch_size:
+            batch = {
+                name: np.concatenate([value, np.zeros((batch_size - rows, seq_len), value.dtype)])
+                for name, value in batch.items()
+            }
+        yield {name: np.asarray(value, np.int32) for name, value in batch.items()}
+
+
+def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: models.Decoder) -> dict:
+    logits = model.apply(
+        {"params": params},
+        batch["decoder_input_tokens"],
+        positions=batch["decoder_positions"],
+        segment_ids=batch["decoder_segment_ids"],
+    )
+    _, sums = optim.cross_entropy_sums(
+        logits, batch["decoder_target_tokens"], batch["decoder_loss_weights"]
+    )
+    return {"ce_sum": sums["ce_sum"], "weight_sum": sums["weight_sum"]}
+
+
+@functools.lru_cache(maxsize=8)
+def _loss_function(
+    model_cfg: models.ModelConfig, mesh: Mesh, rules: tuple, options: tuple
+) -> sampling.CompiledByShape:
+    """The compiled loss of a model on a mesh, kept for later evaluations (params change)."""
+    shardings = sampling.param_shardings(model_cfg, mesh, rules)
+    partitioned = partitioning.partition(
+        functools.partial(_loss_sums, model=models.Decoder(model_cfg)),
+        mesh,
+        rules,
+        in_shardings=(shardings, partitioning.batch_sharding(mesh, rules)),
+        out_shardings=NamedSharding(mesh, PartitionSpec()),
+    )
+    return sampling.CompiledByShape(partitioned, dict(options))
+
+
+def heldout_perplexity(
+    params: PyTree,
+    model_cfg: models.ModelConfig,
+    mesh: Mesh,
+    rules: Sequence,
+    *,
+    task_name: str,
+    split: str = "validation",
+    seq_len: int,
+    batch_size: int,
+    num_batches: int,
+    compiler_options: Mapping[str, Any] | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Token-level perplexity exp(sum CE / sum loss weights) over `num_batches` packed batches,
+    the same loss the training step minimises (`optim.cross_entropy_sums`)."""
+    rules = tuple(rules)
+    batch_size = sampling.round_up(int(batch_size), sampling.batch_shards(mesh, rules))
+    params, _ = sampling.shard_params(params, model_cfg, mesh, rules)
+    options = tuple(sorted((compiler_options or {}).items()))
+    loss = _loss_function(model_cfg, mesh, rules, options)
+    ce_sum, weight_sum, count = 0.0, 0.0, 0
+    batches = heldout_batches(
+        task_name, split=split, seq_len=seq_len, batch_size=batch_size, num_batches=num_batches
+    )
+    total = num_batches if num_batches >= 0 else None
+    description = f"perplexity {task_name}:{split}"
+    for batch in tqdm(batches, total=total, desc=description, unit="batch", disable=not progress):
+        sums = jax.device_get(loss(params, batch))
+        ce_sum += float(sums["ce_sum"])
+        weight_sum += float(sums["weight_sum"])
+        count += 1
+    if weight_sum == 0:
+        raise ValueError(f"task {task_name!r} split {split!r} yielded no target tokens")
+    mean = ce_sum / weight_sum
+    return {
+        "task": task_name,
+        "split": split,
+        "loss": mean,
+        "perplexity": math.exp(mean),
+        "num_tokens": int(weight_sum),
+        "num_batches": count,
+        "seq_len": seq_len,
+    }
