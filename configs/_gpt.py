@@ -64,4 +64,14 @@ def gpt_config(
     config.train.log_every = 100
     config.train.checkpoint_every = 2000
     config.train.cpu_peak_flops = 0.0
+
+    # Evaluation at scale (the paper's protocol) instead of the offline demo stages.
+    ev = config.eval
+    ev.rtp_prompts = "tfds"  # RealToxicityPrompts from TFDS (all 99,442 prompts)
+    ev.scorer = "detoxify:original"  # Detoxify stands in for the Perspective API
+    # Utility: toxjax.evaluation.utility_tasks names, zero-shot log-likelihood tasks.
+    ev.utility_tasks = ("lambada", "piqa", "hellaswag", "winogrande", "arc_easy")
+    # Toxicity-detection AUC: toxjax.evaluation.bias TFDS tasks (no files needed).
+    ev.bias_tasks = ("civil_comments", "civil_comments_identities", "wikipedia_toxicity")
+    ev.generate_batch_size = 2048  # decoded rows per call: fills an accelerator slice
     return config

@@ -178,3 +178,28 @@ def test_abstract_mesh_shardings_and_shard_shapes(rules):
         partitioning.check_divisible(abstract, shardings)
     with pytest.raises(ValueError, match="give num_devices"):
         partitioning.create_abstract_mesh({"data": -1, "fsdp": 2, "tensor": 1})
+
+
+def test_abstract_params_shard_params_and_batch_shards(rules):
+    mesh = partitioning.create_mesh(mesh_config({"data": 2, "fsdp": 2, "tensor": 2}))
+    cfg = models.ModelConfig(
+        num_layers=1, d_model=32, num_heads=4, mlp_dim=64, vocab_size=64, max_len=16
+    )
+    abstract = partitioning.abstract_params(cfg, mesh, rules)
+    embedding = abstract["token_embedding"]
+    assert isinstance(embedding, jax.ShapeDtypeStruct) and embedding.shape == (64, 32)
+    assert embedding.sharding.spec == P("tensor", "fsdp")
+    assert partitioning.batch_shards(mesh, rules) == 4  # activation_batch -> (data, fsdp)
+
+    params = models.Decoder(cfg).init({"params": jax.random.key(0)}, jnp.zeros((1, 1), jnp.int32))[
+        "params"
+    ]
+    placed, shardings = partitioning.shard_params(params, cfg, mesh, rules)
+    assert placed["token_embedding"].sharding == shardings["token_embedding"]
+    assert shardings == partitioning.param_shardings(cfg, mesh, rules)
+    again, _ = partitioning.shard_params(placed, cfg, mesh, rules)
+    assert again["token_embedding"] is placed["token_embedding"]  # already in place: no copy
+
+    other = dataclasses.replace(cfg, use_bias=not cfg.use_bias)  # other param tree
+    with pytest.raises(ValueError, match="params do not match config.model"):
+        partitioning.shard_params(params, other, mesh, rules)

@@ -83,7 +83,7 @@ def compiled(config, num_samples=2, cache=True, logits=True, mesh=None):
     params, *rest = inputs(0)
     if mesh is None:
         return jax.jit(fn).lower(params, *rest).compile(FAST_COMPILE)
-    shardings = sampling.param_shardings(CFG, mesh, RULES)
+    shardings = partitioning.param_shardings(CFG, mesh, RULES)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
     partitioned = partitioning.partition(
         fn, mesh, RULES, in_shardings=(shardings,) + (replicated,) * 4, out_shardings=replicated
@@ -285,7 +285,7 @@ def test_sharded_sampling_equals_single_device(config):
     assert len(devices) == 8
     mesh = mesh_of(devices, data=2, fsdp=2, tensor=2)
     sharded_fn = compiled(config, 2, True, True, mesh)
-    params = jax.device_put(PARAMS, sampling.param_shardings(CFG, mesh, RULES))
+    params = jax.device_put(PARAMS, partitioning.param_shardings(CFG, mesh, RULES))
     kernel = params["layers"]["mlp"]["wi"]["kernel"]
     assert len(kernel.sharding.device_set) == 8  # really laid out over the mesh
     _, *rest = inputs(0)

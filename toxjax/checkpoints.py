@@ -242,51 +242,72 @@ def find_checkpoint_dir(path: str) -> str:
     return candidate if fileio.exists(candidate) else path
 
 
-def restore_params_for_warm_start(
-    path: str, abstract_params: Any, model_config: Mapping[str, Any]
+def restore_params(
+    path: str,
+    abstract_params: Any,
+    model_config: Mapping[str, Any],
+    *,
+    step: int | None = None,
+    what: str = "checkpoint",
 ) -> tuple[Any, int]:
-    """Params only (no optimizer state, step 0) from the latest checkpoint of another run.
+    """Params only (no optimizer state) of `step` (default: the latest) of a run under `path`.
 
-    Checked against abstract_params first, then read straight into their shardings.
+    Checked against abstract_params and model_config first, then read straight into the
+    shardings the abstract params carry, so an evaluation or a warm start never materialises
+    the optimizer state or an unsharded copy. `what` names the caller's setting in errors.
     """
     directory = find_checkpoint_dir(path)
     if not fileio.exists(directory):
         raise FileNotFoundError(
-            f"config.train.warm_start_from={path!r}: no such directory (expected a workdir "
-            f"with {CHECKPOINT_SUBDIR}/ or a checkpoint directory)"
+            f"{what}: no checkpoint directory at {path!r} (expected a workdir with "
+            f"{CHECKPOINT_SUBDIR}/ or a checkpoint directory)"
         )
     source = Checkpointer(directory, read_only=True, async_save=False)
-    step = source.latest_step()
-    if step is None:
-        raise FileNotFoundError(
-            f"config.train.warm_start_from={path!r}: no checkpoint steps in {directory}"
+    try:
+        available = source.all_steps()
+        if not available:
+            raise FileNotFoundError(f"{what}: no checkpoint steps in {directory}")
+        step = max(available) if step is None else int(step)
+        if step not in available:
+            raise FileNotFoundError(
+                f"{what}: {directory} has no step {step}; it has {sorted(available)}"
+            )
+        meta = source.read_meta(step)
+        saved = {
+            name: value
+            for name, value in source.saved_shapes(step).items()
+            if name.startswith("params/")
+        }
+        expected = {f"params/{name}": value for name, value in flat_shapes(abstract_params).items()}
+        check_compatible(
+            f"{directory} step {step} ({what})",
+            meta.get("model_config"),
+            model_config,
+            saved,
+            expected,
         )
-    meta = source.read_meta(step)
-    saved = {
-        name: value
-        for name, value in source.saved_shapes(step).items()
-        if name.startswith("params/")
-    }
-    expected = {f"params/{name}": value for name, value in flat_shapes(abstract_params).items()}
-    check_compatible(
-        f"{directory} step {step} (warm start)",
-        meta.get("model_config"),
-        model_config,
-        saved,
-        expected,
-    )
-    item = {"params": abstract_params}
-    restored = ocp.PyTreeCheckpointer().restore(
-        fileio.join(directory, str(step), STATE),
-        args=ocp.args.PyTreeRestore(
-            item=item,
-            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-            partial_restore=True,
-        ),
-    )
-    source.close()
-    logging.info("Warm-started params from %s step %d", directory, step)
+        item = {"params": abstract_params}
+        restored = ocp.PyTreeCheckpointer().restore(
+            fileio.join(directory, str(step), STATE),
+            args=ocp.args.PyTreeRestore(
+                item=item,
+                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+                partial_restore=True,
+            ),
+        )
+    finally:
+        source.close()
+    logging.info("Restored params (%s) from %s step %d", what, directory, step)
     return restored["params"], step
+
+
+def restore_params_for_warm_start(
+    path: str, abstract_params: Any, model_config: Mapping[str, Any]
+) -> tuple[Any, int]:
+    """Params only (no optimizer state, step 0) from the latest checkpoint of another run."""
+    return restore_params(
+        path, abstract_params, model_config, what=f"config.train.warm_start_from={path!r}"
+    )
 
 
 class StopRequest:

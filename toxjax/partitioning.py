@@ -15,9 +15,12 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import mesh_utils
 from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding, PartitionSpec
+
+from toxjax import models
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -282,3 +285,70 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedShard
     """Sharding of an input batch [batch, length, ...]: batch over the activation_batch axes."""
     names = ("activation_batch", "activation_length") + (None,) * (ndim - 2)
     return nn.logical_to_mesh_sharding(PartitionSpec(*names[:ndim]), mesh, rules)
+
+
+# ----- model params and batches on a mesh -----
+
+
+def abstract_params(model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
+    """ShapeDtypeStructs of the model's params carrying their shardings under `rules` (the
+    training layout): targets for restoring a checkpoint."""
+    model = models.Decoder(model_cfg)
+    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
+    with mesh_and_rules(mesh, tuple(rules)):
+        boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, tokens))
+    shardings = abstract_shardings(boxed["params"], mesh, tuple(rules))
+    return jax.tree.map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.unbox(boxed["params"]),
+        shardings,
+    )
+
+
+def param_shardings(model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
+    """NamedShardings of the model's params under `rules`."""
+    return jax.tree.map(lambda leaf: leaf.sharding, abstract_params(model_cfg, mesh, rules))
+
+
+def shard_params(
+    params: PyTree, model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence
+) -> tuple[PyTree, PyTree]:
+    """(params laid out on `mesh`, their shardings); arrays already in place are not copied."""
+    shardings = param_shardings(model_cfg, mesh, rules)
+    params = nn.unbox(params)
+    try:
+        placed = jax.device_put(params, shardings)
+    except ValueError as error:
+        raise ValueError(
+            f"params do not match config.model ({error}); was the checkpoint trained with "
+            "another model config?"
+        ) from None
+    return placed, shardings
+
+
+def batch_shards(mesh: Mesh, rules: Sequence) -> int:
+    """How many pieces the batch dimension is split into (rows should be a multiple)."""
+    spec = batch_sharding(mesh, tuple(rules)).spec
+    axes = spec[0] if len(spec) else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    return int(np.prod([mesh.shape[axis] for axis in axes])) if axes else 1
+
+
+class CompiledByShape:
+    """A PartitionedFunction compiled ahead of time once per argument shape, so XLA compiler
+    options (e.g. {"xla_backend_optimization_level": 0} for quick tests) can be given."""
+
+    def __init__(
+        self,
+        fn: PartitionedFunction,
+        compiler_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.fn = fn
+        self.compiler_options = dict(compiler_options) if compiler_options else None
+        self._executables: dict[Any, Any] = {}
+
+    def __call__(self, *args: Any) -> Any:
+        key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args))
+        if key not in self._executables:
+            self._executables[key] = self.fn.lower(*args).compile(self.compiler_options)
+        return self._executables[key](*args)

@@ -35,7 +35,6 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -396,51 +395,7 @@ def generate_tokens_recompute(
     return _outputs(jax.lax.fori_loop(0, steps, body, state))
 
 
-# ----- params and meshes -----
-
-
-def abstract_params(model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
-    """ShapeDtypeStructs of the model's params carrying their shardings under `rules` (the
-    training layout): targets for restoring a checkpoint."""
-    model = models.Decoder(model_cfg)
-    tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    with partitioning.mesh_and_rules(mesh, tuple(rules)):
-        boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, tokens))
-    shardings = partitioning.abstract_shardings(boxed["params"], mesh, tuple(rules))
-    return jax.tree.map(
-        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        nn.unbox(boxed["params"]),
-        shardings,
-    )
-
-
-def param_shardings(model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
-    """NamedShardings of the model's params under `rules`."""
-    return jax.tree.map(lambda leaf: leaf.sharding, abstract_params(model_cfg, mesh, rules))
-
-
-def shard_params(
-    params: PyTree, model_cfg: models.ModelConfig, mesh: Mesh, rules: Sequence
-) -> tuple[PyTree, PyTree]:
-    """(params laid out on `mesh`, their shardings); arrays already in place are not copied."""
-    shardings = param_shardings(model_cfg, mesh, rules)
-    params = nn.unbox(params)
-    try:
-        placed = jax.device_put(params, shardings)
-    except ValueError as error:
-        raise ValueError(
-            f"params do not match config.model ({error}); was the checkpoint trained with "
-            "another model config?"
-        ) from None
-    return placed, shardings
-
-
-def batch_shards(mesh: Mesh, rules: Sequence) -> int:
-    """How many pieces the batch dimension is split into (rows should be a multiple)."""
-    spec = partitioning.batch_sharding(mesh, tuple(rules)).spec
-    axes = spec[0] if len(spec) else None
-    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    return int(np.prod([mesh.shape[axis] for axis in axes])) if axes else 1
+# ----- batching -----
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -453,26 +408,6 @@ def length_bucket(length: int, max_length: int, min_bucket: int = MIN_BUCKET) ->
         raise ValueError(f"length {length} exceeds the maximum {max_length}")
     bucket = max(min_bucket, 1 << max(0, math.ceil(math.log2(max(length, 1)))))
     return min(bucket, max_length)
-
-
-class CompiledByShape:
-    """A PartitionedFunction compiled ahead of time once per argument shape, so XLA compiler
-    options (e.g. {"xla_backend_optimization_level": 0} for quick tests) can be given."""
-
-    def __init__(
-        self,
-        fn: partitioning.PartitionedFunction,
-        compiler_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.fn = fn
-        self.compiler_options = dict(compiler_options) if compiler_options else None
-        self._executables: dict[Any, Any] = {}
-
-    def __call__(self, *args: Any) -> Any:
-        key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args))
-        if key not in self._executables:
-            self._executables[key] = self.fn.lower(*args).compile(self.compiler_options)
-        return self._executables[key](*args)
 
 
 def prompt_key(text: str) -> int:
@@ -547,13 +482,15 @@ class Generator:
             pad_id=pad_id,
             banned_ids=tuple(banned),
         )
-        self.params, self._param_shardings = shard_params(params, model_cfg, mesh, self.rules)
-        self._shards = batch_shards(mesh, self.rules)
+        self.params, self._param_shardings = partitioning.shard_params(
+            params, model_cfg, mesh, self.rules
+        )
+        self._shards = partitioning.batch_shards(mesh, self.rules)
         self._impl = generate_tokens if use_cache else generate_tokens_recompute
         self._compiler_options = compiler_options
-        self._compiled: dict[int, CompiledByShape] = {}
+        self._compiled: dict[int, partitioning.CompiledByShape] = {}
 
-    def _function(self, num_samples: int) -> CompiledByShape:
+    def _function(self, num_samples: int) -> partitioning.CompiledByShape:
         if num_samples not in self._compiled:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             fn = functools.partial(
@@ -569,7 +506,9 @@ class Generator:
                 in_shardings=(self._param_shardings, *[replicated] * 4),
                 out_shardings=replicated,
             )
-            self._compiled[num_samples] = CompiledByShape(partitioned, self._compiler_options)
+            self._compiled[num_samples] = partitioning.CompiledByShape(
+                partitioned, self._compiler_options
+            )
         return self._compiled[num_samples]
 
     def encode(self, text: str) -> list[int]:

@@ -93,8 +93,8 @@ class LoglikelihoodEngine:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         rules = tuple(rules)
-        self.batch_size = sampling.round_up(int(batch_size), sampling.batch_shards(mesh, rules))
-        self.params, shardings = sampling.shard_params(params, model_cfg, mesh, rules)
+        self.batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
+        self.params, shardings = partitioning.shard_params(params, model_cfg, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
         partitioned = partitioning.partition(
             functools.partial(score_batch, model=models.Decoder(model_cfg)),
@@ -103,7 +103,7 @@ class LoglikelihoodEngine:
             in_shardings=(shardings, replicated, replicated, replicated),
             out_shardings=replicated,
         )
-        self._score = sampling.CompiledByShape(partitioned, compiler_options)
+        self._score = partitioning.CompiledByShape(partitioned, compiler_options)
 
     def tokenize(self, request: LoglikelihoodRequest, index: int) -> tuple[list[int], int]:
         """(token sequence to feed, number of continuation tokens at its end)."""
@@ -235,9 +235,9 @@ def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: models.Dec
 @functools.lru_cache(maxsize=8)
 def _loss_function(
     model_cfg: models.ModelConfig, mesh: Mesh, rules: tuple, options: tuple
-) -> sampling.CompiledByShape:
+) -> partitioning.CompiledByShape:
     """The compiled loss of a model on a mesh, kept for later evaluations (params change)."""
-    shardings = sampling.param_shardings(model_cfg, mesh, rules)
+    shardings = partitioning.param_shardings(model_cfg, mesh, rules)
     partitioned = partitioning.partition(
         functools.partial(_loss_sums, model=models.Decoder(model_cfg)),
         mesh,
@@ -245,7 +245,7 @@ def _loss_function(
         in_shardings=(shardings, partitioning.batch_sharding(mesh, rules)),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
     )
-    return sampling.CompiledByShape(partitioned, dict(options))
+    return partitioning.CompiledByShape(partitioned, dict(options))
 
 
 def heldout_perplexity(
@@ -265,8 +265,8 @@ def heldout_perplexity(
     """Token-level perplexity exp(sum CE / sum loss weights) over `num_batches` packed batches,
     the same loss the training step minimises (`optim.cross_entropy_sums`)."""
     rules = tuple(rules)
-    batch_size = sampling.round_up(int(batch_size), sampling.batch_shards(mesh, rules))
-    params, _ = sampling.shard_params(params, model_cfg, mesh, rules)
+    batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
+    params, _ = partitioning.shard_params(params, model_cfg, mesh, rules)
     options = tuple(sorted((compiler_options or {}).items()))
     loss = _loss_function(model_cfg, mesh, rules, options)
     ce_sum, weight_sum, count = 0.0, 0.0, 0

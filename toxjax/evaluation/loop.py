@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from toxjax import checkpoints, input_pipeline, models, partitioning, sampling
 from toxjax.conditioning import ConditioningFormat, Strategy
@@ -242,7 +241,7 @@ def evaluate(
     task_name = task_name or config.data.task
     vocabulary = input_pipeline.get_task(task_name).output_features["targets"].vocabulary
     chosen, fmt = resolve_conditioning(task_name, strategy or ev.strategy)
-    params, _ = sampling.shard_params(params, model_cfg, mesh, rules)
+    params, _ = partitioning.shard_params(params, model_cfg, mesh, rules)
     is_chief = jax.process_index() == 0
     data_dir = ev.tfds_data_dir or None
 
@@ -422,44 +421,14 @@ def restore_params(
 ) -> tuple[PyTree, int]:
     """Params only (no optimizer state) of `step` (default: the latest) of a training run,
     checked against config.model and read straight into their shardings on `mesh`."""
-    directory = checkpoints.find_checkpoint_dir(checkpoint_dir)
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(
-            f"no checkpoint directory at {checkpoint_dir!r} (or its checkpoints/)"
-        )
-    source = checkpoints.Checkpointer(directory, read_only=True, async_save=False)
-    try:
-        available = source.all_steps()
-        if not available:
-            raise FileNotFoundError(f"no checkpoint steps in {directory}")
-        step = max(available) if step is None else int(step)
-        if step not in available:
-            raise FileNotFoundError(f"{directory} has no step {step}; it has {sorted(available)}")
-        model_cfg = models.ModelConfig.from_config(config.model)
-        abstract = sampling.abstract_params(model_cfg, mesh, rules)
-        meta = source.read_meta(step)
-        saved = {k: v for k, v in source.saved_shapes(step).items() if k.startswith("params/")}
-        expected = {f"params/{k}": v for k, v in checkpoints.flat_shapes(abstract).items()}
-        checkpoints.check_compatible(
-            f"{directory} step {step}",
-            meta.get("model_config"),
-            dataclasses.asdict(model_cfg),
-            saved,
-            expected,
-        )
-        item = {"params": abstract}
-        restored = ocp.PyTreeCheckpointer().restore(
-            os.path.join(directory, str(step), checkpoints.STATE),
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
-        )
-    finally:
-        source.close()
-    logger.info("restored params of %s step %d", directory, step)
-    return restored["params"], step
+    model_cfg = models.ModelConfig.from_config(config.model)
+    return checkpoints.restore_params(
+        checkpoint_dir,
+        partitioning.abstract_params(model_cfg, mesh, rules),
+        dataclasses.asdict(model_cfg),
+        step=step,
+        what=f"evaluation of {checkpoint_dir!r}",
+    )
 
 
 def evaluate_checkpoint(
