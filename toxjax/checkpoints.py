@@ -305,9 +305,8 @@ def restore_params_for_warm_start(
     path: str, abstract_params: Any, model_config: Mapping[str, Any]
 ) -> tuple[Any, int]:
     """Params only (no optimizer state, step 0) from the latest checkpoint of another run."""
-    return restore_params(
-        path, abstract_params, model_config, what=f"config.train.warm_start_from={path!r}"
-    )
+    what = f"warm start from config.train.warm_start_from={path!r}"
+    return restore_params(path, abstract_params, model_config, what=what)
 
 
 class StopRequest:
