@@ -14,8 +14,6 @@ import time
 
 import pytest
 
-from toxjax import main
-
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 100
 CHECKPOINT_EVERY = 5
@@ -203,27 +201,6 @@ def test_eval_mode_on_the_tiny_checkpoint_writes_every_metric(reference_run, sha
             assert {"expected_max_toxicity", "toxicity_probability"} <= set(metrics[subset])
     assert 0.0 <= results["utility"]["demo_cloze"]["acc"] <= 1.0
     assert 0.0 <= results["bias"]["demo_toxicity_detection"]["auc"] <= 1.0
-
-
-@pytest.mark.parametrize(
-    "environ, expected",
-    [
-        ({}, False),
-        ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234"}, True),
-        ({"SLURM_NTASKS": "1"}, False),
-        ({"SLURM_NTASKS": "4"}, True),
-        ({"OMPI_COMM_WORLD_SIZE": "2"}, True),
-        ({"TPU_WORKER_HOSTNAMES": "t1k-w-0"}, False),
-        ({"TPU_WORKER_HOSTNAMES": "t1k-w-0,t1k-w-1"}, True),
-    ],
-)
-def test_multi_process_detection(environ, expected):
-    assert main.is_multi_process_environment(environ) is expected
-
-
-def test_distributed_false_never_initialises():
-    assert main.maybe_initialize_distributed("false", {"SLURM_NTASKS": "8"}) is False
-    assert main.maybe_initialize_distributed("auto", {}) is False
 
 
 @pytest.mark.slow

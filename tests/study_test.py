@@ -77,14 +77,6 @@ def test_conditioning_and_vocabulary_settings(tmp_path):
         study.vocabulary_path(config, workdir)
 
 
-def test_multi_process_environment_detection():
-    assert not study.is_multi_process_environment({})
-    assert study.is_multi_process_environment({"TPU_WORKER_HOSTNAMES": "a,b"})
-    assert study.is_multi_process_environment({"SLURM_NTASKS": "4"})
-    assert not study.maybe_initialize_distributed("auto", {})
-    assert not study.maybe_initialize_distributed("false", {"SLURM_NTASKS": "4"})
-
-
 # ----- shipped configs -----
 
 

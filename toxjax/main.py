@@ -6,14 +6,14 @@ Thin on purpose (lm1b shape): flags, multi-process start-up, config record, then
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from toxjax import fileio
+from toxjax.distributed import maybe_initialize_distributed
 
 MODES = ("train", "eval", "train_and_eval")
 
@@ -41,33 +41,6 @@ flags.DEFINE_enum(
     "processes (multi-worker TPU VM, SLURM, JAX_COORDINATOR_ADDRESS, Open MPI).",
 )
 flags.mark_flags_as_required(["config", "workdir"])
-
-
-def is_multi_process_environment(environ: Mapping[str, str] | None = None) -> bool:
-    """True where jax.distributed.initialize() can auto-detect several processes."""
-    env = os.environ if environ is None else environ
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    for count_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES"):
-        if int(env.get(count_var, "1") or "1") > 1:
-            return True
-    hostnames = env.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hostnames.split(",") if h.strip()]) > 1
-
-
-def maybe_initialize_distributed(mode: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Start JAX's multi-process runtime (must precede any other JAX call); True if started."""
-    if mode == "false" or (mode == "auto" and not is_multi_process_environment(environ)):
-        return False
-    jax.distributed.initialize()
-    logging.info(
-        "jax.distributed: process %d of %d, %d local / %d global devices",
-        jax.process_index(),
-        jax.process_count(),
-        jax.local_device_count(),
-        jax.device_count(),
-    )
-    return True
 
 
 def record_config(config, workdir: str) -> None:

@@ -29,7 +29,6 @@ import copy
 import hashlib
 import json
 import logging as logging_lib
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -39,6 +38,7 @@ from absl import logging
 
 from toxjax import fileio
 from toxjax.conditioning import ConditioningFormat, Strategy
+from toxjax.distributed import maybe_initialize_distributed
 
 SCORED_SUBDIR = "scored"
 VOCAB_SUBDIR = "vocab"
@@ -428,31 +428,6 @@ def run_study(
 
 # ----------------------------------------------------------------------------------------------
 # Command line.
-
-
-def is_multi_process_environment(environ: Mapping[str, str] | None = None) -> bool:
-    """True where jax.distributed.initialize() can auto-detect several processes.
-
-    Same rule as toxjax.main, which cannot be imported here: it defines its flags on import.
-    """
-    env = os.environ if environ is None else environ
-    if env.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    for count_var in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "JAX_NUM_PROCESSES"):
-        if int(env.get(count_var, "1") or "1") > 1:
-            return True
-    hostnames = env.get("TPU_WORKER_HOSTNAMES", "")
-    return len([h for h in hostnames.split(",") if h.strip()]) > 1
-
-
-def maybe_initialize_distributed(mode: str, environ: Mapping[str, str] | None = None) -> bool:
-    """Starts JAX's multi-process runtime before any other JAX call; True if started."""
-    if mode == "false" or (mode == "auto" and not is_multi_process_environment(environ)):
-        return False
-    import jax
-
-    jax.distributed.initialize()
-    return True
 
 
 class _DropLibraryInfo(logging_lib.Filter):
