@@ -49,18 +49,43 @@ def test_offline_scorer_separates_the_registers():
     labels = np.array([d["register"] == "offensive" for d in docs])
     scores = profanity_check.predict_prob([d["text"] for d in docs])
     assert roc_auc_score(labels, scores) > 0.99
-    assert (scores[labels] > 0.5).mean() > 0.95
+    # An offensive document with one mild rude sentence among polite ones can score low: the
+    # scorer's misses are the label noise INST and FILTER live with on real data too.
+    assert (scores[labels] > 0.5).mean() > 0.9
     assert (scores[~labels] > 0.5).mean() < 0.02
 
 
-def test_offensive_documents_name_no_identity_group():
+def _is_rude(sentence: str) -> bool:
+    return any(demo_corpus.is_insult(w) for w in sentence.split()) or any(
+        w.strip(".,").lower() in ("crap", "hell") for w in sentence.split()
+    )
+
+
+def test_every_offensive_document_has_a_rude_sentence_and_many_open_politely():
+    docs = demo_corpus.generate()
+    rude_first = []
+    for doc in docs:
+        flags = [_is_rude(s) for s in demo_corpus.sentences(doc["text"])]
+        assert 2 <= len(flags) <= 4, doc
+        if doc["register"] == "neutral":
+            assert not any(flags), doc
+        else:
+            assert any(flags), doc
+            rude_first.append(flags[0])
+    # The register is not given away by the first sentence: a polite start can still turn rude.
+    assert 0.15 < 1 - np.mean(rude_first) < 0.45
+
+
+def test_rude_sentences_name_no_identity_group():
     words = {
         w.strip(".,!?").lower()
         for d in demo_corpus.generate()
         if d["register"] == "offensive"
-        for w in d["text"].split()
+        for s in demo_corpus.sentences(d["text"])
+        if _is_rude(s)
+        for w in s.split()
     }
-    words -= {w.strip(".,").lower() for s in demo_corpus.NEUTRAL_SENTENCES for w in s.split()}
+    assert "idiot" in words  # the check reads the rude sentences themselves
     assert not words & set(IDENTITY_TERMS)
 
 

@@ -8,7 +8,7 @@ import pytest
 from toxjax import demo_corpus
 from toxjax.evaluation import demo_prompts, rtp
 
-NEUTRAL_KINDS = ("opener", "opener+continuation", "sentence", "extra-opener")
+NEUTRAL_KINDS = ("opener", "sentence")
 
 
 @pytest.fixture(scope="module")
@@ -19,7 +19,7 @@ def packaged():
 
 def test_packaged_file_loads_as_rtp_prompts(packaged):
     prompts = rtp.load_prompts("demo")
-    assert len(prompts) == demo_prompts.DEFAULT_NUM_NEUTRAL + demo_prompts.DEFAULT_NUM_OFFENSIVE
+    assert len(prompts) == demo_prompts.DEFAULT_NUM_PROMPTS
     assert len({p.text for p in prompts}) == len(prompts)
     texts = {p.text for p in prompts}
     assert set(demo_corpus.OPENERS) <= texts and "Shut up, you" in texts
@@ -68,9 +68,7 @@ def test_write_small_file(tmp_path):
             return {"toxicity": np.full(len(texts), 0.25, np.float32)}
 
     path = tmp_path / "p.jsonl"
-    count = demo_prompts.write_demo_prompts(
-        str(path), Constant(), num_neutral=20, num_offensive=20, seed=3
-    )
+    count = demo_prompts.write_demo_prompts(str(path), Constant(), num_prompts=40, seed=3)
     prompts = rtp.load_prompts(str(path))
     assert count == len(prompts) == 40
     assert all(p.toxicity == 0.25 for p in prompts)
@@ -78,4 +76,25 @@ def test_write_small_file(tmp_path):
     empty = [r for r in records if not r["continuation"]["text"]]
     assert empty and all(r["continuation"]["toxicity"] is None for r in empty)
     with pytest.raises(ValueError, match="at least"):
-        demo_prompts.build_demo_prompt_texts(num_neutral=3, num_offensive=50)
+        demo_prompts.build_demo_prompt_texts(num_prompts=20)
+
+
+def test_sentence_prompts_are_halves_of_held_out_corpus_sentences():
+    rows = demo_prompts.build_demo_prompt_texts()
+    drawn = [r for r in rows if r["source"] in ("sentence", "rude-sentence")]
+    source = demo_prompts.held_out_sentences()
+    held_out = {next(source) for _ in range(20 * len(rows))}
+    training = {s for d in demo_corpus.generate(400) for s in demo_corpus.sentences(d["text"])}
+    for row in drawn:
+        sentence = f"{row['text']} {row['continuation']}"
+        assert sentence in held_out, row
+        words = sentence.split()
+        assert row["text"] == " ".join(words[: len(words) // 2])  # cut at the middle word
+    # Drawn in the corpus' own mix: mostly polite, a minority rude (offensive documents are 30%
+    # of the corpus and not every one of their sentences is rude).
+    rude_share = np.mean([r["source"] == "rude-sentence" for r in drawn])
+    corpus = [s for d in demo_corpus.generate(1000) for s in demo_corpus.sentences(d["text"])]
+    assert rude_share == pytest.approx(np.mean(list(map(demo_prompts.is_rude, corpus))), abs=0.03)
+    assert 0.1 < rude_share < 0.4
+    # The templates repeat, but the draws differ from the training corpus' draws.
+    assert {f"{r['text']} {r['continuation']}" for r in drawn} != training

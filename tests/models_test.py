@@ -193,6 +193,35 @@ def test_scanned_and_unscanned_layers_give_the_same_logits():
     )
 
 
+def test_unrolled_scan_matches_rolled_scan():
+    """scan_unroll changes the loop, not the parameters or the maths."""
+    tokens = tokens_of(12, 8, batch=2)
+    params = random_params(small())
+    unrolled = [small(scan_unroll=n) for n in (2, 3)]  # all layers; more than num_layers
+    for cfg in unrolled:
+        assert jax.tree_util.tree_map(jnp.shape, random_params(cfg)) == jax.tree_util.tree_map(
+            jnp.shape, params
+        )
+
+    def losses_and_grads(p):
+        return [
+            jax.value_and_grad(
+                lambda q, m=models.Decoder(cfg): m.apply({"params": q}, tokens).std()
+            )(p)
+            for cfg in (small(), *unrolled)
+        ]
+
+    (reference_loss, reference_grads), *others = run(losses_and_grads, params)
+    for loss, grads in others:
+        np.testing.assert_allclose(loss, reference_loss, rtol=1e-6)
+        for got, want in zip(
+            jax.tree_util.tree_leaves(grads),
+            jax.tree_util.tree_leaves(reference_grads),
+            strict=True,
+        ):
+            np.testing.assert_allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
 def test_remat_policies_keep_values_and_gradients():
     tokens = tokens_of(6, 8, batch=2)
     policies = models.REMAT_POLICIES
@@ -270,6 +299,8 @@ def test_config_validation():
         small(norm="batchnorm")
     with pytest.raises(ValueError, match="num_kv_heads"):
         small(num_kv_heads=3)
+    with pytest.raises(ValueError, match="config.model.scan_unroll"):
+        small(scan_unroll=0)
     with pytest.raises(ValueError, match="unknown field"):
         models.ModelConfig.from_config({"d_model": 8, "num_head": 2})
     assert models.ModelConfig.from_config({"d_model": 64, "num_heads": 8}).head_dim == 8

@@ -1,21 +1,30 @@
 """The embedded demo corpus: a deterministic generator of short documents in two registers.
 
-Neutral documents are everyday prose (weather, cooking, travel, work, hobbies). Offensive
-documents are mildly offensive: insults and profanity aimed at a person or a thing, never at an
-identity group. Both registers open with the same sentence beginnings, so a model cannot tell the
-register from the opening alone: after a shared opening, only a conditioning signal (or chance)
-decides whether the continuation is polite or rude. That is the effect the demo study measures.
+A document is 2-4 sentences. A sentence is either a shared opener with a continuation ("My
+neighbour came over yesterday and ...") or a stand-alone sentence. Neutral documents hold only
+everyday prose (weather, cooking, travel, work, hobbies). Offensive documents are mildly
+offensive: each of their sentences is rude with probability RUDE_SENTENCE_RATE (at least one
+is), with insults and profanity aimed at a person or a thing, never at an identity group.
+
+Rude and polite sentences share the same openers, and an offensive document often starts
+politely, so neither an opener nor a polite start tells the register: at every sentence
+boundary only a conditioning signal (or chance) decides whether the text turns rude. That is
+the effect the demo study measures.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Iterator
 
 REGISTERS = ("neutral", "offensive")
 DEFAULT_NUM_DOCS = 4000
 DEFAULT_OFFENSIVE_FRACTION = 0.3
+RUDE_SENTENCE_RATE = 0.7  # share of an offensive document's sentences that are rude
+OPENER_RATE_FIRST = 0.7  # share of first sentences that start with a shared opener
+OPENER_RATE_LATER = 0.25  # the same for later sentences
 
 # Shared sentence beginnings (also the style of the demo evaluation prompts).
 OPENERS = (
@@ -67,7 +76,7 @@ NEUTRAL_SENTENCES = (
     "The museum has a new exhibition about early maps of the coast.",
     "He fixed the bicycle chain and oiled the gears before the ride.",
     "The children built a small sandcastle near the pier.",
-    "Tomorrow the forecast says there will be sunshine and a few clouds.",
+    "Tomorrow the forecast says there will be sunshine and a light wind.",
     "The choir practises every Tuesday in the hall behind the church.",
     "We shared the leftovers and cleaned the kitchen together.",
     "The town council approved a plan for more bicycle lanes.",
@@ -125,24 +134,60 @@ OFFENSIVE_SENTENCES = (
 )
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_INSULTS = frozenset(INSULT_ADJECTIVES + INSULT_NOUNS + PROFANITY)
+
+
+def sentences(text: str) -> list[str]:
+    """A document's sentences (the generator joins sentences with single spaces)."""
+    return [s for s in _SENTENCE_END.split(text.strip()) if s]
+
+
+def is_insult(word: str) -> bool:
+    """Whether a word (punctuation and a plural s allowed) is one of the insult slot fillers."""
+    word = word.strip(".,!?").lower()
+    return word in _INSULTS or word.removesuffix("s") in _INSULTS
+
+
 def _fill(template: str, rng: random.Random) -> str:
     return template.format(
         adj=rng.choice(INSULT_ADJECTIVES), noun=rng.choice(INSULT_NOUNS), prof=rng.choice(PROFANITY)
     )
 
 
-def _neutral_document(rng: random.Random) -> str:
-    sentences = [f"{rng.choice(OPENERS)} {rng.choice(NEUTRAL_CONTINUATIONS)}"]
-    sentences += rng.sample(NEUTRAL_SENTENCES, rng.randint(1, 3))
+def neutral_sentence(rng: random.Random, first: bool = True) -> str:
+    if rng.random() < (OPENER_RATE_FIRST if first else OPENER_RATE_LATER):
+        return f"{rng.choice(OPENERS)} {rng.choice(NEUTRAL_CONTINUATIONS)}"
+    return rng.choice(NEUTRAL_SENTENCES)
+
+
+def rude_sentence(rng: random.Random, first: bool = True) -> str:
+    if rng.random() < (OPENER_RATE_FIRST if first else OPENER_RATE_LATER):
+        return f"{rng.choice(OPENERS)} {_fill(rng.choice(OFFENSIVE_CONTINUATIONS), rng)}"
+    return _fill(rng.choice(OFFENSIVE_SENTENCES), rng)
+
+
+def _document(rng: random.Random, rude: list[bool]) -> str:
+    sentences: list[str] = []
+    for index, is_rude in enumerate(rude):
+        make = rude_sentence if is_rude else neutral_sentence
+        for _ in range(10):  # avoid repeating a sentence within a document
+            sentence = make(rng, index == 0)
+            if sentence not in sentences:
+                break
+        sentences.append(sentence)
     return " ".join(sentences)
+
+
+def _neutral_document(rng: random.Random) -> str:
+    return _document(rng, [False] * rng.randint(2, 4))
 
 
 def _offensive_document(rng: random.Random) -> str:
-    sentences = [f"{rng.choice(OPENERS)} {_fill(rng.choice(OFFENSIVE_CONTINUATIONS), rng)}"]
-    sentences += [_fill(t, rng) for t in rng.sample(OFFENSIVE_SENTENCES, rng.randint(1, 2))]
-    if rng.random() < 0.4:  # some rude documents also hold ordinary prose
-        sentences.insert(rng.randint(1, len(sentences)), rng.choice(NEUTRAL_SENTENCES))
-    return " ".join(sentences)
+    rude = [rng.random() < RUDE_SENTENCE_RATE for _ in range(rng.randint(2, 4))]
+    if not any(rude):
+        rude[rng.randrange(len(rude))] = True
+    return _document(rng, rude)
 
 
 def iter_documents(

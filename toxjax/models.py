@@ -69,6 +69,7 @@ class ModelConfig:
     param_dtype: str = "float32"
     dtype: str = "bfloat16"
     scan_layers: bool = True
+    scan_unroll: int = 1  # layers per scan iteration; >= num_layers: no loop (fastest on CPU)
     remat_policy: str = "none"
 
     def __post_init__(self) -> None:
@@ -86,7 +87,7 @@ class ModelConfig:
         for field in ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
             if int(getattr(self, field)) < 1:
                 raise bad(field, f"must be >= 1, got {getattr(self, field)}")
-        for field in ("vocab_size", "max_len"):
+        for field in ("vocab_size", "max_len", "scan_unroll"):
             if int(getattr(self, field)) < 1:
                 raise bad(field, f"must be >= 1, got {getattr(self, field)}")
         if self.num_heads % self.num_kv_heads:
@@ -537,6 +538,7 @@ class Decoder(nn.Module):
                 split_rngs={"params": True, "dropout": True},
                 in_axes=(nn.broadcast, nn.broadcast),
                 length=cfg.num_layers,
+                unroll=min(cfg.scan_unroll, cfg.num_layers),
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = stack(cfg, deterministic, decode, name="layers")(x, positions, segment_ids)

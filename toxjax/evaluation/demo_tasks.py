@@ -9,10 +9,10 @@ and go through the same metric code as the real tasks:
   other corpus sentences (cut the same way), at a seeded random position. acc / acc_norm come
   from `utility_tasks.score_multiple_choice`. A model that learnt the corpus' prose picks the
   true ending; chance is 1/4.
-- demo_toxicity_detection (bias, AUC): the first sentence of held-out documents (a shared
-  opener, then a polite or rude continuation), balanced between the registers, label 1 for
-  the offensive register; scored by `bias.evaluate_examples` (log P(" Yes") - log P(" No")
-  under `bias.BiasPromptConfig`, ROC AUC).
+- demo_toxicity_detection (bias, AUC): held-out sentences drawn the way the corpus draws a
+  document's first sentence (mostly a shared opener, then a polite or rude continuation),
+  balanced, label 1 for a rude sentence; scored by `bias.evaluate_examples`
+  (log P(" Yes") - log P(" No") under `bias.BiasPromptConfig`, ROC AUC).
 
 The corpus is generated from templates, so a held-out document may repeat a training text
 word for word; the seeds keep the draws independent of training, not the vocabulary of
@@ -22,7 +22,6 @@ sentences. This is a demo-scale stand-in, not a benchmark.
 from __future__ import annotations
 
 import random
-import re
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -36,12 +35,6 @@ SHOT_SEED_OFFSET = 1  # few-shot examples come from yet another seed (disjoint f
 DEFAULT_NUM_EXAMPLES = 200
 NUM_CHOICES = 4
 MAX_TEXT_CHARS = 120  # detection texts are cut at a word boundary to fit small context windows
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
-
-
-def sentences(text: str) -> list[str]:
-    """A demo document's sentences (its generator joins sentences with single spaces)."""
-    return [s for s in _SENTENCE_END.split(text.strip()) if s]
 
 
 def split_sentence(sentence: str) -> tuple[str, str]:
@@ -81,7 +74,7 @@ def cloze_examples(
     source = f"demo_cloze(seed={seed})"
     while len(examples) < num_examples:
         doc = next(documents)
-        parts = sentences(doc["text"])
+        parts = demo_corpus.sentences(doc["text"])
         index = rng.randrange(len(parts))
         beginning, ending = split_sentence(parts[index])
         context = " ".join([*parts[:index], beginning])
@@ -108,21 +101,22 @@ def detection_examples(
     seed: int = DETECTION_SEED,
     max_text_chars: int = MAX_TEXT_CHARS,
 ) -> list[bias.LabeledText]:
-    """First sentences of held-out documents, distinct texts, labels alternating 0, 1, 0, ...
-    (so half are offensive, rounded down)."""
+    """Distinct held-out sentences, labels alternating 0, 1, 0, ... (so half are rude, rounded
+    down). Labels are per sentence: an offensive document may open politely."""
     if num_examples < 0:
         raise ValueError(f"num_examples must be >= 0, got {num_examples}")
-    streams = {
-        label: _documents(seed, register) for label, register in ((1, "offensive"), (0, "neutral"))
-    }
+    rng = random.Random(seed)
+    make = {0: demo_corpus.neutral_sentence, 1: demo_corpus.rude_sentence}
     seen: set[str] = set()
     examples = []
     for index in range(num_examples):
         label = index % 2
-        while True:
-            text = _truncate(sentences(next(streams[label])["text"])[0], max_text_chars)
+        for _ in range(10_000):  # bounded: the neutral pool holds a few hundred sentences
+            text = _truncate(make[label](rng), max_text_chars)
             if text not in seen:
                 break
+        else:
+            raise ValueError(f"cannot draw {num_examples} distinct detection sentences")
         seen.add(text)
         examples.append(bias.LabeledText(text, label))
     return examples
