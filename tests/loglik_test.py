@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import seqio
 
+from configs import default as default_config
 from toxjax import models, partitioning
 from toxjax.evaluation import loglik
 from toxjax.evaluation.requests import LoglikelihoodRequest, call_loglikelihood
@@ -22,25 +23,7 @@ CFG = models.ModelConfig(
     dtype="float32",
 )
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
-RULES = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("layers", None),
-    ("norm", None),
-    ("position", None),
-)
+RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 VOCAB = seqio.ByteVocabulary()
 EOS = 1
 

@@ -12,6 +12,7 @@ import seqio
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
+from configs import default as default_config
 from toxjax import models, partitioning, sampling
 
 CFG = models.ModelConfig(
@@ -26,25 +27,7 @@ CFG = models.ModelConfig(
     positions="rope",
 )
 EOS = 1
-RULES = (
-    ("activation_batch", ("data", "fsdp")),
-    ("activation_length", None),
-    ("activation_embed", None),
-    ("activation_mlp", "tensor"),
-    ("activation_heads", "tensor"),
-    ("activation_kv_heads", "tensor"),
-    ("activation_kv", None),
-    ("activation_vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("heads", "tensor"),
-    ("kv_heads", "tensor"),
-    ("kv", None),
-    ("vocab", "tensor"),
-    ("layers", None),
-    ("norm", None),
-    ("position", None),
-)
+RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
