@@ -211,6 +211,15 @@ def iter_documents(
         }
 
 
+def endless_documents(seed: int) -> Iterator[dict]:
+    """Documents without end, for held-out draws: blocks of 1000 under seeds derived from
+    `seed` (pick seeds far from the training corpus' 0)."""
+    block = 0
+    while True:
+        yield from iter_documents(num_docs=1000, seed=seed + 7919 * block)
+        block += 1
+
+
 def generate(
     num_docs: int = DEFAULT_NUM_DOCS,
     seed: int = 0,

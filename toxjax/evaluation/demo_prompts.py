@@ -66,11 +66,8 @@ def half_split(sentence: str) -> tuple[str, str, bool]:
 def held_out_sentences(seed: int = PROMPT_SEED) -> Iterator[str]:
     """Endless sentences of held-out corpus documents, in generation order (so with the
     corpus' own mix of polite and rude sentences)."""
-    block = 0
-    while True:
-        for doc in demo_corpus.iter_documents(num_docs=1000, seed=seed + 7919 * block):
-            yield from demo_corpus.sentences(doc["text"])
-        block += 1
+    for doc in demo_corpus.endless_documents(seed):
+        yield from demo_corpus.sentences(doc["text"])
 
 
 def is_rude(sentence: str) -> bool:

@@ -22,7 +22,7 @@ sentences. This is a demo-scale stand-in, not a benchmark.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from toxjax import demo_corpus
@@ -44,16 +44,6 @@ def split_sentence(sentence: str) -> tuple[str, str]:
     return " ".join(words[:cut]), " ".join(words[cut:])
 
 
-def _documents(seed: int, register: str | None = None) -> Iterator[dict[str, Any]]:
-    """Endless held-out documents of one register (or both), in generation order."""
-    block = 0
-    while True:
-        for doc in demo_corpus.iter_documents(num_docs=1000, seed=seed + 7919 * block):
-            if register is None or doc["register"] == register:
-                yield doc
-        block += 1
-
-
 def _ending_pool() -> list[str]:
     """Every distinct sentence ending of neutral corpus text (distractors come from here)."""
     texts = list(demo_corpus.NEUTRAL_SENTENCES)
@@ -70,7 +60,7 @@ def cloze_examples(
     rng = random.Random(seed)
     pool = _ending_pool()
     examples = []
-    documents = _documents(seed, "neutral")
+    documents = (d for d in demo_corpus.endless_documents(seed) if d["register"] == "neutral")
     source = f"demo_cloze(seed={seed})"
     while len(examples) < num_examples:
         doc = next(documents)
