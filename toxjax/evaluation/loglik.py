@@ -155,24 +155,13 @@ def make_loglikelihood_fn(
     vocabulary: Any,
     mesh: Mesh,
     rules: Sequence,
-    *,
-    batch_size: int = 32,
-    max_len: int | None = None,
-    compiler_options: Mapping[str, Any] | None = None,
-    progress: bool = True,
+    **settings: Any,
 ) -> LoglikelihoodEngine:
-    """A `toxjax.evaluation.requests.LoglikelihoodFn` over the model; see LoglikelihoodEngine."""
-    return LoglikelihoodEngine(
-        params,
-        model_cfg,
-        vocabulary,
-        mesh,
-        rules,
-        batch_size=batch_size,
-        max_len=max_len,
-        compiler_options=compiler_options,
-        progress=progress,
-    )
+    """A `toxjax.evaluation.requests.LoglikelihoodFn` over the model.
+
+    settings: batch_size, max_len, compiler_options, progress; see LoglikelihoodEngine.
+    """
+    return LoglikelihoodEngine(params, model_cfg, vocabulary, mesh, rules, **settings)
 
 
 # ----- held-out perplexity -----
