@@ -45,7 +45,7 @@ setuptools.setup(
     version="0.1.0",
     description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
     packages=setuptools.find_packages(include=["toxjax", "toxjax.*"]),
-    package_data={"toxjax": ["data/*"]},
+    package_data={"toxjax": ["assets/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

@@ -3,7 +3,7 @@
 Prints ONE JSON line: {"benchmark": "sampling", "continuations_per_s": C,
 "speedup_vs_hf_generate": H, "speedup_vs_recompute": R, ...}.
 
-Setting (the RTP protocol): `--prompts` demo prompts (toxjax/data/demo_prompts.jsonl), 25
+Setting (the RTP protocol): `--prompts` demo prompts (toxjax/assets/demo_prompts.jsonl), 25
 samples each, 20 new tokens, nucleus p=0.9, temperature 1, byte vocabulary; EOS disabled in
 all three so every continuation has exactly 20 tokens. Strings in, strings out for all three
 (tokenization and decoding are timed too). Same model dims everywhere (default: 4 layers,
@@ -40,7 +40,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from toxjax import flops, models, partitioning, sampling  # noqa: E402
+from toxjax.model import decoder, flops, partitioning, sampling
 
 NUM_SAMPLES = 25
 NEW_TOKENS = 20
@@ -48,8 +48,8 @@ TOP_P = 0.9
 RTP_PROMPTS = 99_442  # RealToxicityPrompts (Gehman et al. 2020)
 
 
-def model_config(args: argparse.Namespace) -> models.ModelConfig:
-    return models.ModelConfig(
+def model_config(args: argparse.Namespace) -> decoder.ModelConfig:
+    return decoder.ModelConfig(
         num_layers=args.num_layers,
         d_model=args.d_model,
         num_heads=args.num_heads,
@@ -86,8 +86,8 @@ class NoEosVocabulary:
         return self._vocabulary.decode(ids)
 
 
-def jax_generator(cfg: models.ModelConfig, use_cache: bool, rows: int) -> sampling.Generator:
-    params = models.Decoder(cfg).init({"params": jax.random.key(0)}, jnp.zeros((1, 4), jnp.int32))
+def jax_generator(cfg: decoder.ModelConfig, use_cache: bool, rows: int) -> sampling.Generator:
+    params = decoder.Decoder(cfg).init({"params": jax.random.key(0)}, jnp.zeros((1, 4), jnp.int32))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
     rules = (("activation_batch", ("data", "fsdp")),) + tuple(
         (name, None)
@@ -124,7 +124,7 @@ def jax_generator(cfg: models.ModelConfig, use_cache: bool, rows: int) -> sampli
     )
 
 
-def hf_generate_fn(cfg: models.ModelConfig, threads: int):
+def hf_generate_fn(cfg: decoder.ModelConfig, threads: int):
     import torch
     import transformers
 
@@ -265,7 +265,7 @@ def projection(args: argparse.Namespace) -> dict:
     """
     from configs import gpt_1p3b
 
-    cfg = models.ModelConfig.from_config(gpt_1p3b.get_config().model)
+    cfg = decoder.ModelConfig.from_config(gpt_1p3b.get_config().model)
     params = flops.param_count(cfg)
     rows = args.rows
     prompts_per_batch = rows // NUM_SAMPLES

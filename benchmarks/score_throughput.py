@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from detoxify import Detoxify  # noqa: E402
 
-from toxjax import scorers  # noqa: E402
+from toxjax.scoring import scorers
 from toxjax.testing import detoxify_checkpoint  # noqa: E402
 
 BLOCK = 20  # Each block of 20 documents holds exactly `long_per_block` long ones, so any

@@ -2,7 +2,7 @@
 
 Prints ONE JSON line: {"benchmark": "train_step", "tokens_per_s", "mfu", "speedup_vs_torch",
 ...}. Headline numbers are those of the "small" config (d_model 512); every config's details
-follow under "configs". MFU is model FLOPs (toxjax.flops) over the measured matmul peak of this
+follow under "configs". MFU is model FLOPs (toxjax.model.flops) over the measured matmul peak of this
 host. Both frameworks run float32 by default (bfloat16 matmuls are slow on most CPUs); pass
 --dtype=bfloat16 to try it. Each round times the matmul peak, the JAX step and the torch step
 back to back; the fastest round of each counts (the best estimate of an unloaded machine on a
@@ -34,7 +34,9 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from configs import tiny  # noqa: E402
-from toxjax import flops, input_pipeline, train  # noqa: E402
+from toxjax.data import input_pipeline
+from toxjax.model import flops
+from toxjax.training import train
 
 # name -> (num_layers, d_model, num_heads, mlp_dim, seq_len, global_batch_size)
 SIZES = {

@@ -48,7 +48,7 @@ def gpt_config(
     config.mesh.ici = ml_collections.ConfigDict({"data": 1, "fsdp": -1, "tensor": 1})
     config.mesh.dcn = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
 
-    # Placeholder name of a user-registered task (toxjax.tasks.register_toxicity_tasks over a
+    # Placeholder name of a user-registered task (toxjax.data.tasks.register_toxicity_tasks over a
     # scored C4/Pile-like corpus, INST strategy); the study issue wires real corpora.
     config.data.task = "c4_noclean_inst"
     config.data.seq_len = 2048  # Megatron/GPT-3 context

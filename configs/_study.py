@@ -1,4 +1,4 @@
-"""The `study` section of a study config (toxjax.study): what is scored, how, and which
+"""The `study` section of a study config (toxjax.study.experiment): what is scored, how, and which
 strategies are trained. A study config is a full training config (configs/default.py) plus this
 section; every strategy trains with that one training config, only data.task differs.
 """
@@ -7,7 +7,7 @@ import dataclasses
 
 import ml_collections
 
-from toxjax.conditioning import ConditioningFormat
+from toxjax.data.conditioning import ConditioningFormat
 
 
 def study_section(
@@ -22,13 +22,13 @@ def study_section(
     study = ml_collections.ConfigDict()
     # SeqIO family name of the study's tasks: {name}_base, {name}_meda, {name}_inst, ...
     study.name = name
-    # toxjax.score input: "demo[:<num_docs>]" | "tfds:<name>[/<config>]:<split>" (slicing works,
+    # toxjax.scoring.job input: "demo[:<num_docs>]" | "tfds:<name>[/<config>]:<split>" (slicing works,
     # e.g. "train[:10%]") | "jsonl:<glob>" or "*.jsonl" globs | "tfrecord:<glob>" (gs:// too).
     study.corpus = corpus
     study.text_field = "text"  # field holding the document text in JSONL/TFRecord/TFDS records
-    study.scorer = scorer  # toxjax.scorers.make_scorer spec for the pretraining corpus
+    study.scorer = scorer  # toxjax.scoring.scorers.make_scorer spec for the pretraining corpus
     # Scored directory; "" = WORKDIR/scored. Point it at a corpus scored beforehand (e.g. by
-    # `python -m toxjax.score --runner=DataflowRunner`) to skip scoring; an incomplete one resumes.
+    # `python -m toxjax.scoring --runner=DataflowRunner`) to skip scoring; an incomplete one resumes.
     study.scored_dir = ""
     study.records_per_shard = 1000  # scored records per output shard (the resume unit)
     study.on_bad_record = "error"  # "error" | "skip" a record without usable text
@@ -36,12 +36,12 @@ def study_section(
     # Strategies trained, in this order; any of base, meda, inst, filter.
     study.strategies = strategies
     study.baseline = "base"  # the row the report compares every other strategy with
-    # Conditioning format (toxjax.conditioning.ConditioningFormat fields). The defaults are OUR
+    # Conditioning format (toxjax.data.conditioning.ConditioningFormat fields). The defaults are OUR
     # RECONSTRUCTION of the paper's: its exact MEDA string, INST wording and threshold are not
     # published.
     study.conditioning = ml_collections.ConfigDict(dataclasses.asdict(ConditioningFormat()))
     # "byte" (seqio.ByteVocabulary) | "spm" (SentencePiece trained on the scored corpus with
-    # toxjax.vocab, every signal kept whole; WORKDIR/vocab/) | a path to a .model file.
+    # toxjax.data.vocab, every signal kept whole; WORKDIR/vocab/) | a path to a .model file.
     study.vocabulary = vocabulary
     study.vocab_size = vocab_size  # pieces of a trained "spm" vocabulary (<= model.vocab_size)
     study.vocab_max_docs = 200_000  # documents read to train it; -1 = all

@@ -111,7 +111,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Conditioning of the RTP prefix: "" = the strategy config.data.task was trained with;
     # else "base" | "meda" | "inst" | "filter" (with the default conditioning format).
     ev.strategy = ""
-    ev.scorer = "offline"  # toxjax.scorers.make_scorer spec, e.g. "detoxify:original"
+    ev.scorer = "offline"  # toxjax.scoring.scorers.make_scorer spec, e.g. "detoxify:original"
     ev.seed = 0  # sampling seed: same seed and prompt -> same continuations
     # RealToxicityPrompts: "demo" (packaged) | "tfds" | "tfds:<split>" | a prompts.jsonl path;
     # "" skips the stage.
@@ -132,7 +132,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.rtp.prompts_per_call = 256  # prompts per generation call (progress, record streaming)
     ev.top_k = 0  # extra top-k filter before top-p; 0 = off (the RTP protocol has none)
     # Never sample vocabulary pieces that spell a conditioning signal (SentencePiece
-    # vocabularies from toxjax.vocab; byte vocabularies have none).
+    # vocabularies from toxjax.data.vocab; byte vocabularies have none).
     ev.ban_signal_tokens = True
     ev.generate_batch_size = 256  # sequences decoded together (prompts x samples)
     # Log-likelihood tasks (utility and bias).
@@ -163,10 +163,10 @@ def print_size(config: ml_collections.ConfigDict) -> int:
     repo_root = str(pathlib.Path(__file__).resolve().parents[1])
     if repo_root not in sys.path:  # run as a script, the repo is not importable otherwise
         sys.path.insert(0, repo_root)
-    from toxjax import flops, models
+    from toxjax.model import decoder, flops
 
-    model_config = models.ModelConfig.from_config(config.model)
-    count = models.count_params(model_config)
+    model_config = decoder.ModelConfig.from_config(config.model)
+    count = decoder.count_params(model_config)
     analytic = flops.param_count(model_config)
     per_token = flops.train_flops_per_token(model_config, config.data.seq_len)
     print(f"parameters: {count:,} ({count / 1e6:.1f}M; analytic {analytic:,})")

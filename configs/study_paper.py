@@ -9,7 +9,7 @@ each trains WORKDIR/<strategy>/ and the report is rebuilt from every strategy fi
 Shared inputs first, once per workdir (concurrent first jobs would race on them):
     python -m toxjax.study --config=configs/study_paper.py:base,1p3b --workdir=... --prepare_only
 scores the corpus (resumable; for C4 at this scale rather score with Beam on Dataflow:
-`python -m toxjax.score --runner=DataflowRunner ...`, then set --config.study.scored_dir) and
+`python -m toxjax.scoring --runner=DataflowRunner ...`, then set --config.study.scored_dir) and
 trains the SentencePiece vocabulary. Then start the four strategy jobs, in parallel.
 
 Corpus: TFDS C4 en.noclean (unfiltered web text, as the paper's toxic-rich pretraining data), a

@@ -25,7 +25,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.max_len = 128  # = data.seq_len
     model.dtype = "float32"  # CPU has no fast bfloat16 matmul; TPU/GPU configs use bfloat16
 
-    config.data.task = "toxjax_demo_inst"  # demo corpus, INST conditioning (toxjax.tasks)
+    config.data.task = "toxjax_demo_inst"  # demo corpus, INST conditioning (toxjax.data.tasks)
     config.data.seq_len = 128  # packed sequence length
     config.data.global_batch_size = 16  # sequences per step (divides the 8 test devices)
 

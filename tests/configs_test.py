@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from configs import gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m, tiny
-from toxjax import flops, models, partitioning
+from toxjax.model import decoder, flops, partitioning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # (module, expected parameter count, relative tolerance)
@@ -26,8 +26,8 @@ SIZES = [
 @pytest.mark.parametrize(("module", "expected", "tolerance"), SIZES, ids=lambda x: str(x))
 def test_param_count_from_shapes_equals_analytic_and_size(module, expected, tolerance):
     config = module.get_config()
-    model_config = models.ModelConfig.from_config(config.model)
-    count = models.count_params(model_config)
+    model_config = decoder.ModelConfig.from_config(config.model)
+    count = decoder.count_params(model_config)
     assert count == flops.param_count(model_config)
     assert abs(count - expected) <= tolerance * expected, count
     assert config.data.seq_len <= model_config.max_len
@@ -43,12 +43,12 @@ def test_gpt_family_shape(module):
     assert config.data.seq_len == model.max_len == 2048
     assert model.d_model % model.num_heads == 0 and model.mlp_dim == 4 * model.d_model
     assert config.mesh.ici.fsdp == -1 and model.dtype == "bfloat16"
-    assert model.remat_policy in models.REMAT_POLICIES
+    assert model.remat_policy in decoder.REMAT_POLICIES
     # Every parameter's logical names have rules, and shard evenly on a 256-chip FSDP mesh.
     mesh = partitioning.create_abstract_mesh({"data": 1, "fsdp": 256, "tensor": 1})
     tokens = jax.ShapeDtypeStruct((1, 1), "int32")
     boxed = jax.eval_shape(
-        lambda key: models.Decoder(models.ModelConfig.from_config(model)).init(
+        lambda key: decoder.Decoder(decoder.ModelConfig.from_config(model)).init(
             {"params": key}, tokens
         )["params"],
         jax.random.key(0),

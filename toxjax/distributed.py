@@ -1,4 +1,4 @@
-"""Multi-process start-up shared by every entry point (toxjax.main, toxjax.study).
+"""Multi-process start-up shared by every entry point (toxjax.main, toxjax.study.experiment).
 
 No absl flags here, so any entry point can import it without defining flags twice.
 """

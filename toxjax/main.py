@@ -60,8 +60,8 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     maybe_initialize_distributed(FLAGS.distributed)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
-    from toxjax import train
     from toxjax.evaluation import loop
+    from toxjax.training import train
 
     config, workdir = FLAGS.config, FLAGS.workdir
     record_config(config, workdir)

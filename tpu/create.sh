@@ -3,7 +3,7 @@
 #   tpu/create.sh --name=NAME --zone=ZONE --accelerator_type=v4-32 [--version=V]
 #                 [--spot | --preemptible] [--project=P] [--service_account=SA]
 # DRY_RUN=1 (or --dry_run) prints the commands instead of running them; --help lists all flags.
-# Thin wrapper: the logic is in toxjax/launch.py ("python -m toxjax.launch create").
+# Thin wrapper: the logic is in toxjax/launch/launcher.py ("python -m toxjax.launch create").
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"

@@ -4,7 +4,7 @@
 #       --config=configs/X.py --workdir=/shared/runs/X
 #   tpu/gpu_multinode.sh --slurm -- --config=configs/X.py --workdir=/shared/runs/X
 # DRY_RUN=1 (or --dry_run) prints the commands instead of running them; --help lists all flags.
-# Thin wrapper: the logic is in toxjax/launch.py ("python -m toxjax.launch gpu-node").
+# Thin wrapper: the logic is in toxjax/launch/launcher.py ("python -m toxjax.launch gpu-node").
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"

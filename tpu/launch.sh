@@ -4,7 +4,7 @@
 #   tpu/launch.sh --name=NAME --zone=ZONE [--module=M] [--run_name=R] [--env=K=V] -- \
 #       --config=configs/X.py --workdir=gs://BUCKET/runs/X --mode=train [--config.a.b=c ...]
 # DRY_RUN=1 (or --dry_run) prints the commands instead of running them; --help lists all flags.
-# Thin wrapper: the logic is in toxjax/launch.py ("python -m toxjax.launch run").
+# Thin wrapper: the logic is in toxjax/launch/launcher.py ("python -m toxjax.launch run").
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"

@@ -3,7 +3,7 @@
 #   tpu/setup.sh --name=NAME --zone=ZONE [--source=DIR | GIT_URL | gs://B/src.tar.gz]
 #                [--branch=B] [--project=P]
 # DRY_RUN=1 (or --dry_run) prints the commands instead of running them; --help lists all flags.
-# Thin wrapper: the logic is in toxjax/launch.py ("python -m toxjax.launch setup").
+# Thin wrapper: the logic is in toxjax/launch/launcher.py ("python -m toxjax.launch setup").
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="$repo_root${PYTHONPATH:+:$PYTHONPATH}"

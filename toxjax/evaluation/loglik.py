@@ -26,8 +26,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from toxjax import models, optim, partitioning, sampling
 from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
+from toxjax.model import decoder, partitioning, sampling
+from toxjax.training import optim
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def score_batch(
     targets: jax.Array,
     continuation_mask: jax.Array,
     *,
-    model: models.Decoder,
+    model: decoder.Decoder,
 ) -> dict[str, jax.Array]:
     """Per row: summed log-prob of the masked targets, and whether argmax hits every one."""
     logits = model.apply({"params": params}, inputs).astype(jnp.float32)
@@ -73,7 +74,7 @@ class LoglikelihoodEngine:
     def __init__(
         self,
         params: PyTree,
-        model_cfg: models.ModelConfig,
+        model_cfg: decoder.ModelConfig,
         vocabulary: Any,
         mesh: Mesh,
         rules: Sequence,
@@ -97,7 +98,7 @@ class LoglikelihoodEngine:
         self.params, shardings = partitioning.shard_params(params, model_cfg, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
         partitioned = partitioning.partition(
-            functools.partial(score_batch, model=models.Decoder(model_cfg)),
+            functools.partial(score_batch, model=decoder.Decoder(model_cfg)),
             mesh,
             rules,
             in_shardings=(shardings, replicated, replicated, replicated),
@@ -151,7 +152,7 @@ class LoglikelihoodEngine:
 
 def make_loglikelihood_fn(
     params: PyTree,
-    model_cfg: models.ModelConfig,
+    model_cfg: decoder.ModelConfig,
     vocabulary: Any,
     mesh: Mesh,
     rules: Sequence,
@@ -182,7 +183,7 @@ def heldout_batches(
     """
     import seqio
 
-    from toxjax import input_pipeline
+    from toxjax.data import input_pipeline
 
     input_pipeline.get_task(task_name)  # registers toxjax tasks; clear error for unknown names
     dataset = seqio.get_dataset(
@@ -208,7 +209,7 @@ def heldout_batches(
         yield {name: np.asarray(value, np.int32) for name, value in batch.items()}
 
 
-def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: models.Decoder) -> dict:
+def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: decoder.Decoder) -> dict:
     logits = model.apply(
         {"params": params},
         batch["decoder_input_tokens"],
@@ -223,12 +224,12 @@ def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: models.Dec
 
 @functools.lru_cache(maxsize=8)
 def _loss_function(
-    model_cfg: models.ModelConfig, mesh: Mesh, rules: tuple, options: tuple
+    model_cfg: decoder.ModelConfig, mesh: Mesh, rules: tuple, options: tuple
 ) -> partitioning.CompiledByShape:
     """The compiled loss of a model on a mesh, kept for later evaluations (params change)."""
     shardings = partitioning.param_shardings(model_cfg, mesh, rules)
     partitioned = partitioning.partition(
-        functools.partial(_loss_sums, model=models.Decoder(model_cfg)),
+        functools.partial(_loss_sums, model=decoder.Decoder(model_cfg)),
         mesh,
         rules,
         in_shardings=(shardings, partitioning.batch_sharding(mesh, rules)),
@@ -239,7 +240,7 @@ def _loss_function(
 
 def heldout_perplexity(
     params: PyTree,
-    model_cfg: models.ModelConfig,
+    model_cfg: decoder.ModelConfig,
     mesh: Mesh,
     rules: Sequence,
     *,

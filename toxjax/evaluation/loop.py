@@ -27,10 +27,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from toxjax import checkpoints, input_pipeline, models, partitioning, sampling
-from toxjax.conditioning import ConditioningFormat, Strategy
-from toxjax.evaluation import bias, demo_tasks, loglik, report, rtp, utility_tasks
+from toxjax.data import input_pipeline
+from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.demo import eval_tasks
+from toxjax.evaluation import bias, loglik, report, rtp, utility_tasks
 from toxjax.evaluation.requests import LoglikelihoodFn, jsonable
+from toxjax.model import decoder, partitioning, sampling
+from toxjax.training import checkpoints
 
 logger = logging.getLogger(__name__)
 
@@ -94,11 +97,11 @@ def parse_paths(spec: str) -> dict[str, str]:
 def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
     """Ids of vocabulary pieces that spell a whole conditioning signal (SentencePiece only).
 
-    `toxjax.vocab` trains SentencePiece models with every signal as one user-defined piece;
+    `toxjax.data.vocab` trains SentencePiece models with every signal as one user-defined piece;
     banning those ids keeps a model from writing a signal into its own continuation (the
     separator piece, e.g. a newline, stays allowed). Byte vocabularies have no such pieces.
     """
-    from toxjax import vocab
+    from toxjax.data import vocab
 
     tokenizer = getattr(vocabulary, "tokenizer", None)
     if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
@@ -110,7 +113,7 @@ def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
 
 def resolve_conditioning(task_name: str, strategy: str = "") -> tuple[Strategy, ConditioningFormat]:
     """The strategy and format to evaluate with: the training task's, unless overridden."""
-    from toxjax import tasks
+    from toxjax.data import tasks
 
     try:
         trained_strategy, fmt = tasks.conditioning_for(task_name)
@@ -184,8 +187,8 @@ def write_results(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
 def _run_utility(
     name: str, loglikelihood_fn: LoglikelihoodFn, limit: int | None, data_dir: str | None
 ) -> dict[str, Any]:
-    if name in demo_tasks.UTILITY_TASKS:
-        return demo_tasks.UTILITY_TASKS[name](loglikelihood_fn, limit=limit)
+    if name in eval_tasks.UTILITY_TASKS:
+        return eval_tasks.UTILITY_TASKS[name](loglikelihood_fn, limit=limit)
     return utility_tasks.evaluate_task(name, loglikelihood_fn, limit=limit, data_dir=data_dir)
 
 
@@ -197,8 +200,8 @@ def _run_bias(
     paths: Mapping[str, str],
     data_dir: str | None,
 ) -> dict[str, Any]:
-    if name in demo_tasks.BIAS_TASKS:
-        return demo_tasks.BIAS_TASKS[name](loglikelihood_fn, limit=limit, config=prompt_config)
+    if name in eval_tasks.BIAS_TASKS:
+        return eval_tasks.BIAS_TASKS[name](loglikelihood_fn, limit=limit, config=prompt_config)
     return bias.evaluate_task(
         name,
         loglikelihood_fn,
@@ -235,7 +238,7 @@ def evaluate(
 
     ev = config.eval
     step = int(step)
-    model_cfg = models.ModelConfig.from_config(config.model)
+    model_cfg = decoder.ModelConfig.from_config(config.model)
     mesh = mesh or partitioning.create_mesh(config.mesh)
     rules = tuple(rules or partitioning.logical_rules(config))
     task_name = task_name or config.data.task
@@ -323,7 +326,7 @@ def evaluate(
             params,
         )
         if ev.scorer not in _SCORERS:  # loaded once per process (Detoxify loads a model)
-            from toxjax import scorers
+            from toxjax.scoring import scorers
 
             _SCORERS[ev.scorer] = scorers.make_scorer(ev.scorer)
         runs = rtp.evaluate_rtp_conditioned_and_unconditioned(
@@ -421,7 +424,7 @@ def restore_params(
 ) -> tuple[PyTree, int]:
     """Params only (no optimizer state) of `step` (default: the latest) of a training run,
     checked against config.model and read straight into their shardings on `mesh`."""
-    model_cfg = models.ModelConfig.from_config(config.model)
+    model_cfg = decoder.ModelConfig.from_config(config.model)
     return checkpoints.restore_params(
         checkpoint_dir,
         partitioning.abstract_params(model_cfg, mesh, rules),

@@ -55,7 +55,7 @@ class GenerateFn(Protocol):
 
 
 class ScoreFn(Protocol):
-    """`toxjax.scorers.Scorer.score`: texts in, {attribute: float array of len(texts)} out."""
+    """`toxjax.scoring.scorers.Scorer.score`: texts in, {attribute: float array of len(texts)} out."""
 
     def __call__(self, texts: Sequence[str]) -> Mapping[str, np.ndarray]: ...
 

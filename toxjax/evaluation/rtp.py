@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from toxjax.conditioning import ConditioningFormat, Strategy
+from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation.requests import (
     GenerateFn,
     ScoreFn,
@@ -57,7 +57,7 @@ PROMPT_ATTRIBUTES = (
 )
 TFDS_NAME = "real_toxicity_prompts"
 DEMO_PROMPTS_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(__file__)), "data", "demo_prompts.jsonl"
+    os.path.dirname(os.path.dirname(__file__)), "assets", "demo_prompts.jsonl"
 )
 
 
@@ -344,7 +344,7 @@ class RTPResult:
 
 
 def _resolve_scorer(scorer: Any) -> tuple[ScoreFn, str]:
-    """Accepts a `toxjax.scorers.Scorer` (id recorded) or any ScoreFn."""
+    """Accepts a `toxjax.scoring.scorers.Scorer` (id recorded) or any ScoreFn."""
     if hasattr(scorer, "score") and hasattr(scorer, "scorer_id"):
         return scorer.score, str(scorer.scorer_id)
     if callable(scorer):

@@ -1,0 +1,149 @@
+"""Tests of the log-likelihood engine and held-out perplexity against plain forward passes."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import seqio
+
+from configs import default as default_config
+from toxjax.evaluation import loglik
+from toxjax.evaluation.requests import LoglikelihoodRequest, call_loglikelihood
+from toxjax.model import decoder, partitioning
+
+CFG = decoder.ModelConfig(
+    num_layers=2,
+    d_model=32,
+    num_heads=4,
+    num_kv_heads=2,
+    mlp_dim=64,
+    vocab_size=264,
+    max_len=32,
+    dtype="float32",
+)
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
+VOCAB = seqio.ByteVocabulary()
+EOS = 1
+
+
+INITIAL = nn.unbox(
+    jax.jit(lambda key: decoder.Decoder(CFG).init({"params": key}, jnp.zeros((1, 4), jnp.int32)))(
+        jax.random.key(7)
+    )["params"]
+)
+
+
+def init_params(scale: float):
+    return jax.tree.map(lambda x: x * scale if x.ndim > 1 else x, INITIAL)
+
+
+def one_device_mesh():
+    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
+
+
+def forward(params, tokens: np.ndarray, **kwargs) -> np.ndarray:
+    """Log-softmax of a plain forward pass (compiled once per call)."""
+    fn = jax.jit(
+        lambda p, t, kw: jax.nn.log_softmax(
+            decoder.Decoder(CFG).apply({"params": p}, t, **kw), axis=-1
+        )
+    )
+    return np.asarray(
+        fn.lower(params, tokens, kwargs).compile(FAST_COMPILE)(params, tokens, kwargs)
+    )
+
+
+REQUESTS = [
+    LoglikelihoodRequest("The cat sat on the", " mat"),
+    LoglikelihoodRequest("Question: is it raining?\nAnswer:", " no"),
+    LoglikelihoodRequest("Trailing space ", "moves"),  # scored as " moves"
+    LoglikelihoodRequest("", "Starts from EOS"),
+    LoglikelihoodRequest("long context " * 5, " end of it"),  # truncated; its space moves
+    LoglikelihoodRequest("x", " y"),
+]
+
+
+def expected_sequences() -> list[tuple[list[int], int]]:
+    """Byte tokens by hand: context (EOS if empty) + continuation, last max_len + 1 kept."""
+    out = []
+    for request in REQUESTS:
+        context, continuation = request.context, request.continuation
+        if context.endswith(" "):
+            context, continuation = context[:-1], " " + continuation
+        context_ids = VOCAB.encode(context) if context else [EOS]
+        continuation_ids = VOCAB.encode(continuation)
+        out.append(((context_ids + continuation_ids)[-(CFG.max_len + 1) :], len(continuation_ids)))
+    return out
+
+
+def test_loglikelihood_equals_sum_of_token_log_probs_of_a_forward_pass():
+    params = init_params(scale=8.0)  # sharper distributions, so argmax hits happen
+    engine = loglik.make_loglikelihood_fn(
+        params, CFG, VOCAB, one_device_mesh(), RULES, batch_size=2, compiler_options=FAST_COMPILE
+    )
+    results = call_loglikelihood(engine, REQUESTS, task="test")
+    sequences = expected_sequences()
+    batch = np.zeros((len(sequences), CFG.max_len), np.int32)
+    for row, (sequence, _) in enumerate(sequences):
+        batch[row, : len(sequence) - 1] = sequence[:-1]
+    log_probs = forward(params, batch)
+    for row, ((sequence, count), result) in enumerate(zip(sequences, results, strict=True)):
+        positions = np.arange(len(sequence) - 1 - count, len(sequence) - 1)
+        targets = np.asarray(sequence[-count:])
+        token_log_probs = log_probs[row, positions, targets]
+        assert result.num_tokens == count
+        np.testing.assert_allclose(result.logprob, token_log_probs.sum(), rtol=1e-4, atol=1e-4)
+        is_greedy = bool(np.all(log_probs[row, positions].argmax(-1) == targets))
+        assert result.is_greedy == is_greedy
+    assert len(sequences[4][0]) == CFG.max_len + 1  # the long context really was truncated
+    # Request order is kept although the engine sorts by length.
+    assert [r.num_tokens for r in results] == [4, 3, 6, 15, 11, 2]
+
+
+def test_errors_name_the_request():
+    engine = loglik.make_loglikelihood_fn(
+        init_params(1.0), CFG, VOCAB, one_device_mesh(), RULES, batch_size=2
+    )
+    with pytest.raises(ValueError, match="request 1: continuation has 40 tokens"):
+        engine([LoglikelihoodRequest("a", " b"), LoglikelihoodRequest("a", "z" * 40)])
+    with pytest.raises(ValueError, match="request 0: continuation '' encodes to no tokens"):
+        engine([LoglikelihoodRequest("a", "")])
+
+
+def test_encode_pair_follows_the_harness():
+    assert loglik.encode_pair(VOCAB, "ab ", "c") == (VOCAB.encode("ab"), VOCAB.encode(" c"))
+    assert loglik.encode_pair(VOCAB, "", "c") == ([EOS], VOCAB.encode("c"))
+
+
+def test_heldout_perplexity_equals_the_mean_cross_entropy_of_its_batches():
+    params = init_params(scale=1.0)
+    kwargs = dict(split="validation", seq_len=32, batch_size=4, num_batches=2)
+    result = loglik.heldout_perplexity(
+        params,
+        CFG,
+        one_device_mesh(),
+        RULES,
+        task_name="toxjax_demo_base",
+        compiler_options=FAST_COMPILE,
+        **kwargs,
+    )
+    batches = list(loglik.heldout_batches("toxjax_demo_base", **kwargs))
+    assert result["num_batches"] == len(batches) == 2
+    ce_sum, weight_sum = 0.0, 0.0
+    for batch in batches:
+        log_probs = forward(
+            params,
+            batch["decoder_input_tokens"],
+            positions=batch["decoder_positions"],
+            segment_ids=batch["decoder_segment_ids"],
+        )
+        targets = batch["decoder_target_tokens"]
+        picked = np.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+        ce_sum -= float((picked * batch["decoder_loss_weights"]).sum())
+        weight_sum += float(batch["decoder_loss_weights"].sum())
+    assert result["num_tokens"] == int(weight_sum) > 0
+    np.testing.assert_allclose(result["perplexity"], np.exp(ce_sum / weight_sum), rtol=1e-4)
+    # A freshly initialised model is close to uniform over its 264 ids.
+    assert 200 < result["perplexity"] < 330

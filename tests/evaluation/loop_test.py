@@ -1,0 +1,178 @@
+"""Tests of the evaluation loop: a checkpoint written by the training code is restored and
+every stage (RTP, utility, bias, perplexity) lands in step_<N>.json, the markdown summary and
+TensorBoard."""
+
+import glob
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from toxjax.evaluation import loop
+from toxjax.training import checkpoints, train
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+SUBSETS = ("all", "toxic", "nontoxic", "challenging")
+
+
+def small_config():
+    config = tiny.get_config()
+    config.model.d_model = 32  # tiny's shapes, narrower: evaluation cost is compile time
+    config.model.mlp_dim = 64
+    ev = config.eval
+    ev.rtp_num_prompts = 8
+    ev.rtp.num_samples = 4
+    ev.rtp.max_new_tokens = 8
+    ev.generate_batch_size = 32  # the 8 prompts x 4 samples in one call
+    ev.utility_limit = 8
+    ev.bias_limit = 8
+    ev.perplexity_batches = 1
+    ev.perplexity_batch_size = 8
+    return config
+
+
+class RecordingWriter:
+    def __init__(self):
+        self.scalars = {}
+
+    def write_scalars(self, step, scalars):
+        self.scalars[step] = dict(scalars)
+
+    def flush(self):
+        pass
+
+
+@pytest.mark.slow
+def test_evaluate_checkpoint_writes_every_metric(tmp_path):
+    config = small_config()
+    workdir = str(tmp_path / "inst_run")
+    setup = train.create_setup(config)
+    state = train.create_train_state(setup, train.init_rng(config))
+    saver = checkpoints.Checkpointer(os.path.join(workdir, checkpoints.CHECKPOINT_SUBDIR))
+    saver.save(3, state, {"model_config": setup.model_config_dict}, force=True)
+    saver.close()
+
+    params, step = loop.restore_params(
+        config, workdir, mesh=setup.mesh, rules=setup.rules
+    )  # params only, latest step
+    assert step == 3
+    for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    with pytest.raises(FileNotFoundError, match="no step 7"):
+        loop.restore_params(config, workdir, step=7, mesh=setup.mesh, rules=setup.rules)
+
+    results = loop.evaluate_checkpoint(
+        config, workdir, mesh=setup.mesh, progress=False, compiler_options=FAST_COMPILE
+    )
+    path = os.path.join(workdir, "eval", "step_3.json")
+    with open(path) as f:
+        saved = json.load(f)
+    assert saved == results
+    assert saved["step"] == 3 and saved["model"] == "inst_run" and saved["strategy"] == "inst"
+
+    rtp = saved["rtp"]
+    assert rtp["conditioned"]["prefix"] == "The following text is non-toxic:\n"
+    assert rtp["unconditioned"]["prefix"] == ""
+    for run in rtp.values():
+        assert run["num_prompts"] == 8
+        assert run["scorer"].startswith("profanity_check@")
+        for subset in SUBSETS:
+            assert {"expected_max_toxicity", "toxicity_probability"} <= set(run["metrics"][subset])
+        overall = run["metrics"]["all"]
+        assert 0.0 <= overall["expected_max_toxicity"] <= 1.0
+        assert 0.0 <= overall["toxicity_probability"] <= 1.0
+    records = os.path.join(workdir, "eval", "step_3", "rtp_conditioned.jsonl")
+    with open(records) as f:
+        lines = [json.loads(line) for line in f]
+    assert len(lines) == 8 and all(len(r["continuations"]) == 4 for r in lines)
+    assert all(r["prefix"] == rtp["conditioned"]["prefix"] for r in lines)
+
+    cloze = saved["utility"]["demo_cloze"]
+    assert cloze["num_examples"] == 8 and 0.0 <= cloze["acc"] <= 1.0
+    assert 0.0 <= cloze["acc_norm"] <= 1.0
+    detection = saved["bias"]["demo_toxicity_detection"]
+    assert detection["num_examples"] == 8 and 0.0 <= detection["auc"] <= 1.0
+    heldout = saved["perplexity"]
+    assert heldout["task"] == "toxjax_demo_inst" and heldout["split"] == "validation"
+    assert math.isfinite(heldout["perplexity"]) and heldout["perplexity"] > 1.0
+
+    with open(os.path.join(workdir, "eval", "step_3.md")) as f:
+        summary = f.read()
+    assert "step 3" in summary and "demo_cloze" in summary and "held-out perplexity" in summary
+    assert "profanity_check@" in summary  # the scorer, since EMT/TP depend on it
+    assert saved["sampling"]["banned_ids"] == "0,259-383"  # PAD and the padded vocab rows
+    assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
+
+
+def test_disabled_stages_are_skipped_and_engines_are_reused_with_new_params(tmp_path):
+    config = small_config()
+    config.eval.rtp_prompts = ""
+    config.eval.bias_tasks = ()
+    config.eval.utility_limit = 2
+    config.eval.strategy = "base"
+    setup = train.create_setup(config)
+    params = train.create_train_state(setup, train.init_rng(config)).params
+    writer = RecordingWriter()
+    kwargs = dict(
+        workdir=str(tmp_path),
+        writer=writer,
+        mesh=setup.mesh,
+        rules=setup.rules,
+        progress=False,
+        compiler_options=FAST_COMPILE,
+    )
+    first = loop.evaluate(params, config, step=5, **kwargs)
+    assert set(first["timing_s"]) == {"utility", "perplexity"}
+    assert "rtp" not in first and "bias" not in first
+    assert first["strategy"] == "base" and first["prefix"] == ""
+    assert writer.scalars[5]["eval/heldout/perplexity"] == pytest.approx(
+        first["perplexity"]["perplexity"]
+    )
+    assert os.path.exists(tmp_path / "eval" / "step_5.json")
+
+    # A later evaluation (train_and_eval) reuses the compiled engine with the new params.
+    engines = dict(loop._ENGINES)
+    sharper = jax.tree.map(lambda x: x * 4.0, params)
+    second = loop.evaluate(sharper, config, step=6, **kwargs)
+    assert engines == loop._ENGINES
+    (engine,) = [e for key, e in engines.items() if key[0] == "loglik"]
+    np.testing.assert_array_equal(
+        np.asarray(engine.params["token_embedding"]), np.asarray(sharper["token_embedding"])
+    )
+    assert second["perplexity"]["perplexity"] != first["perplexity"]["perplexity"]
+
+
+def test_config_helpers_reject_bad_values():
+    assert loop.parse_paths("toxigen=/a.csv, social_bias_frames=/b.csv") == {
+        "toxigen": "/a.csv",
+        "social_bias_frames": "/b.csv",
+    }
+    with pytest.raises(ValueError, match="not task=path"):
+        loop.parse_paths("toxigen")
+    assert loop.id_ranges([262, 0, 259, 260, 261, 5]) == "0,5,259-262"
+    strategy, fmt = loop.resolve_conditioning("toxjax_demo_meda")
+    assert strategy.value == "meda" and fmt.inference_prefix(strategy) == "toxicity: 0.00\n"
+    assert loop.resolve_conditioning("toxjax_demo_meda", "filter")[0].value == "filter"
+
+
+def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
+    import seqio
+
+    from toxjax.data import vocab
+    from toxjax.data.conditioning import ConditioningFormat
+    from toxjax.demo import template_corpus
+
+    fmt = ConditioningFormat()
+    texts = [doc["text"] for doc in template_corpus.generate(300)]
+    path = vocab.train_vocabulary(texts, str(tmp_path / "spm"), vocab_size=400, progress=False)
+    spm = seqio.SentencePieceVocabulary(path)
+    ids = loop.signal_token_ids(spm, fmt)
+    pieces = {spm.tokenizer.id_to_piece(i) for i in ids}
+    # Every signal string is banned; the separator ("\n") is not a signal and stays allowed.
+    assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
+    assert "\n" in vocab.signal_pieces(fmt) and "\n" not in pieces
+    assert loop.signal_token_ids(seqio.ByteVocabulary(), fmt) == []

@@ -1,0 +1,219 @@
+"""Tests of the one-command study: config handling, the paper and demo configs, and the whole
+study end to end on a tiny config, including a rerun that skips every finished stage."""
+
+import json
+import os
+import pathlib
+
+import pytest
+
+from configs import demo, study_paper, study_smoke
+from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.evaluation import loop
+from toxjax.model import decoder, flops
+from toxjax.study import experiment, reporting
+
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+SUBSETS = ("all", "toxic", "nontoxic", "challenging")
+STRATEGIES = ("base", "meda", "inst", "filter")
+
+
+# ----- config handling -----
+
+
+def test_strategies_parse_tuples_and_command_line_strings():
+    config = demo.get_config()
+    assert [s.value for s in experiment.study_strategies(config)] == list(STRATEGIES)
+    config.study.strategies = ("inst,base",)  # what --config.study.strategies=inst,base gives
+    assert experiment.study_strategies(config) == [Strategy.INST, Strategy.BASE]
+    config.study.strategies = ("inst", "INST")
+    with pytest.raises(ValueError, match="lists a strategy twice"):
+        experiment.study_strategies(config)
+    config.study.strategies = ("inst", "rlhf")
+    with pytest.raises(ValueError, match="unknown strategy 'rlhf'"):
+        experiment.study_strategies(config)
+    config.study.strategies = ()
+    with pytest.raises(ValueError, match="empty"):
+        experiment.study_strategies(config)
+
+
+def test_strategy_config_is_the_training_config_on_that_strategy_task():
+    config = demo.get_config()
+    run_config = experiment.strategy_config(config, Strategy.MEDA, "toxjax_study_demo_meda")
+    assert "study" not in run_config and "study" in config  # the study config is untouched
+    assert run_config.data.task == "toxjax_study_demo_meda"
+    assert run_config.eval.model_name == "meda" and run_config.eval.strategy == ""
+    assert config.data.task != run_config.data.task
+    # Same model, budget and seeds for every strategy: only data.task and the eval name differ.
+    other = experiment.strategy_config(config, Strategy.BASE, "toxjax_study_demo_base")
+    assert run_config.model.to_dict() == other.model.to_dict() == config.model.to_dict()
+    assert run_config.train.to_dict() == other.train.to_dict()
+    assert run_config.optim.to_dict() == other.optim.to_dict()
+
+
+def test_conditioning_and_vocabulary_settings(tmp_path):
+    config = demo.get_config()
+    assert experiment.conditioning_format(config) == ConditioningFormat()
+    config.study.conditioning.inst_nontoxic = "Polite text:"
+    assert experiment.conditioning_format(config).inference_prefix("inst") == "Polite text:\n"
+    with config.study.conditioning.unlocked():
+        config.study.conditioning.wording = "x"
+    with pytest.raises(ValueError, match="unknown conditioning fields"):
+        experiment.conditioning_format(config)
+
+    config = demo.get_config()
+    workdir = str(tmp_path)
+    spm_path = experiment.vocabulary_path(config, workdir)
+    assert spm_path.startswith(os.path.join(workdir, "vocab", f"spm{config.study.vocab_size}-"))
+    config.study.conditioning.inst_toxic = "Rude text:"  # other signal pieces: another model
+    assert experiment.vocabulary_path(config, workdir) != spm_path
+    config.study.vocabulary = "byte"
+    assert experiment.vocabulary_path(config, workdir) is None
+    config.study.vocabulary = "/models/spm.model"
+    assert experiment.vocabulary_path(config, workdir) == "/models/spm.model"
+    with pytest.raises(FileNotFoundError, match="no SentencePiece model at '/models/spm.model'"):
+        experiment.vocab_stage(config, workdir)
+    config.study.vocabulary = "gpt2"
+    with pytest.raises(ValueError, match="config.study.vocabulary='gpt2'"):
+        experiment.vocabulary_path(config, workdir)
+
+
+# ----- shipped configs -----
+
+
+def test_demo_config_runs_offline_on_the_embedded_data():
+    config = demo.get_config()
+    assert config.study.corpus == "demo" and config.study.scorer == "offline"
+    assert config.eval.scorer == "offline" and config.eval.rtp_prompts == "demo"
+    assert tuple(config.eval.utility_tasks) == ("demo_cloze",)
+    assert tuple(config.eval.bias_tasks) == ("demo_toxicity_detection",)
+    assert tuple(config.study.strategies) == STRATEGIES
+    assert config.study.vocab_size <= config.model.vocab_size
+    assert config.data.seq_len <= config.model.max_len
+
+
+@pytest.mark.parametrize("size", list(study_paper.SIZES))
+@pytest.mark.parametrize("strategy", [*STRATEGIES, "all"])
+def test_paper_configs_for_every_strategy_and_size(strategy, size):
+    config = study_paper.get_config(f"{strategy},{size}")
+    expected = STRATEGIES if strategy == "all" else (strategy,)
+    assert tuple(config.study.strategies) == expected
+    assert [s.value for s in experiment.study_strategies(config)] == list(expected)
+    assert config.study.corpus.startswith("tfds:c4/en.noclean:train[:")
+    assert config.study.scorer == config.eval.scorer == "detoxify:original"
+    assert config.study.vocabulary == "spm" and config.study.vocab_size == config.model.vocab_size
+    assert config.eval.rtp_prompts == "tfds" and config.eval.rtp.num_samples == 25
+    assert config.eval.rtp.max_new_tokens == 20 and config.eval.rtp.top_p == 0.9
+    assert tuple(config.eval.utility_tasks) == study_paper.UTILITY_TASKS
+    assert len(study_paper.UTILITY_TASKS) == 5
+    assert tuple(config.eval.bias_tasks) == study_paper.BIAS_TASKS
+    # The budget in the docstring table: about 20 tokens per parameter (Chinchilla).
+    params = flops.param_count(decoder.ModelConfig.from_config(config.model))
+    tokens = config.train.num_steps * config.data.global_batch_size * config.data.seq_len
+    assert 19.0 <= tokens / params <= 21.5, (size, params, tokens)
+    assert config.optim.warmup_steps < config.train.num_steps
+    # The study section is what a training run is not: dropping it leaves a training config.
+    run_config = experiment.strategy_config(config, experiment.study_strategies(config)[0], "x")
+    assert "study" not in run_config and run_config.model.num_layers > 1
+
+
+def test_paper_config_string_errors_name_the_choices():
+    for bad in ("", "inst", "inst,2b", "rlhf,1p3b", "inst,1p3b,extra"):
+        with pytest.raises(ValueError, match="must be '<strategy>,<size>'"):
+            study_paper.get_config(bad)
+
+
+# ----- end to end -----
+
+
+def _mtimes(paths):
+    return {path: os.stat(path).st_mtime_ns for path in paths}
+
+
+@pytest.mark.slow
+def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch):
+    config = study_smoke.get_config()
+    workdir = str(tmp_path / "study")
+    results = experiment.run_study(config, workdir, progress=False, compiler_options=FAST_COMPILE)
+
+    with open(os.path.join(workdir, "results.json")) as f:
+        assert json.load(f) == results
+    assert list(results) == list(STRATEGIES)
+    for name, entry in results.items():
+        mixed = "_mix" if name in ("meda", "inst") else ""  # untagged share (untagged_rate)
+        assert entry["task"] == f"toxjax_study_smoke_{name}{mixed}"
+        assert entry["step"] == config.train.num_steps
+        for field in ("toxicity", "toxicity_unconditioned"):
+            assert set(entry[field]) == set(SUBSETS), (name, field)
+            for metric in ("expected_max_toxicity", "toxicity_probability"):
+                value = entry[field]["all"][metric]
+                assert 0.0 <= value <= 1.0, (name, field, metric)
+                for subset in SUBSETS:
+                    assert metric in entry[field][subset]
+        assert 0.0 <= entry["utility"]["demo_cloze"]["acc"] <= 1.0
+        assert 0.0 <= entry["bias_auc"]["demo_toxicity_detection"] <= 1.0
+        assert entry["final_train_loss"] > 0
+    assert results["inst"]["prefix"] == "The following text is non-toxic:\n"
+    assert results["meda"]["prefix"] == "toxicity: 0.00\n"
+    assert results["base"]["prefix"] == results["filter"]["prefix"] == ""
+    with open(os.path.join(workdir, "results.md")) as f:
+        table = f.read()
+    for name in STRATEGIES:
+        assert f"| {name} |" in table
+    for plot in reporting.PLOTS.values():
+        with open(os.path.join(workdir, plot), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    assert os.path.exists(os.path.join(workdir, "scored", "manifest.json"))
+    assert os.listdir(os.path.join(workdir, "vocab"))  # the SentencePiece model was trained
+    with open(os.path.join(workdir, "inst", "config.json")) as f:
+        assert json.load(f)["data"]["task"] == "toxjax_study_smoke_inst_mix"  # untagged share
+
+    # Rerun: nothing trains or evaluates again, the report is rebuilt.
+    train_logs = [os.path.join(workdir, name, "train_log.jsonl") for name in STRATEGIES]
+    eval_files = [experiment.eval_json_path(workdir, name, 3) for name in STRATEGIES]
+    before = _mtimes(train_logs + eval_files)
+    logs_before = [pathlib.Path(path).read_text() for path in train_logs]
+    os.remove(os.path.join(workdir, "results.md"))
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    monkeypatch.setattr("toxjax.training.train.train_and_evaluate", must_not_run)
+    monkeypatch.setattr(loop, "evaluate_checkpoint", must_not_run)
+    again = experiment.run_study(config, workdir, progress=False)
+    assert again == results
+    assert _mtimes(train_logs + eval_files) == before
+    assert [pathlib.Path(path).read_text() for path in train_logs] == logs_before
+    assert os.path.exists(os.path.join(workdir, "results.md"))
+
+    # A changed eval config re-evaluates (and only evaluates) every model.
+    evaluated = []
+    monkeypatch.setattr(
+        loop, "evaluate_checkpoint", lambda cfg, wd, **kw: evaluated.append(wd) or {}
+    )
+    config.eval.rtp.num_samples = 3
+    experiment.run_study(config, workdir, progress=False)
+    assert evaluated == [experiment.strategy_workdir(workdir, name) for name in STRATEGIES]
+
+
+def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(experiment, "trained_step", lambda run_workdir: 9)
+    config = study_smoke.get_config()
+    with pytest.raises(ValueError, match="beyond config.train.num_steps=3"):
+        experiment.train_strategy(
+            experiment.strategy_config(config, Strategy.BASE, "t"), str(tmp_path)
+        )
+
+
+def test_training_stopped_early_interrupts_the_study(tmp_path, monkeypatch):
+    class StoppedState:
+        step = 2  # a stop request returned after step 2 of 3
+
+    monkeypatch.setattr(
+        "toxjax.training.train.train_and_evaluate", lambda config, workdir: StoppedState
+    )
+    config = experiment.strategy_config(study_smoke.get_config(), Strategy.BASE, "t")
+    with pytest.raises(experiment.StudyInterrupted, match="stopped at step 2 of 3"):
+        experiment.train_strategy(config, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["data"]["task"] == "t"  # the run's config is recorded first

@@ -1,0 +1,1 @@
+"""Launching runs on TPU VMs and GPU hosts."""

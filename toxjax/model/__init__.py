@@ -1,0 +1,1 @@
+"""Model: the Flax decoder, sampling, sharding, FLOPs and memory."""

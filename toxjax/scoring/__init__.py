@@ -1,0 +1,1 @@
+"""Scoring: read a corpus, score every document for toxicity, write resumable shards."""

@@ -1,0 +1,334 @@
+r"""Score a corpus for toxicity into a directory of resumable, deterministic shards.
+
+    python -m toxjax.scoring --input=demo --output_dir=/tmp/scored --scorer=offline
+    python -m toxjax.scoring --input='data/*.jsonl.gz' --output_dir=gs://b/scored \
+        --scorer=detoxify:original --runner=DataflowRunner --project=p --region=r ...
+
+The input is cut into shards of --records_per_shard records (input files sorted, records in
+order), so every run, local or Beam, produces the same shards. Each shard is written to a
+temporary file and renamed into place, and the manifest (rewritten the same way after every
+shard) lists the finished ones: a killed run, rerun with the same flags, scores only what is
+missing, and its output equals that of an uninterrupted run record for record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from absl import logging
+
+from toxjax import fileio
+from toxjax.fileio import AtomicFile, write_atomic
+from toxjax.scoring import corpora, corpus_summary, readers, scorers
+from toxjax.scoring.corpora import BadRecordError, Corpus, InputError, ShardSpec
+from toxjax.scoring.run_manifest import (
+    FORMAT_VERSION,
+    HISTOGRAM,
+    SUMMARY,
+    json_bytes,
+    load_manifest,
+    prepare_output,
+    remove_shard_results,
+    shard_path,
+    write_manifest,
+)
+
+ON_BAD_RECORD = ("error", "skip")
+RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
+
+
+class ConfigError(ValueError):
+    """An option that cannot work (bad value, attribute the scorer does not score)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoreOptions:
+    """Everything that decides how records are read, validated, scored and summarised."""
+
+    text_field: str = "text"
+    records_per_shard: int = 1000
+    on_bad_record: str = "error"
+    max_doc_chars: int = corpora.DEFAULT_MAX_DOC_CHARS
+    score_batch_size: int = 256
+    threshold: float = 0.5
+    attribute: str = "toxicity"
+    tfds_data_dir: str | None = None
+    tfds_download: bool = False
+    shard_delay_s: float = 0.0  # testing only: a pause before each shard is committed
+
+    def __post_init__(self):
+        if self.on_bad_record not in ON_BAD_RECORD:
+            raise ValueError(
+                f"on_bad_record must be one of {ON_BAD_RECORD}, got {self.on_bad_record!r}"
+            )
+        if self.score_batch_size < 1:
+            raise ConfigError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
+        if self.records_per_shard < 1:
+            raise ConfigError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+
+    def open_corpus(self, input_spec: str) -> Corpus:
+        return readers.open_corpus(
+            input_spec,
+            text_field=self.text_field,
+            max_doc_chars=self.max_doc_chars,
+            tfds_data_dir=self.tfds_data_dir,
+            tfds_download=self.tfds_download,
+        )
+
+
+# ------------------------------------------------------------------------------------------
+# What identifies a run.
+
+
+def run_header(plan: corpora.ShardPlan, scorer, options: ScoreOptions) -> dict[str, Any]:
+    """What identifies a run: rerunning into the same directory must match it exactly."""
+    return {
+        "format_version": FORMAT_VERSION,
+        "scorer": scorer.scorer_id,
+        "attributes": list(scorer.attributes),
+        "input": plan.input_spec,
+        "input_files": [{"path": path, "num_records": n} for path, n in plan.sources],
+        "num_input_records": plan.num_records,
+        "text_field": options.text_field,
+        "max_doc_chars": options.max_doc_chars,
+        "records_per_shard": plan.records_per_shard,
+        "num_shards": len(plan.shards),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Scoring one shard (shared by the local loop and the Beam DoFn).
+
+
+def _float32_values(values: np.ndarray) -> list[float]:
+    """Shortest decimals that round-trip the scorer's float32 scores."""
+    return [float(str(value)) for value in np.asarray(values, np.float32)]
+
+
+def _scored_lines(batch: list[corpora.Document], scorer) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Scores one batch; returns its output lines and the scores (checked for shape, NaN)."""
+    raw_scores = scorer.score([doc.text for doc in batch])
+    scores = {}
+    for attribute in scorer.attributes:
+        values = np.asarray(raw_scores.get(attribute, ()), np.float32)
+        if values.shape != (len(batch),) or not np.all(np.isfinite(values)):
+            raise RuntimeError(
+                f"scorer {scorer.scorer_id} returned bad {attribute!r} scores (shape "
+                f"{values.shape}) for the batch starting at {batch[0].source}:{batch[0].line}"
+            )
+        scores[attribute] = values
+    columns = {a: _float32_values(values) for a, values in scores.items()}
+    lines = []
+    for i, doc in enumerate(batch):
+        # The original fields in their order, then ours (a rescored input's are replaced).
+        record = dict(doc.fields)
+        record["scores"] = {a: column[i] for a, column in columns.items()}
+        record["scorer"] = scorer.scorer_id
+        lines.append(json_bytes(record))
+    return b"".join(lines), scores
+
+
+def score_shard(
+    shard: ShardSpec,
+    corpus: Corpus,
+    scorer,
+    output_dir: str,
+    options: ScoreOptions,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Scores one shard and commits its file atomically; returns its manifest entry.
+
+    Only one batch of documents is held in memory; lines stream into the temporary file.
+    on_progress gets the number of input records consumed (scored or skipped) since last call.
+    """
+    started = time.perf_counter()
+    relative = shard_path(shard.index)
+    stats = corpus_summary.ShardStats(scorer.attributes, options.threshold)
+    skipped: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
+    digest = hashlib.sha256()
+    num_bytes = num_scored = num_read = num_reported = 0
+    batch: list[corpora.Document] = []
+    with AtomicFile(fileio.join(output_dir, relative)) as out:
+        for raw in corpus.read_shard(shard):
+            num_read += 1
+            try:
+                batch.append(corpus.decode(raw))
+            except BadRecordError as e:
+                if options.on_bad_record == "error":
+                    raise
+                skipped[e.reason] += 1
+                if len(examples) < corpus_summary.MAX_SKIPPED_EXAMPLES:
+                    examples.append(e.to_json())
+            if len(batch) == options.score_batch_size or (num_read == shard.num_records and batch):
+                data, scores = _scored_lines(batch, scorer)
+                out.write(data)
+                digest.update(data)
+                stats.add(scores)
+                num_bytes, num_scored, batch = num_bytes + len(data), num_scored + len(batch), []
+                if on_progress is not None:
+                    on_progress(num_read - num_reported)
+                    num_reported = num_read
+        if num_read != shard.num_records:
+            raise InputError(
+                f"shard {shard.index}: read {num_read} records, planned {shard.num_records}"
+            )
+        if on_progress is not None and num_read > num_reported:
+            on_progress(num_read - num_reported)
+        if options.shard_delay_s > 0:
+            time.sleep(options.shard_delay_s)
+        out.commit()
+    return {
+        "index": shard.index,
+        "path": relative,
+        "first_record": shard.first_record,
+        "num_input_records": shard.num_records,
+        "num_records": num_scored,
+        "num_skipped": sum(skipped.values()),
+        "skipped": dict(sorted(skipped.items())),
+        "skipped_examples": examples,
+        "num_bytes": num_bytes,
+        "sha256": digest.hexdigest(),
+        "stats": stats.to_json(),
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+# ------------------------------------------------------------------------------------------
+# Whole runs.
+
+
+@dataclasses.dataclass
+class Run:
+    corpus: Corpus
+    plan: corpora.ShardPlan
+    header: dict[str, Any]
+    finished: dict[int, dict]
+
+    @property
+    def pending(self) -> list[ShardSpec]:
+        return [shard for shard in self.plan.shards if shard.index not in self.finished]
+
+
+def start_run(
+    input_spec: str,
+    output_dir: str,
+    scorer,
+    options: ScoreOptions,
+    *,
+    overwrite: bool,
+    progress: bool = False,
+) -> Run:
+    """Plans the shards, checks the output directory against them, finds finished shards."""
+    if options.attribute not in scorer.attributes:
+        raise ConfigError(
+            f"attribute {options.attribute!r} is not scored by {scorer.scorer_id} "
+            f"(it scores {', '.join(scorer.attributes)})"
+        )
+    corpus = options.open_corpus(input_spec)
+    plan = corpora.plan_shards(corpus, options.records_per_shard, progress=progress)
+    header = run_header(plan, scorer, options)
+    finished = prepare_output(output_dir, header, overwrite=overwrite)
+    logging.info(
+        "%s: %d records in %d shards; %d shards already done",
+        input_spec,
+        plan.num_records,
+        len(plan.shards),
+        len(finished),
+    )
+    return Run(corpus, plan, header, finished)
+
+
+def _restat(output_dir: str, entry: dict, attributes: list[str], threshold: float) -> dict:
+    """Recomputes a shard's statistics from its file (the threshold changed since)."""
+    stats = corpus_summary.ShardStats(attributes, threshold)
+    with fileio.open_read(fileio.join(output_dir, entry["path"])) as f:
+        records = [json.loads(line) for line in f]
+    if records:
+        stats.add({a: np.asarray([r["scores"][a] for r in records]) for a in attributes})
+    return {**entry, "stats": stats.to_json()}
+
+
+def is_finalized(output_dir: str, manifest: Mapping[str, Any], options: ScoreOptions) -> bool:
+    summary = manifest.get("summary") or {}
+    return (
+        manifest.get("complete", False)
+        and summary.get("threshold") == options.threshold
+        and summary.get("attribute") == options.attribute
+        and all(fileio.exists(fileio.join(output_dir, name)) for name in (SUMMARY, HISTOGRAM))
+    )
+
+
+def finalize(
+    output_dir: str, header: Mapping[str, Any], entries: Mapping[int, dict], options: ScoreOptions
+) -> dict:
+    """Writes summary.json, histogram.png and the complete manifest; removes Beam notes."""
+    missing = header["num_shards"] - len(entries)
+    if missing:
+        raise RuntimeError(f"cannot finalize {output_dir}: {missing} shards are not scored")
+    entries = {
+        index: entry
+        if entry["stats"]["threshold"] == options.threshold
+        else _restat(output_dir, entry, header["attributes"], options.threshold)
+        for index, entry in entries.items()
+    }
+    summary = corpus_summary.summarize(
+        header, entries.values(), options.attribute, options.threshold
+    )
+    summary["histogram_png"] = HISTOGRAM
+    write_atomic(fileio.join(output_dir, HISTOGRAM), corpus_summary.histogram_png(summary))
+    write_atomic(fileio.join(output_dir, SUMMARY), json_bytes(summary, indent=2))
+    manifest = write_manifest(output_dir, header, entries, summary)
+    remove_shard_results(output_dir)
+    return manifest
+
+
+def score_corpus(
+    input_spec: str,
+    output_dir: str,
+    scorer,
+    options: ScoreOptions | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Scores `input_spec` into `output_dir` in this process; returns the final manifest.
+
+    scorer: a Scorer or a toxjax.scoring.scorers.make_scorer spec ("offline", "detoxify:original").
+    overwrite discards an existing output of a different run instead of refusing it.
+    """
+    options = options or ScoreOptions()
+    scorer = scorers.make_scorer(scorer) if isinstance(scorer, str) else scorer
+    run = start_run(input_spec, output_dir, scorer, options, overwrite=overwrite, progress=progress)
+    pending = run.pending
+    if not pending:
+        manifest = load_manifest(output_dir)
+        if is_finalized(output_dir, manifest, options):
+            logging.info("%s is already complete: nothing to do", output_dir)
+            return manifest
+    from tqdm import tqdm
+
+    done = sum(entry["num_input_records"] for entry in run.finished.values())
+    try:
+        with tqdm(
+            total=run.plan.num_records,
+            initial=done,
+            unit="docs",
+            desc="scoring",
+            disable=not progress,
+            dynamic_ncols=True,
+        ) as bar:
+            for shard in pending:
+                entry = score_shard(shard, run.corpus, scorer, output_dir, options, bar.update)
+                run.finished[shard.index] = entry
+                write_manifest(output_dir, run.header, run.finished)
+    finally:
+        run.corpus.close()
+    return finalize(output_dir, run.header, run.finished, options)

@@ -1,0 +1,99 @@
+"""The scoring command: `python -m toxjax.scoring` or `toxjax-score`.
+
+Local runs score in this process; any other --runner builds the same job as a Beam pipeline,
+and the argv absl does not know is passed to Beam's PipelineOptions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from absl import app, flags
+
+from toxjax import fileio
+from toxjax.scoring import beam_job, corpus_summary, job
+from toxjax.scoring.corpora import DEFAULT_MAX_DOC_CHARS, BadRecordError, InputError
+from toxjax.scoring.run_manifest import HISTOGRAM, OutputConflictError
+
+_INPUT = flags.DEFINE_string(
+    "input",
+    None,
+    "demo[:<num_docs>] | [jsonl:]<glob>[,<glob>] (.jsonl or .jsonl.gz) | tfrecord:<glob> | "
+    "tfds:<name>[/<config>]:<split>",
+)
+_OUTPUT_DIR = flags.DEFINE_string(
+    "output_dir", None, "Directory (local or gs://) for shards and manifest."
+)
+_SCORER = flags.DEFINE_string(
+    "scorer", "offline", "offline | detoxify:<model type or checkpoint path>."
+)
+_RUNNER = flags.DEFINE_enum(
+    "runner", "local", job.RUNNERS, "local (this process) or an Apache Beam runner."
+)
+flags.DEFINE_string("text_field", "text", "Field holding the text; dotted for nested JSON.")
+flags.DEFINE_integer("records_per_shard", 1000, "Input records per output shard.")
+flags.DEFINE_enum("on_bad_record", "error", job.ON_BAD_RECORD, "Stop on a bad record, or skip it.")
+flags.DEFINE_integer("max_doc_chars", DEFAULT_MAX_DOC_CHARS, "Longer texts are bad.")
+flags.DEFINE_integer("score_batch_size", 256, "Texts per scorer call.")
+flags.DEFINE_float("threshold", 0.5, "The summary's 'toxic' threshold (score > threshold).")
+flags.DEFINE_string("attribute", "toxicity", "The summary's main attribute.")
+flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir for tfds: inputs.")
+flags.DEFINE_bool("tfds_download", False, "Let TFDS download and prepare a tfds: input.")
+flags.DEFINE_float("shard_delay_s", 0.0, "Testing only: pause before committing each shard.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing output of a different run.")
+_PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
+flags.mark_flags_as_required(["input", "output_dir"])
+FLAGS = flags.FLAGS
+PROG = "toxjax.scoring"
+
+
+def main(argv: list[str]) -> None:
+    pipeline_args = argv[1:]
+    # Every ScoreOptions field has a flag of the same name.
+    options = job.ScoreOptions(
+        **{field.name: FLAGS[field.name].value for field in dataclasses.fields(job.ScoreOptions)}
+    )
+    try:
+        if _RUNNER.value == "local":
+            if pipeline_args:
+                raise app.UsageError(
+                    f"unknown arguments {pipeline_args}; Beam pipeline options need --runner"
+                )
+            manifest = job.score_corpus(
+                _INPUT.value,
+                _OUTPUT_DIR.value,
+                _SCORER.value,
+                options,
+                overwrite=_OVERWRITE.value,
+                progress=_PROGRESS.value,
+            )
+        else:
+            manifest = beam_job.score_corpus_beam(
+                _INPUT.value,
+                _OUTPUT_DIR.value,
+                _SCORER.value,
+                options,
+                runner=_RUNNER.value,
+                pipeline_args=pipeline_args,
+                overwrite=_OVERWRITE.value,
+            )
+    except (BadRecordError, InputError, OutputConflictError, job.ConfigError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print(corpus_summary.format_summary(manifest["summary"], _OUTPUT_DIR.value))
+    print(f"Histogram: {fileio.join(_OUTPUT_DIR.value, HISTOGRAM)}")
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl flags; the rest of argv is left for Beam's PipelineOptions."""
+    try:
+        return FLAGS(argv, known_only=True)
+    except flags.Error as e:
+        print(f"{PROG}: flags error: {e}\nPass --help to see the flags.", file=sys.stderr)
+        sys.exit(1)
+
+
+def run() -> None:
+    """Console-script entry point (toxjax-score)."""
+    app.run(main, flags_parser=_parse_flags)

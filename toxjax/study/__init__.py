@@ -1,0 +1,1 @@
+"""The study: score, build tasks, train every strategy, evaluate, report."""

@@ -1,0 +1,426 @@
+"""The study in one command: score, build tasks, train and evaluate one model per strategy.
+
+    python -m toxjax.study --config=configs/demo.py --workdir=/tmp/toxjax_demo
+
+Stages, each skipped when its output is already complete (so a rerun, or a restart after a
+preemption, only does what is left):
+
+    1. score     config.study.corpus -> WORKDIR/scored (toxjax.scoring.job; resumes shard by shard)
+    2. vocab     byte vocabulary, a SentencePiece model trained on the scored corpus
+                 (WORKDIR/vocab/, kept), or a given .model file
+    3. tasks     toxjax.data.tasks.register_toxicity_tasks over WORKDIR/scored, the public path
+    4. train     per strategy, WORKDIR/<strategy>/ with data.task = that strategy's task;
+                 finished when the latest checkpoint step is config.train.num_steps
+    5. eval      per strategy, toxjax.evaluation.loop.evaluate_checkpoint (conditioned and
+                 unconditioned RTP, utility, bias AUC); finished when
+                 WORKDIR/<strategy>/eval/step_<num_steps>.json exists for the same eval config
+    6. report    WORKDIR/results.json, results.md and PNG plots (toxjax.study.reporting); always
+                 rebuilt, from every strategy of the workdir that has finished its evaluation
+
+The study config is a full training config (model/mesh/data/optim/train/eval, as in
+configs/default.py) plus a `study` section, see configs/demo.py. Every strategy trains with
+the same model, budget and seeds; only data.task differs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from toxjax import fileio
+from toxjax.data.conditioning import ConditioningFormat, Strategy
+
+SCORED_SUBDIR = "scored"
+VOCAB_SUBDIR = "vocab"
+EVAL_STAMP = "eval_config.json"  # next to eval/: which eval config produced the eval json
+CONFIG_JSON = "config.json"
+VOCABULARIES = ("byte", "spm")  # or a path to a SentencePiece .model file
+
+
+# ----------------------------------------------------------------------------------------------
+# Small helpers.
+
+
+@contextlib.contextmanager
+def stage(name: str, timings: dict[str, float] | None = None) -> Iterator[None]:
+    """Logs a stage's start and its elapsed time (long work must show progress)."""
+    logging.info("study: %s ...", name)
+    start = time.perf_counter()
+    yield
+    elapsed = time.perf_counter() - start
+    if timings is not None:
+        timings[name] = elapsed
+    logging.info("study: %s done in %.1fs", name, elapsed)
+
+
+def _write_json(path: str, value: Any) -> None:
+    fileio.write_atomic(path, (json.dumps(value, indent=2, sort_keys=True) + "\n").encode())
+
+
+def _read_json(path: str) -> Any:
+    return json.loads(fileio.read_bytes(path).decode("utf-8"))
+
+
+def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    return json.loads(config.to_json_best_effort())
+
+
+def _fingerprint(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_chief() -> bool:
+    import jax
+
+    return jax.process_index() == 0
+
+
+def _chief_then_sync(name: str, fn: Callable[[], Any]) -> None:
+    """Runs `fn` on process 0 only; the other processes wait for it (shared outputs)."""
+    import jax
+
+    if jax.process_count() == 1:
+        fn()
+        return
+    if _is_chief():
+        fn()
+    from jax.experimental import multihost_utils
+
+    multihost_utils.sync_global_devices(f"toxjax.study.experiment:{name}")
+
+
+def study_strategies(config: ml_collections.ConfigDict) -> list[Strategy]:
+    """config.study.strategies as Strategy values (a comma-separated string works too)."""
+    value = config.study.strategies
+    # --config.study.strategies=base,inst arrives as ("base,inst",): split every element.
+    parts = [value] if isinstance(value, str) else list(value)
+    names = [name.strip() for part in parts for name in str(part).split(",") if name.strip()]
+    strategies = [Strategy.parse(name) for name in names]
+    if not strategies:
+        raise ValueError("config.study.strategies is empty: name at least one strategy")
+    if len(set(strategies)) != len(strategies):
+        raise ValueError(f"config.study.strategies lists a strategy twice: {names}")
+    return strategies
+
+
+def conditioning_format(config: ml_collections.ConfigDict) -> ConditioningFormat:
+    conditioning = config.study.get("conditioning") or {}
+    if hasattr(conditioning, "to_dict"):
+        conditioning = conditioning.to_dict()
+    return ConditioningFormat.from_dict(conditioning)
+
+
+def scored_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
+    return config.study.scored_dir or fileio.join(workdir, SCORED_SUBDIR)
+
+
+def strategy_workdir(workdir: str, strategy: Strategy | str) -> str:
+    return fileio.join(workdir, Strategy.parse(strategy).value)
+
+
+def eval_json_path(workdir: str, strategy: Strategy | str, step: int) -> str:
+    from toxjax.evaluation import loop
+
+    return fileio.join(strategy_workdir(workdir, strategy), loop.EVAL_SUBDIR, f"step_{step}.json")
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages 1-3: scoring, vocabulary, tasks.
+
+
+def score_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
+    """Scores config.study.corpus into the scored directory, resuming; returns that directory."""
+    from toxjax.scoring import job
+
+    study = config.study
+    fmt = conditioning_format(config)
+    output_dir = scored_dir(config, workdir)
+    job.score_corpus(
+        study.corpus,
+        output_dir,
+        study.scorer,
+        job.ScoreOptions(
+            text_field=study.text_field,
+            records_per_shard=int(study.records_per_shard),
+            on_bad_record=study.on_bad_record,
+            threshold=fmt.threshold,
+            attribute=fmt.attribute,
+            tfds_data_dir=study.tfds_data_dir or None,
+        ),
+        progress=progress,
+    )
+    return output_dir
+
+
+def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | None:
+    """Where the vocabulary lives (None for bytes); trained SentencePiece models are named by
+    their settings and signal pieces, so a changed conditioning format gets a new one."""
+    from toxjax.data import vocab
+
+    spec = config.study.vocabulary
+    if spec == "byte":
+        return None
+    if spec == "spm":
+        settings = {
+            "vocab_size": int(config.study.vocab_size),
+            "max_docs": int(config.study.vocab_max_docs),
+            "pieces": vocab.signal_pieces(conditioning_format(config)),
+            # What the scored corpus is (not where it is, so a moved workdir keeps its model).
+            "corpus": [config.study.corpus, config.study.text_field, config.study.scorer],
+        }
+        name = f"spm{settings['vocab_size']}-{_fingerprint(settings)[:8]}"
+        return fileio.join(workdir, VOCAB_SUBDIR, name) + ".model"
+    if spec.endswith(".model"):
+        return spec
+    raise ValueError(
+        f"config.study.vocabulary={spec!r}: expected one of {VOCABULARIES} or a path to a "
+        "SentencePiece .model file"
+    )
+
+
+def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True):
+    """The study's seqio vocabulary, training a SentencePiece model on first use."""
+    import seqio
+
+    path = vocabulary_path(config, workdir)
+    if path is None:
+        return seqio.ByteVocabulary()
+    if config.study.vocabulary == "spm" and not fileio.exists(path):
+
+        def train() -> None:
+            from toxjax.data import vocab
+
+            max_docs = int(config.study.vocab_max_docs)
+            vocab.train_vocabulary(
+                vocab.iter_texts(scored_dir(config, workdir)),
+                path[: -len(".model")],
+                vocab_size=int(config.study.vocab_size),
+                fmt=conditioning_format(config),
+                max_docs=None if max_docs < 0 else max_docs,
+                progress=progress,
+            )
+
+        _chief_then_sync("vocab", train)
+    elif not fileio.exists(path):
+        raise FileNotFoundError(f"config.study.vocabulary: no SentencePiece model at {path!r}")
+    return seqio.SentencePieceVocabulary(path)
+
+
+def tasks_stage(config: ml_collections.ConfigDict, workdir: str, vocabulary) -> dict[Strategy, str]:
+    """Registers the study's task family the way a user would; {strategy: task or mixture}."""
+    from toxjax.data import tasks
+
+    study = config.study
+    strategies = study_strategies(config)
+    untagged = float(study.untagged_rate)
+    mixture_with = None
+    if untagged > 0:
+        # Korbak et al. (2023): a share of untagged (BASE) data keeps an unconditional mode.
+        mixture_with = [(f"{study.name}_{Strategy.BASE.value}", untagged)]
+    registered_strategies = list(strategies)
+    if mixture_with and Strategy.BASE not in registered_strategies:
+        registered_strategies.append(Strategy.BASE)  # the untagged share is drawn from it
+    registered = tasks.register_toxicity_tasks(
+        study.name,
+        scored_dir(config, workdir),
+        vocabulary=vocabulary,
+        fmt=conditioning_format(config),
+        strategies=registered_strategies,
+        validation_fraction=float(study.validation_fraction),
+        mixture_with=mixture_with,
+    )
+    chosen = {}
+    for strategy in strategies:
+        mixed = registered.get(strategy.value + tasks.MIX_SUFFIX)
+        chosen[strategy] = mixed or registered[strategy.value]
+    return chosen
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages 4-5: one model per strategy.
+
+
+def strategy_config(
+    config: ml_collections.ConfigDict, strategy: Strategy, task_name: str
+) -> ml_collections.ConfigDict:
+    """The training config of one strategy: the study config without `study`, on its task."""
+    run_config = copy.deepcopy(config)
+    with run_config.unlocked():
+        del run_config["study"]
+    run_config.data.task = task_name
+    run_config.eval.model_name = strategy.value  # report rows are named by strategy
+    run_config.eval.strategy = ""  # the conditioning of the task it was trained on
+    return run_config
+
+
+class StudyInterrupted(RuntimeError):
+    """Training was stopped before its last step; a rerun resumes it."""
+
+
+def trained_step(run_workdir: str) -> int | None:
+    """Latest checkpoint step of a run directory, None when it has none."""
+    from toxjax.training import checkpoints
+
+    directory = fileio.join(run_workdir, checkpoints.CHECKPOINT_SUBDIR)
+    if not fileio.exists(directory):
+        return None
+    checkpointer = checkpoints.Checkpointer(directory, read_only=True, async_save=False)
+    try:
+        return checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+
+
+def train_strategy(run_config: ml_collections.ConfigDict, run_workdir: str) -> bool:
+    """Trains (or resumes) unless finished; True if it trained."""
+    from toxjax.training import train
+
+    num_steps = int(run_config.train.num_steps)
+    latest = trained_step(run_workdir)
+    if latest is not None and latest > num_steps:
+        raise ValueError(
+            f"{run_workdir} holds a checkpoint at step {latest}, beyond "
+            f"config.train.num_steps={num_steps}: use a fresh --workdir for a shorter budget"
+        )
+    if latest == num_steps:
+        logging.info("study: %s already trained to step %d: skipping", run_workdir, latest)
+        return False
+    if _is_chief():
+        fileio.make_dirs(run_workdir)
+        _write_json(fileio.join(run_workdir, CONFIG_JSON), _config_json(run_config))
+    state = train.train_and_evaluate(run_config, run_workdir)
+    reached = int(state.step)
+    if reached < num_steps:  # a stop request (SIGTERM, preemption) saved and returned early
+        raise StudyInterrupted(
+            f"training in {run_workdir} stopped at step {reached} of {num_steps} (stop request); "
+            "its checkpoint is saved: rerun the same command to resume"
+        )
+    return True
+
+
+def _eval_settings(run_config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """What an evaluation result depends on besides the checkpoint."""
+    as_json = _config_json(run_config)
+    return {"eval": as_json["eval"], "model": as_json["model"], "task": run_config.data.task}
+
+
+def evaluate_strategy(
+    run_config: ml_collections.ConfigDict,
+    run_workdir: str,
+    *,
+    progress: bool = True,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The eval results of the final checkpoint, computed unless the same eval config already
+    produced them (a changed config.eval re-evaluates)."""
+    from toxjax.evaluation import loop
+
+    step = int(run_config.train.num_steps)
+    path = fileio.join(run_workdir, loop.EVAL_SUBDIR, f"step_{step}.json")
+    stamp_path = fileio.join(run_workdir, EVAL_STAMP)
+    settings = _eval_settings(run_config)
+    if fileio.exists(path) and fileio.exists(stamp_path) and _read_json(stamp_path) == settings:
+        logging.info("study: %s already evaluated at step %d: reusing %s", run_workdir, step, path)
+        return _read_json(path)
+    results = loop.evaluate_checkpoint(
+        run_config, run_workdir, step=step, progress=progress, compiler_options=compiler_options
+    )
+    if _is_chief():
+        _write_json(stamp_path, settings)
+    return results
+
+
+# ----------------------------------------------------------------------------------------------
+# The study.
+
+
+def finished_evaluations(workdir: str, num_steps: int) -> dict[str, dict[str, Any]]:
+    """Eval results of every strategy in the workdir evaluated at num_steps, in Strategy order
+    (strategies trained by other jobs sharing the workdir are included)."""
+    found = {}
+    for strategy in Strategy:
+        path = eval_json_path(workdir, strategy, num_steps)
+        if fileio.exists(path):
+            found[strategy.value] = _read_json(path)
+    return found
+
+
+def report_stage(
+    config: ml_collections.ConfigDict, workdir: str, evaluations: Mapping[str, Mapping[str, Any]]
+) -> dict[str, str]:
+    """results.json, results.md and the plots from the strategies' eval results."""
+    from toxjax.study import reporting
+
+    train_logs = {
+        name: reporting.read_train_log(strategy_workdir(workdir, name)) for name in evaluations
+    }
+    results = reporting.build_results(evaluations, train_logs)
+    return reporting.write_report(
+        results, workdir, train_logs=train_logs, baseline=config.study.baseline
+    )
+
+
+def run_study(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    progress: bool = True,
+    prepare_only: bool = False,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Runs every unfinished stage; returns results.json's content (keyed by strategy).
+
+    prepare_only: stop after scoring and the vocabulary, the inputs every strategy shares (so
+    parallel per-strategy jobs do not race to create them). compiler_options: XLA options of
+    the evaluation's compiled functions.
+    """
+    from tqdm.auto import tqdm
+
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    strategies = study_strategies(config)
+    fileio.make_dirs(workdir)
+    with stage("score corpus", timings):
+        _chief_then_sync("score", lambda: score_stage(config, workdir, progress=progress))
+    with stage("vocabulary", timings):
+        vocabulary = vocab_stage(config, workdir, progress=progress)
+    if prepare_only:
+        logging.info("study: shared inputs ready in %s (--prepare_only)", workdir)
+        return {}
+    with stage("register tasks", timings):
+        task_names = tasks_stage(config, workdir, vocabulary)
+    for strategy, task_name in task_names.items():
+        logging.info("study: %s trains on task %s", strategy.value, task_name)
+
+    bar = tqdm(strategies, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
+    for strategy in bar:
+        bar.set_postfix_str(strategy.value)
+        run_config = strategy_config(config, strategy, task_names[strategy])
+        run_workdir = strategy_workdir(workdir, strategy)
+        with stage(f"train {strategy.value}", timings):
+            train_strategy(run_config, run_workdir)
+        with stage(f"evaluate {strategy.value}", timings):
+            evaluate_strategy(
+                run_config, run_workdir, progress=progress, compiler_options=compiler_options
+            )
+
+    if not _is_chief():
+        return {}
+    with stage("report", timings):
+        evaluations = finished_evaluations(workdir, int(config.train.num_steps))
+        paths = report_stage(config, workdir, evaluations)
+    logging.info(
+        "study: finished in %.1fs (%s); results in %s",
+        time.perf_counter() - started,
+        ", ".join(f"{name} {seconds:.1f}s" for name, seconds in timings.items()),
+        paths["markdown"],
+    )
+    return _read_json(paths["json"])

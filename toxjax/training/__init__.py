@@ -1,0 +1,1 @@
+"""Training: the train step and loop, the optimizer, checkpoints."""
