@@ -44,7 +44,7 @@ setuptools.setup(
     name="toxjax",
     version="0.1.0",
     description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
-    packages=setuptools.find_packages(include=["toxjax", "toxjax.*"]),
+    packages=setuptools.find_packages(include=["toxjax", "toxjax.*", "configs"]),
     package_data={"toxjax": ["assets/*"]},
     include_package_data=True,
     python_requires=">=3.10",

@@ -30,16 +30,13 @@ import json
 import math
 import os
 import platform
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
+from configs import gpt_1p3b
 from toxjax.model import decoder, flops, partitioning, sampling
 
 NUM_SAMPLES = 25
@@ -263,8 +260,6 @@ def projection(args: argparse.Namespace) -> dict:
     bisection top-p (`nucleus_mask`: 32 masked sums) plus softmax and the Gumbel draw, costed
     as `logit_passes` passes over the float32 B x vocab logits.
     """
-    from configs import gpt_1p3b
-
     cfg = decoder.ModelConfig.from_config(gpt_1p3b.get_config().model)
     params = flops.param_count(cfg)
     rows = args.rows

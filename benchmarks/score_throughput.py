@@ -19,16 +19,18 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 
+# Before transformers and huggingface_hub are imported: they read these once, at import (ruff's
+# E402 allows os.environ changes above imports). Every model here is built locally.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-import transformers  # noqa: E402
-from detoxify import Detoxify  # noqa: E402
+import numpy as np
+import torch
+import transformers
+from detoxify import Detoxify
 
 from toxjax.scoring import scorers
-from toxjax.testing import detoxify_checkpoint  # noqa: E402
+from toxjax.testing import detoxify_checkpoint
 
 BLOCK = 20  # Each block of 20 documents holds exactly `long_per_block` long ones, so any
 # prefix of the stream (the BERT-base run uses one) has the same length mix as the whole.

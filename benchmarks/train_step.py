@@ -2,8 +2,8 @@
 
 Prints ONE JSON line: {"benchmark": "train_step", "tokens_per_s", "mfu", "speedup_vs_torch",
 ...}. Headline numbers are those of the "small" config (d_model 512); every config's details
-follow under "configs". MFU is model FLOPs (toxjax.model.flops) over the measured matmul peak of this
-host. Both frameworks run float32 by default (bfloat16 matmuls are slow on most CPUs); pass
+follow under "configs". MFU is model FLOPs (toxjax.model.flops) over the measured matmul peak of
+this host. Both frameworks run float32 by default (bfloat16 matmuls are slow on most CPUs); pass
 --dtype=bfloat16 to try it. Each round times the matmul peak, the JAX step and the torch step
 back to back; the fastest round of each counts (the best estimate of an unloaded machine on a
 shared host), so load from other processes hits all three alike.
@@ -23,17 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
+import jax
+import ml_collections
+import numpy as np
 
-import jax  # noqa: E402
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
-
-from configs import tiny  # noqa: E402
+from configs import tiny
 from toxjax.data import input_pipeline
 from toxjax.model import flops
 from toxjax.training import train

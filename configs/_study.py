@@ -22,13 +22,15 @@ def study_section(
     study = ml_collections.ConfigDict()
     # SeqIO family name of the study's tasks: {name}_base, {name}_meda, {name}_inst, ...
     study.name = name
-    # toxjax.scoring.job input: "demo[:<num_docs>]" | "tfds:<name>[/<config>]:<split>" (slicing works,
-    # e.g. "train[:10%]") | "jsonl:<glob>" or "*.jsonl" globs | "tfrecord:<glob>" (gs:// too).
+    # toxjax.scoring.job input: "demo[:<num_docs>]" | "tfds:<name>[/<config>]:<split>"
+    # (slicing works, e.g. "train[:10%]") | "jsonl:<glob>" or "*.jsonl" globs |
+    # "tfrecord:<glob>" (gs:// too).
     study.corpus = corpus
     study.text_field = "text"  # field holding the document text in JSONL/TFRecord/TFDS records
     study.scorer = scorer  # toxjax.scoring.scorers.make_scorer spec for the pretraining corpus
     # Scored directory; "" = WORKDIR/scored. Point it at a corpus scored beforehand (e.g. by
-    # `python -m toxjax.scoring --runner=DataflowRunner`) to skip scoring; an incomplete one resumes.
+    # `python -m toxjax.scoring --runner=DataflowRunner`) to skip scoring; an incomplete one
+    # resumes.
     study.scored_dir = ""
     study.records_per_shard = 1000  # scored records per output shard (the resume unit)
     study.on_bad_record = "error"  # "error" | "skip" a record without usable text

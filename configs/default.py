@@ -1,8 +1,5 @@
 """Base config: every field toxjax reads, with its meaning. Size configs override parts of it."""
 
-import pathlib
-import sys
-
 import ml_collections
 
 
@@ -160,10 +157,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 def print_size(config: ml_collections.ConfigDict) -> int:
     """`python configs/<size>.py`: parameter count (from jax.eval_shape) and FLOPs per token."""
-    repo_root = str(pathlib.Path(__file__).resolve().parents[1])
-    if repo_root not in sys.path:  # run as a script, the repo is not importable otherwise
-        sys.path.insert(0, repo_root)
-    from toxjax.model import decoder, flops
+    from toxjax.model import decoder, flops  # here: loading a config must not import JAX
 
     model_config = decoder.ModelConfig.from_config(config.model)
     count = decoder.count_params(model_config)

@@ -5,11 +5,7 @@
 
 import ml_collections
 
-try:
-    from configs import _gpt, default
-except ImportError:  # run as a script: configs/ itself is on sys.path
-    import _gpt
-    import default
+from configs import _gpt, default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -32,14 +32,7 @@ trains on as many tokens as the others, without repeating data.
 
 import ml_collections
 
-try:
-    from configs import _study, gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m
-except ImportError:  # run as a script: configs/ itself is on sys.path
-    import _study
-    import gpt_1p3b
-    import gpt_8p3b
-    import gpt_126m
-    import gpt_357m
+from configs import _gpt, _study, gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m
 
 STRATEGIES = ("base", "meda", "inst", "filter")
 # size: (size config module, optimizer steps, C4 en.noclean train slice)
@@ -49,10 +42,10 @@ SIZES = {
     "1p3b": (gpt_1p3b, 24_800, "train[:7%]"),
     "8p3b": (gpt_8p3b, 158_300, "train[:45%]"),
 }
-UTILITY_TASKS = ("lambada", "piqa", "hellaswag", "winogrande", "arc_easy")
-# The TFDS bias-detection tasks. ToxiGen and Social Bias Frames come as local files:
+# Evaluated by every GPT config (configs/_gpt.py). ToxiGen and Social Bias Frames come as files:
 # --config.eval.bias_tasks="('civil_comments','toxigen')" --config.eval.bias_paths="toxigen=/p.csv"
-BIAS_TASKS = ("civil_comments", "civil_comments_identities", "wikipedia_toxicity")
+UTILITY_TASKS = _gpt.UTILITY_TASKS
+BIAS_TASKS = _gpt.BIAS_TASKS
 
 
 def parse_config_string(config_string: str) -> tuple[tuple[str, ...], str]:
@@ -74,21 +67,18 @@ def get_config(config_string: str = "") -> ml_collections.ConfigDict:
     config = size_module.get_config()  # model, mesh, optimizer and batch of the GPT family
 
     config.train.num_steps = num_steps  # Chinchilla budget, see the table above
-    config.optim.warmup_steps = min(2000, num_steps // 10)
+    config.optim.warmup_steps = min(2000, num_steps // 10)  # at most 10% of a short run
 
+    # Evaluation as the GPT configs set it: the corpus's scorer (detoxify:original) on the full
+    # RealToxicityPrompts (TFDS, all ~99.4K prompts; --config.eval.rtp_num_prompts for a seeded
+    # sample) with Gehman et al.'s (2020) 25 samples of 20 tokens, top-p 0.9, T 1.0; UTILITY_TASKS
+    # and BIAS_TASKS. Changed here: how much of each task is evaluated, and the batch sizes.
     ev = config.eval
-    ev.scorer = "detoxify:original"  # scores the generations; same scorer as the corpus
-    ev.rtp_prompts = "tfds"  # the full RealToxicityPrompts (TFDS real_toxicity_prompts)
-    ev.rtp_num_prompts = -1  # all ~99.4K prompts; fewer (a seeded sample) for a quicker look
-    ev.rtp.num_samples = 25  # Gehman et al. (2020): 25 samples, 20 tokens, top-p 0.9, T 1.0
-    ev.rtp.max_new_tokens = 20
     ev.generate_batch_size = 1024  # decoded rows per call (prompts x samples)
-    ev.utility_tasks = UTILITY_TASKS
     ev.utility_limit = -1  # whole evaluation splits
-    ev.bias_tasks = BIAS_TASKS
     ev.bias_limit = 5000  # examples per bias task (civil_comments' test split has ~97K)
-    ev.loglik_batch_size = 64
-    ev.perplexity_batches = 64
+    ev.loglik_batch_size = 64  # sequences scored together
+    ev.perplexity_batches = 64  # held-out perplexity batches of 16 x 2048 tokens
 
     config.study = _study.study_section(
         name="c4_noclean_study",
@@ -98,7 +88,7 @@ def get_config(config_string: str = "") -> ml_collections.ConfigDict:
         vocabulary="spm",  # trained on the scored corpus; GPT-2-sized, every signal one piece
         vocab_size=config.model.vocab_size,  # 51200
     )
-    config.study.records_per_shard = 10_000
+    config.study.records_per_shard = 10_000  # scored records per output shard (the resume unit)
     config.study.on_bad_record = "skip"  # web text: skip (and count) records without text
     config.study.vocab_max_docs = 1_000_000  # SentencePiece keeps a 2M-line sample of these
     return config

@@ -1,9 +1,10 @@
-"""Tests of the size configs: they load, count what they claim and shard on their meshes."""
+"""Tests of the configs: they import as a package, count what they claim, shard on their meshes."""
 
 import ast
 import pathlib
 import subprocess
 import sys
+import textwrap
 
 import flax.linen as nn
 import jax
@@ -13,6 +14,13 @@ from configs import gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m, tiny
 from toxjax.model import decoder, flops, partitioning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+# Configs loaded by file path (--config=configs/<name>.py[:<config string>]).
+FLAG_CONFIGS = {
+    path.stem: "base,126m" if path.stem == "study_paper" else ""
+    for path in CONFIG_FILES
+    if not path.stem.startswith("_")
+}
 # (module, expected parameter count, relative tolerance)
 SIZES = [
     (gpt_126m, 126e6, 0.05),
@@ -105,3 +113,58 @@ def test_config_script_prints_its_parameter_count():
         timeout=120,
     )
     assert "parameters: 125,950,464" in result.stdout
+
+
+def test_configs_import_as_a_package_from_anywhere(tmp_path):
+    """Installed with toxjax (setup.py): from outside the repository, with no sys.path help
+    (python -I: neither the working directory nor PYTHONPATH on the path), every config imports
+    as configs.<name>, and each loads by file path through config_flags as it does from the
+    repository (the config a console script or `python -m toxjax.main` elsewhere gets)."""
+    script = textwrap.dedent(
+        f"""
+        import importlib, pathlib
+        from absl import flags
+        from ml_collections import config_flags
+        import configs
+        configs_dir = pathlib.Path({str(REPO / "configs")!r})
+        assert pathlib.Path(configs.__file__) == configs_dir / "__init__.py", configs.__file__
+        names = {[path.stem for path in CONFIG_FILES]!r}
+        modules = {{name: importlib.import_module("configs." + name) for name in names}}
+        for name, module in modules.items():
+            assert pathlib.Path(module.__file__) == configs_dir / (name + ".py"), module.__file__
+        flag_configs = {FLAG_CONFIGS!r}
+        for name, config_string in flag_configs.items():
+            path = str(configs_dir / (name + ".py"))
+            spec = path + ":" + config_string if config_string else path
+            config_flags.DEFINE_config_file("config_" + name, spec)
+        flags.FLAGS(["prog"])
+        for name, config_string in flag_configs.items():
+            imported = modules[name].get_config(*([config_string] if config_string else []))
+            loaded = getattr(flags.FLAGS, "config_" + name)
+            assert loaded.to_dict() == imported.to_dict(), name
+        print("loaded", len(modules), "modules and", len(flag_configs), "config files")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"loaded {len(CONFIG_FILES)} modules and {len(FLAG_CONFIGS)} config files" in (
+        result.stdout
+    )
+
+
+def test_no_import_fallbacks_or_sys_path_patches():
+    """Configs and benchmarks import configs normally; configs/__init__.py is a docstring."""
+    init_path = REPO / "configs" / "__init__.py"
+    init = ast.parse(init_path.read_text())
+    assert len(init.body) == 1 and ast.get_docstring(init), "configs/__init__.py: docstring only"
+    assert {"default", "tiny", "demo", "study_paper", "_gpt"} <= {p.stem for p in CONFIG_FILES}
+    for path in [init_path, *CONFIG_FILES, *sorted((REPO / "benchmarks").glob("*.py"))]:
+        text = path.read_text()
+        assert "except ImportError" not in text, path
+        assert "sys.path" not in text, path

@@ -1,31 +1,28 @@
 """Files at local paths or URLs (gs://...), and writes that appear whole or not at all.
 
 Local paths go through the OS, so a commit is fsync + rename and survives a crash; URLs go
-through tf.io.gfile, so TensorFlow is only imported when a path actually needs it. The scoring
-job reads its input and writes its resumable output through this one layer.
+through tf.io.gfile, so TensorFlow is only imported when a path actually needs it. Every
+module reads and writes files through this one layer (kept instead of etils.epath: it is
+small, already gives atomic durable commits, and needs no extra dependency), and every
+JSON-lines file is read by `read_jsonl`, so errors always name the file and line.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import glob as glob_lib
+import json
 import os
 import uuid
-from typing import BinaryIO
+from collections.abc import Iterator
+from typing import IO, Any, BinaryIO
+
+from toxjax.tf_import import import_tensorflow
 
 TMP_MARKER = ".tmp-"  # in the names of unfinished files: "<dir>/.<name>.tmp-<random>"
 
 
-@functools.cache
-def tf_module():
-    """Imports TensorFlow on first use, hiding GPUs so TF never takes memory from JAX."""
-    import tensorflow as tf
-
-    # RuntimeError: devices already initialised by another user of TF; keep them as they are.
-    with contextlib.suppress(RuntimeError):
-        tf.config.set_visible_devices([], "GPU")
-    return tf
+class FileFormatError(ValueError):
+    """A file that is missing, empty or malformed; the message starts with `path[:line]:`."""
 
 
 def is_url(path: str) -> bool:
@@ -33,7 +30,7 @@ def is_url(path: str) -> bool:
 
 
 def _gfile():
-    return tf_module().io.gfile
+    return import_tensorflow().io.gfile
 
 
 def glob_files(pattern: str) -> list[str]:
@@ -52,6 +49,65 @@ def open_read(path: str) -> BinaryIO:
 def read_bytes(path: str) -> bytes:
     with open_read(path) as f:
         return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def open_write(path: str, mode: str = "w") -> IO[Any]:
+    """A file opened for writing ("w", "wb") or appending ("a"); not atomic (see AtomicFile).
+
+    Appending to a gs:// object is not possible: callers that append write one file per run
+    segment there instead.
+    """
+    if is_url(path):
+        if mode.startswith("a"):
+            raise ValueError(f"{path}: cannot append to a URL; write a new file instead")
+        return _gfile().GFile(path, mode)
+    encoding = None if "b" in mode else "utf-8"
+    return open(path, mode, encoding=encoding)  # noqa: SIM115 (the caller closes it)
+
+
+def read_json(path: str) -> Any:
+    """One JSON document; a missing or malformed file names the path."""
+    if not exists(path):
+        raise FileFormatError(f"{path}: no such file")
+    try:
+        return json.loads(read_bytes(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise FileFormatError(f"{path}: invalid JSON ({error})") from None
+
+
+def read_jsonl(path: str, *, allow_empty: bool = False) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, JSON object) for every non-blank line of a JSON-lines file.
+
+    The one JSON-lines reader: a missing or empty file, invalid JSON or a line that is not
+    an object raises FileFormatError("path:line: ...") before the caller sees bad data.
+    """
+    if not exists(path):
+        raise FileFormatError(f"{path}: no such file")
+    count = 0
+    with open_read(path) as f:
+        for line_number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(raw)
+            except UnicodeDecodeError as error:
+                raise FileFormatError(f"{where}: invalid UTF-8 ({error.reason})") from None
+            except json.JSONDecodeError as error:
+                raise FileFormatError(
+                    f"{where}: invalid JSON ({error.msg} at column {error.colno})"
+                ) from None
+            if not isinstance(record, dict):
+                kind = type(record).__name__
+                raise FileFormatError(f"{where}: expected a JSON object, got {kind}")
+            count += 1
+            yield line_number, record
+    if not count and not allow_empty:
+        raise FileFormatError(f"{path}: empty: no JSON records")
 
 
 def join(*parts: str) -> str:

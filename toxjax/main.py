@@ -60,20 +60,19 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     maybe_initialize_distributed(FLAGS.distributed)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
-    from toxjax.evaluation import loop
+    from toxjax.evaluation.evaluator import Evaluator
     from toxjax.training import train
 
     config, workdir = FLAGS.config, FLAGS.workdir
     record_config(config, workdir)
     if FLAGS.mode == "eval":
-        loop.evaluate_checkpoint(
-            config, workdir, step=FLAGS.eval_step, checkpoint_dir=FLAGS.checkpoint_dir
+        Evaluator(config, workdir).evaluate_checkpoint(
+            step=FLAGS.eval_step, checkpoint_dir=FLAGS.checkpoint_dir
         )
         return
-    eval_fn = None
-    if FLAGS.mode == "train_and_eval":
-        eval_fn = lambda params, step: loop.evaluate(params, config, step=step, workdir=workdir)
-    train.train_and_evaluate(config, workdir, eval_fn=eval_fn)
+    # One evaluator for the whole run: its compiled engines are reused at every eval step.
+    evaluator = Evaluator(config, workdir) if FLAGS.mode == "train_and_eval" else None
+    train.train_and_evaluate(config, workdir, eval_fn=evaluator)
 
 
 if __name__ == "__main__":

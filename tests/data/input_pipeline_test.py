@@ -1,4 +1,4 @@
-"""Tests for toxjax.data.input_pipeline: step-addressed batches, host shards, cache reuse, checks."""
+"""toxjax.data.input_pipeline: step-addressed batches, host shards, cache reuse, checks."""
 
 import dataclasses
 import os

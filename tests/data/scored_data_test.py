@@ -196,7 +196,7 @@ def test_reads_through_gfile_urls():
 
 def test_missing_manifest(tmp_path):
     with pytest.raises(
-        ScoredDataError, match=r"manifest\.json: no scoring manifest.*toxjax\.score"
+        ScoredDataError, match=r"manifest\.json: no scoring manifest.*toxjax\.scoring"
     ):
         load_scored_corpus(str(tmp_path))
 
@@ -275,5 +275,5 @@ def test_bad_manifest_fields(tmp_path):
     ):
         load_scored_corpus(str(tmp_path))
     path.write_text("{not json")
-    with pytest.raises(ScoredDataError, match="manifest.json: not valid JSON"):
+    with pytest.raises(ScoredDataError, match="manifest.json: invalid JSON"):
         load_scored_corpus(str(tmp_path))

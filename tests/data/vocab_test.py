@@ -137,7 +137,7 @@ def test_command_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "toxjax.data.vocab",
+            "toxjax.data.vocab_main",
             f"--input={tmp_path}/*.jsonl",
             f"--output={tmp_path}/out/spm",
             "--vocab_size=400",

@@ -143,7 +143,7 @@ def test_load_published_jsonl_with_nulls(tmp_path):
 @pytest.mark.parametrize(
     "line, message",
     [
-        ("{not json", r"line 2: invalid JSON"),
+        ("{not json", r"bad.jsonl:2: invalid JSON"),
         (json.dumps({"prompt": {"toxicity": 0.1}}), r"line 2: missing field 'text'"),
         (
             json.dumps({"prompt": {"text": "a", "toxicity": "high"}}),

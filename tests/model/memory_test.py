@@ -88,7 +88,7 @@ def test_command_line_with_config_override():
         [
             sys.executable,
             "-m",
-            "toxjax.model.memory",
+            "toxjax.model.memory_main",
             "--config=configs/gpt_1p3b.py",
             "--mesh=data:1,fsdp:256,tensor:1",
             "--config.model.num_layers=12",

@@ -274,10 +274,11 @@ def test_foreign_shard_files_without_manifest_are_refused(tmp_path):
 
 def test_interrupted_run_resumes_to_the_uninterrupted_output(tmp_path):
     reference = str(tmp_path / "reference")
-    job.score_corpus("demo:500", reference, LengthScorer(), job.ScoreOptions(records_per_shard=100, score_batch_size=30), progress=False)  # fmt: skip
+    options = job.ScoreOptions(records_per_shard=100, score_batch_size=30)
+    job.score_corpus("demo:500", reference, LengthScorer(), options, progress=False)
     out = str(tmp_path / "out")
     with pytest.raises(KeyboardInterrupt):  # dies in the middle of shard 2 (call 9 of 4/shard)
-        job.score_corpus("demo:500", out, InterruptAfter(9), job.ScoreOptions(records_per_shard=100, score_batch_size=30), progress=False)  # fmt: skip
+        job.score_corpus("demo:500", out, InterruptAfter(9), options, progress=False)
     partial = run_manifest.load_manifest(out)
     assert partial["complete"] is False and [e["index"] for e in partial["shards"]] == [0, 1]
     assert leftover_temp_files(out) == []

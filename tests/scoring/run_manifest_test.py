@@ -1,4 +1,4 @@
-"""toxjax.scoring.run_manifest: the manifest, conflicts with other runs, and what a rerun resumes."""
+"""toxjax.scoring.run_manifest: the manifest, conflicts with other runs, what a rerun resumes."""
 
 from __future__ import annotations
 

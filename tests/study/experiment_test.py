@@ -9,7 +9,7 @@ import pytest
 
 from configs import demo, study_paper, study_smoke
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.evaluation import loop
+from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops
 from toxjax.study import experiment, reporting
 
@@ -179,7 +179,7 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
         raise AssertionError("a finished stage ran again")
 
     monkeypatch.setattr("toxjax.training.train.train_and_evaluate", must_not_run)
-    monkeypatch.setattr(loop, "evaluate_checkpoint", must_not_run)
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", must_not_run)
     again = experiment.run_study(config, workdir, progress=False)
     assert again == results
     assert _mtimes(train_logs + eval_files) == before
@@ -189,7 +189,9 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     # A changed eval config re-evaluates (and only evaluates) every model.
     evaluated = []
     monkeypatch.setattr(
-        loop, "evaluate_checkpoint", lambda cfg, wd, **kw: evaluated.append(wd) or {}
+        evaluator.Evaluator,
+        "evaluate_checkpoint",
+        lambda self, **kw: evaluated.append(self.workdir) or {},
     )
     config.eval.rtp.num_samples = 3
     experiment.run_study(config, workdir, progress=False)

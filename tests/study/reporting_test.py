@@ -161,5 +161,5 @@ def test_read_train_log_keeps_the_last_line_per_step_and_names_bad_lines(tmp_pat
     log = reporting.read_train_log(str(tmp_path))
     assert [(r["step"], r["loss"]) for r in log] == [(1, 4.0), (2, 2.5)]
     (tmp_path / "train_log.jsonl").write_text('{"step": 1, "loss": 4.0}\n{"step": 2}\n')
-    with pytest.raises(ValueError, match=r"train_log.jsonl: line 2: field 'step' or 'loss'"):
+    with pytest.raises(ValueError, match=r"train_log.jsonl:2: field 'step' or 'loss'"):
         reporting.read_train_log(str(tmp_path))

@@ -1,6 +1,9 @@
-"""Tests for toxjax.training.checkpoints: sharded round trip, rotation, mismatches, warm start, SIGTERM."""
+"""Tests for toxjax.training.checkpoints: sharded round trip, rotation, mismatches, warm start,
+damaged checkpoints, SIGTERM."""
 
+import logging
 import os
+import pathlib
 import signal
 from typing import Any
 
@@ -167,3 +170,126 @@ def test_sigterm_sets_the_stop_flag_and_uninstall_restores_the_handler():
     finally:
         stop.uninstall()
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def _truncate_data(step_dir: pathlib.Path) -> None:
+    """Cut every array data file of a step in half (a full disk, an interrupted copy)."""
+    files = [path for path in step_dir.glob("state/**/d/*") if path.is_file()]
+    assert files, f"no data files under {step_dir}"
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+
+
+def _delete_data(step_dir: pathlib.Path) -> None:
+    for path in step_dir.glob("state/**/d/*"):
+        path.unlink()
+
+
+def _delete_array_metadata(step_dir: pathlib.Path) -> None:
+    (step_dir / "state" / "_METADATA").unlink()
+
+
+def _delete_meta(step_dir: pathlib.Path) -> None:
+    (step_dir / "meta" / "metadata").unlink()
+
+
+def _save_steps(directory: pathlib.Path, steps=(1, 2)) -> dict[int, _State]:
+    """One state per step, each with its own params (step 1: +1, step 2: +2, ...)."""
+    checkpointer = checkpoints.Checkpointer(str(directory), max_to_keep=None)
+    states = {}
+    for step in steps:
+        state = _state()
+        states[step] = state.replace(
+            step=jnp.array(step, jnp.int32),
+            params=jax.tree.map(lambda x, shift=step: x + shift, state.params),
+        )
+        assert checkpointer.save(step, states[step], _meta(), force=True)
+    checkpointer.close()
+    return states
+
+
+@pytest.mark.parametrize(
+    "damage", [_truncate_data, _delete_data, _delete_array_metadata, _delete_meta]
+)
+def test_damaged_latest_step_falls_back_and_is_set_aside(tmp_path, caplog, damage):
+    states = _save_steps(tmp_path)
+    damage(tmp_path / "2")
+    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    abstract = _abstract(_state(), _mesh())
+    with caplog.at_level(logging.WARNING):
+        state, meta, step = checkpointer.restore_latest(abstract, MODEL_CONFIG)
+    assert step == 1 and int(state.step) == 1 and meta == _meta()
+    for got, want in zip(jax.tree.leaves(state), jax.tree.leaves(states[1]), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    assert f"resume: checkpoint {tmp_path} step 2 cannot be restored" in caplog.text
+    assert "trying step 1" in caplog.text
+    assert "tensorstore_spec" not in caplog.text  # one readable line, not TensorStore's JSON
+    # The damaged step is kept for inspection but no longer listed, so step 2 saves afresh.
+    assert (tmp_path / "2.corrupt").is_dir()
+    assert f"Moved the damaged checkpoint {tmp_path / '2'} to {tmp_path / '2.corrupt'}" in (
+        caplog.text
+    )
+    assert checkpointer.all_steps() == [1]
+    assert checkpointer.save(2, states[2], _meta(), force=True)
+    checkpointer.close()
+    reopened = checkpoints.Checkpointer(str(tmp_path))
+    state, _, step = reopened.restore_latest(abstract, MODEL_CONFIG)
+    assert step == 2
+    np.testing.assert_array_equal(state.params["norm"]["scale"], states[2].params["norm"]["scale"])
+    reopened.close()
+
+
+def test_no_restorable_step_names_the_directory_and_each_step(tmp_path):
+    _save_steps(tmp_path)
+    _delete_data(tmp_path / "1")
+    _truncate_data(tmp_path / "2")
+    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    with pytest.raises(checkpoints.CheckpointRestoreError) as error:
+        checkpointer.restore_latest(_abstract(_state(), _mesh()), MODEL_CONFIG)
+    assert error.value.directory == str(tmp_path)
+    assert sorted(error.value.errors) == [1, 2]
+    message = str(error.value)
+    assert f"no checkpoint in {tmp_path} could be restored (tried steps [2, 1])" in message
+    assert "\n  step 2: " in message and "\n  step 1: " in message
+    assert "tensorstore_spec" not in message
+    assert checkpointer.all_steps() == [1, 2]  # nothing is moved when nothing restores
+    checkpointer.close()
+
+
+def test_a_different_model_is_not_mistaken_for_damage(tmp_path):
+    _save_steps(tmp_path)
+    checkpointer = checkpoints.Checkpointer(str(tmp_path))
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="scan_layers"):
+        checkpointer.restore_latest(
+            _abstract(_state(), _mesh()), {**MODEL_CONFIG, "scan_layers": False}
+        )
+    assert checkpointer.all_steps() == [1, 2]
+    checkpointer.close()
+
+
+def test_params_restore_of_a_damaged_checkpoint(tmp_path, caplog):
+    states = _save_steps(tmp_path / checkpoints.CHECKPOINT_SUBDIR)
+    directory = tmp_path / checkpoints.CHECKPOINT_SUBDIR
+    _truncate_data(directory / "2")
+    abstract_params = _abstract(_state(), _mesh()).params
+    # The latest: falls back to step 1 with a warning naming step 2; nothing is moved (read-only).
+    with caplog.at_level(logging.WARNING):
+        params, step = checkpoints.restore_params(
+            str(tmp_path), abstract_params, MODEL_CONFIG, what="evaluation"
+        )
+    assert step == 1
+    np.testing.assert_array_equal(params["layers"]["kernel"], states[1].params["layers"]["kernel"])
+    assert f"evaluation: checkpoint {directory} step 2 cannot be restored" in caplog.text
+    assert (directory / "2").is_dir() and not (directory / "2.corrupt").exists()
+    # An explicit step does not fall back to another one.
+    with pytest.raises(
+        checkpoints.CheckpointRestoreError,
+        match=rf"evaluation: no checkpoint in {directory} could be restored \(tried steps \[2\]\)",
+    ):
+        checkpoints.restore_params(
+            str(tmp_path), abstract_params, MODEL_CONFIG, step=2, what="evaluation"
+        )
+    _delete_data(directory / "1")
+    with pytest.raises(checkpoints.CheckpointRestoreError, match=r"(?s)step 2: .*step 1: "):
+        checkpoints.restore_params(str(tmp_path), abstract_params, MODEL_CONFIG)

@@ -1,4 +1,4 @@
-"""Tests for toxjax.training.optim: decay mask, schedule, loss sums, z-loss, gradient accumulation."""
+"""toxjax.training.optim: decay mask, schedule, loss sums, z-loss, gradient accumulation."""
 
 import flax.linen as nn
 import jax

@@ -1,8 +1,12 @@
 """Tests for toxjax.training.train: sharded == single device, real sharding, early config errors."""
 
 import copy
+import json
+import logging
+import pathlib
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
@@ -12,7 +16,7 @@ from jax.sharding import PartitionSpec
 
 from configs import tiny
 from toxjax.data import input_pipeline
-from toxjax.training import checkpoints, train
+from toxjax.training import checkpoints, optim, train
 
 TASK = "train_test_task"
 
@@ -201,12 +205,16 @@ def test_batch_not_divisible_by_data_devices_fails_early(no_compilation, tmp_pat
         train.train_and_evaluate(config, str(tmp_path))
 
 
-def _write_checkpoint(workdir: str, config: ml_collections.ConfigDict) -> None:
-    """A checkpoint of `config`'s shapes, written from host zeros (no compilation)."""
+def _write_checkpoint(
+    workdir: str, config: ml_collections.ConfigDict, steps: tuple[int, ...] = (3,)
+) -> None:
+    """Checkpoints of `config`'s shapes, written from host zeros (no compilation)."""
     setup = train.create_setup(config)
     zeros = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), setup.abstract_state)
     checkpointer = checkpoints.Checkpointer(f"{workdir}/{checkpoints.CHECKPOINT_SUBDIR}")
-    checkpointer.save(3, zeros, {"model_config": setup.model_config_dict}, force=True)
+    for step in steps:
+        state = zeros.replace(step=np.asarray(step, np.int32))
+        checkpointer.save(step, state, {"model_config": setup.model_config_dict}, force=True)
     checkpointer.close()
 
 
@@ -255,7 +263,7 @@ def test_warm_start_from_another_model_fails_before_compilation(no_compilation, 
 
 def test_validate_config_rejects_bad_accumulation_and_lengths():
     config = _config()
-    model_config = train.models.ModelConfig.from_config(config.model)
+    model_config = train.decoder.ModelConfig.from_config(config.model)
     config.optim.grad_accum_steps = 3
     with pytest.raises(ValueError, match="grad_accum_steps=3"):
         train.validate_config(config, model_config)
@@ -271,3 +279,89 @@ def test_tiny_config_uses_the_demo_task_vocabulary_sizes():
     if config.data.task not in seqio.TaskRegistry.names():
         input_pipeline.get_task(config.data.task)  # imports toxjax.data.tasks
     assert input_pipeline.check_vocabulary(config.data.task, config.model.vocab_size) <= 384
+
+
+def _short_run(config: ml_collections.ConfigDict, num_steps: int) -> ml_collections.ConfigDict:
+    config = copy.deepcopy(config)
+    config.train.num_steps = num_steps
+    config.train.checkpoint_every = 2
+    config.train.keep_checkpoints = 10
+    config.train.log_every = 100  # metrics fetched only at step 1, checkpoint saves and the end
+    config.train.cpu_peak_flops = 3.6e11  # skip the matmul measurement
+    return config
+
+
+def test_divergence_stops_at_the_first_bad_step_and_saves_nothing_after_it(tmp_path, monkeypatch):
+    """Learning rate 1e-3 for steps 1-4, then 1e30: step 5's update overflows the params."""
+    monkeypatch.setattr(
+        optim,
+        "learning_rate_schedule",
+        lambda optim_config, num_steps: lambda count: jnp.where(count < 4, 1e-3, 1e30),
+    )
+    config = _short_run(_config(data=8), num_steps=10)
+    with pytest.raises(train.NonFiniteLossError) as error:
+        train.train_and_evaluate(config, str(tmp_path))
+    directory = tmp_path / checkpoints.CHECKPOINT_SUBDIR
+    # Found at the step-6 save, and named exactly: step 5 (the first with a non-finite metric).
+    assert error.value.step == 5
+    assert error.value.values["param_norm"] == float("inf")
+    message = str(error.value)
+    assert "training diverged at step 5" in message and "param_norm inf" in message
+    assert f"the latest checkpoint is step 4 in {directory}" in message
+    log = {}
+    with open(tmp_path / train.TRAIN_LOG) as f:
+        for line in f:
+            record = json.loads(line)
+            log[record["step"]] = record
+    assert sorted(log) == [1, 2, 3, 4, 5, 6]  # every fetched step is logged before raising
+    assert np.isnan(log[6]["loss"])
+    # Step 6 (a save step) was not saved: the latest checkpoint is the last finite one.
+    checkpointer = checkpoints.Checkpointer(str(directory))
+    assert checkpointer.all_steps() == [2, 4]
+    setup = train.create_setup(config)
+    state, _ = checkpointer.restore(4, setup.abstract_state)
+    checkpointer.close()
+    assert int(state.step) == 4
+    for leaf in jax.tree.leaves(state):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def _truncate_data(step_dir: pathlib.Path) -> None:
+    files = [path for path in step_dir.glob("state/**/d/*") if path.is_file()]
+    assert files
+    for path in files:
+        with open(path, "r+b") as f:
+            f.truncate(path.stat().st_size // 2)
+
+
+def test_resume_falls_back_from_a_damaged_latest_checkpoint(tmp_path, caplog):
+    config = _short_run(_config(data=8), num_steps=4)
+    _write_checkpoint(str(tmp_path), config, steps=(2, 4))
+    directory = tmp_path / checkpoints.CHECKPOINT_SUBDIR
+    _truncate_data(directory / "4")
+    with caplog.at_level(logging.INFO):
+        state = train.train_and_evaluate(config, str(tmp_path))
+    assert f"resume: checkpoint {directory} step 4 cannot be restored" in caplog.text
+    assert f"Resumed from {directory} step 2" in caplog.text
+    assert int(state.step) == 4
+    # Steps 3-4 were trained again and step 4 saved afresh: not skipped as already saved.
+    assert (directory / "4.corrupt").is_dir()
+    checkpointer = checkpoints.Checkpointer(str(directory))
+    assert checkpointer.all_steps() == [2, 4]
+    restored, _ = checkpointer.restore(4, train.create_setup(config).abstract_state)
+    checkpointer.close()
+    assert int(restored.step) == 4
+
+
+def test_resume_with_no_restorable_checkpoint_names_the_directory(no_compilation, tmp_path):
+    config = _short_run(_config(data=8), num_steps=4)
+    _write_checkpoint(str(tmp_path), config, steps=(2, 4))
+    directory = tmp_path / checkpoints.CHECKPOINT_SUBDIR
+    for step in (2, 4):
+        for path in (directory / str(step)).glob("state/**/d/*"):
+            path.unlink()
+    with pytest.raises(
+        checkpoints.CheckpointRestoreError,
+        match=rf"(?s)resume: no checkpoint in {directory} could be restored.*step 4: .*step 2: ",
+    ):
+        train.train_and_evaluate(config, str(tmp_path))

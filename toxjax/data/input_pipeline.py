@@ -27,6 +27,7 @@ import numpy as np
 from absl import logging
 
 from toxjax import fileio
+from toxjax.tf_import import import_tensorflow
 
 FEATURES = (
     "decoder_target_tokens",
@@ -36,18 +37,6 @@ FEATURES = (
     "decoder_positions",
 )
 _CACHE_FORMAT_VERSION = 1
-
-
-def _import_tensorflow():
-    """TensorFlow only ever runs the data layer here, so hide accelerators from it."""
-    import tensorflow as tf
-
-    try:
-        tf.config.set_visible_devices([], "GPU")
-        tf.config.set_visible_devices([], "TPU")
-    except (RuntimeError, ValueError):  # already initialised or no such device type
-        pass
-    return tf
 
 
 def get_task(name: str):
@@ -177,7 +166,7 @@ def materialize(
     import seqio
     from tqdm import tqdm
 
-    tf = _import_tensorflow()
+    tf = import_tensorflow()
     get_task(task)  # clear error for unknown names, registers toxjax tasks
     dataset = seqio.get_dataset(
         task,

@@ -5,17 +5,15 @@ configured attribute's score and a stable document key (the record's "id", else 
 its text). The key drives both the hash-based validation split and the per-document
 augmentation draw, so both are reproducible across runs, hosts and shard layouts.
 
-Files are read through tf.io.gfile (local paths and gs:// alike). Hosts shard by file
+Files are read through toxjax.fileio (local paths and gs:// alike). Hosts shard by file
 (seqio.ShardInfo), so no host reads a record another host reads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import itertools
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -24,13 +22,10 @@ from typing import Any
 import seqio
 import tensorflow as tf
 
+from toxjax import fileio
 from toxjax.data.conditioning import stable_doc_key
 from toxjax.scoring.corpora import get_field
-
-# TF only feeds data here: keep it off accelerators so JAX owns their memory. RuntimeError means
-# TF devices were initialised already by someone else; their choice stands.
-with contextlib.suppress(RuntimeError):
-    tf.config.set_visible_devices([], "GPU")
+from toxjax.tf_import import import_tensorflow
 
 MANIFEST = "manifest.json"
 TRAIN = "train"
@@ -89,16 +84,15 @@ def load_scored_corpus(directory: str, attribute: str | None = "toxicity") -> Sc
     attribute=None skips the attribute check (for readers of the text alone).
     """
     manifest_path = _join(directory, MANIFEST)
-    if not tf.io.gfile.exists(manifest_path):
+    if not fileio.exists(manifest_path):
         raise ScoredDataError(
             f"{manifest_path}: no scoring manifest. Score the corpus first: "
             f"python -m toxjax.scoring --input=... --output_dir={directory}"
         )
-    with tf.io.gfile.GFile(manifest_path, "r") as f:
-        try:
-            manifest = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ScoredDataError(f"{manifest_path}: not valid JSON ({e})") from None
+    try:
+        manifest = fileio.read_json(manifest_path)
+    except fileio.FileFormatError as e:
+        raise ScoredDataError(str(e)) from None
     if not isinstance(manifest, dict):
         raise ScoredDataError(f"{manifest_path}: expected a JSON object")
 
@@ -112,7 +106,8 @@ def load_scored_corpus(directory: str, attribute: str | None = "toxicity") -> Sc
     if field("complete", bool) is not True:
         raise ScoredDataError(
             f"{manifest_path}: field 'complete' is false: scoring of {directory} did not "
-            "finish. Rerun the same toxjax.scoring.job command to complete it (finished shards are kept)."
+            "finish. Rerun the same toxjax.scoring command to complete it (finished shards "
+            "are kept)."
         )
     attributes = tuple(field("attributes", list))
     if attribute is not None and attribute not in attributes:
@@ -150,36 +145,35 @@ def iter_scored_records(
 
     attribute=None reads texts and keys only (score NaN), e.g. to train a vocabulary.
     """
-    if not tf.io.gfile.exists(path):
+    if not fileio.exists(path):
         raise ScoredDataError(f"{path}: scored shard listed in the manifest does not exist")
     count = 0
-    with tf.io.gfile.GFile(path, "r") as f:
-        for line_number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ScoredDataError(f"{where}: invalid JSON ({e})") from None
-            if not isinstance(record, dict):
-                raise ScoredDataError(f"{where}: expected a JSON object")
-            try:
-                text = get_field(record, text_field)
-            except KeyError:
-                raise ScoredDataError(f"{where}: field {text_field!r} missing") from None
-            if not isinstance(text, str):
-                raise ScoredDataError(f"{where}: field {text_field!r} is not a string")
-            score = math.nan if attribute is None else _score(record, attribute, where)
-            doc_id = record.get("id")
-            key = stable_doc_key(text) if doc_id is None else str(doc_id)
-            count += 1
-            yield text, float(score), key
+    for line_number, record in _shard_lines(path):
+        where = f"{path}:{line_number}"
+        try:
+            text = get_field(record, text_field)
+        except KeyError:
+            raise ScoredDataError(f"{where}: field {text_field!r} missing") from None
+        if not isinstance(text, str):
+            raise ScoredDataError(f"{where}: field {text_field!r} is not a string")
+        score = math.nan if attribute is None else _score(record, attribute, where)
+        doc_id = record.get("id")
+        key = stable_doc_key(text) if doc_id is None else str(doc_id)
+        count += 1
+        yield text, float(score), key
     if expected_records is not None and count != expected_records:
         raise ScoredDataError(
             f"{path}: holds {count} records but the manifest lists num_records="
             f"{expected_records}: the shard was truncated or rewritten after scoring"
         )
+
+
+def _shard_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """fileio.read_jsonl, its errors raised as ScoredDataError (what the data layer raises)."""
+    try:
+        yield from fileio.read_jsonl(path, allow_empty=True)
+    except fileio.FileFormatError as e:
+        raise ScoredDataError(str(e)) from None
 
 
 def _score(record: dict[str, Any], attribute: str, where: str) -> float:
@@ -306,6 +300,7 @@ class ScoredShardsSource(seqio.DataSource):
         num_epochs: int | None = 1,  # unused
     ) -> tf.data.Dataset:
         del sequence_length, use_cached, num_epochs
+        import_tensorflow()  # before this pipeline's first TF op
         corpus, keep = self.corpus(split), self._keeps(split)
         shards = list(corpus.shards)
         if shard_info is not None and shard_info.num_shards > 1:

@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 import seqio
 from absl import logging
 
+from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.data.preprocessors import TARGETS, lm_preprocessors
 from toxjax.data.scored_data import (
@@ -280,9 +281,8 @@ def _demo_fingerprint() -> str:
 
 def _is_complete(directory: str) -> bool:
     try:
-        with open(os.path.join(directory, MANIFEST)) as f:
-            return json.load(f).get("complete") is True
-    except (OSError, ValueError):
+        return fileio.read_json(fileio.join(directory, MANIFEST)).get("complete") is True
+    except (OSError, ValueError):  # missing or unreadable: not complete
         return False
 
 

@@ -17,15 +17,14 @@ Special ids follow seqio.SentencePieceVocabulary: pad 0, eos 1, unk 2, no bos.
 from __future__ import annotations
 
 import io
-import json
 import os
 from collections.abc import Iterable, Iterator
 
 import sentencepiece as spm
-import tensorflow as tf
-from absl import app, flags, logging
+from absl import logging
 from tqdm import tqdm
 
+from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat
 from toxjax.data.scored_data import MANIFEST, iter_scored_records, load_scored_corpus
 
@@ -59,8 +58,8 @@ def _escape(piece: str) -> str:
 
 
 def iter_texts(input_spec: str, *, text_field: str = "text") -> Iterator[str]:
-    """Texts of a scored directory, or of any input `toxjax.scoring.job` reads (demo, JSONL, ...)."""
-    if tf.io.gfile.exists(os.path.join(input_spec, MANIFEST)):
+    """Texts of a scored directory, or of any input the scoring job reads (demo, JSONL, ...)."""
+    if fileio.exists(fileio.join(input_spec, MANIFEST)):
         corpus = load_scored_corpus(input_spec, attribute=None)
         for shard in corpus.shards:
             for text, _, _ in iter_scored_records(
@@ -107,7 +106,7 @@ def train_vocabulary(
     num_threads: int = 2,
     progress: bool = True,
 ) -> str:
-    """Trains on `texts`, writes PREFIX.model and PREFIX.vocab (any tf.io.gfile path).
+    """Trains on `texts`, writes PREFIX.model and PREFIX.vocab (local or gs://).
 
     Returns the .model path, loadable with seqio.SentencePieceVocabulary. SentencePiece keeps
     a random sample of at most `input_sentence_size` lines in memory.
@@ -142,52 +141,13 @@ def train_vocabulary(
     model_path = output_prefix + ".model"
     parent = os.path.dirname(model_path)
     if parent:
-        tf.io.gfile.makedirs(parent)
-    with tf.io.gfile.GFile(model_path, "wb") as f:
-        f.write(model.getvalue())
+        fileio.make_dirs(parent)
+    fileio.write_atomic(model_path, model.getvalue())
     processor = spm.SentencePieceProcessor(model_proto=model.getvalue())
-    with tf.io.gfile.GFile(output_prefix + ".vocab", "w") as f:
-        for piece_id in range(processor.get_piece_size()):
-            piece = processor.id_to_piece(piece_id)
-            f.write(f"{_escape(piece)}\t{processor.get_score(piece_id)}\n")
+    listing = "".join(
+        f"{_escape(processor.id_to_piece(i))}\t{processor.get_score(i)}\n"
+        for i in range(processor.get_piece_size())
+    )
+    fileio.write_atomic(output_prefix + ".vocab", listing.encode("utf-8"))
     logging.info("Wrote %s (%d pieces)", model_path, processor.get_piece_size())
     return model_path
-
-
-FLAGS = flags.FLAGS
-
-
-def define_flags() -> None:
-    """Called by the CLI only, so importing this module defines no global flags."""
-    flags.DEFINE_string(
-        "input", None, "Scored directory, or a toxjax.scoring.job input (demo, JSONL)."
-    )
-    flags.DEFINE_string("output", None, "Output prefix: writes PREFIX.model and PREFIX.vocab.")
-    flags.DEFINE_integer("vocab_size", 32000, "Number of pieces (incl. pad, eos, unk, bytes).")
-    flags.DEFINE_enum("model_type", "unigram", list(MODEL_TYPES), "SentencePiece algorithm.")
-    flags.DEFINE_string("text_field", "text", "Text field of raw (unscored) inputs.")
-    flags.DEFINE_integer("max_docs", 0, "Read at most this many documents; 0 = all.")
-    flags.DEFINE_string(
-        "conditioning", "{}", "JSON of ConditioningFormat fields whose signals must stay whole."
-    )
-    flags.mark_flags_as_required(["input", "output"])
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unknown arguments {argv[1:]}")
-    fmt = ConditioningFormat.from_dict(json.loads(FLAGS.conditioning))
-    path = train_vocabulary(
-        iter_texts(FLAGS.input, text_field=FLAGS.text_field),
-        FLAGS.output,
-        vocab_size=FLAGS.vocab_size,
-        fmt=fmt,
-        model_type=FLAGS.model_type,
-        max_docs=FLAGS.max_docs or None,
-    )
-    print(path)
-
-
-if __name__ == "__main__":
-    define_flags()
-    app.run(main)

@@ -1,8 +1,8 @@
 """Offline analogues of the utility and bias evaluations, over the embedded demo corpus.
 
 The demo study runs without downloads, so it cannot read PIQA or CivilComments. These tasks
-draw documents from `toxjax.demo.template_corpus` with HELD-OUT seeds (the training corpus uses seed 0),
-and go through the same metric code as the real tasks:
+draw documents from `toxjax.demo.template_corpus` with HELD-OUT seeds (the training corpus
+uses seed 0), and go through the same metric code as the real tasks:
 
 - demo_cloze (utility, multiple choice): the context is a neutral document up to the middle
   of one of its sentences; the choices are the true rest of that sentence and the rests of 3

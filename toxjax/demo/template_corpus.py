@@ -19,6 +19,8 @@ import random
 import re
 from collections.abc import Iterator
 
+from toxjax import fileio
+
 REGISTERS = ("neutral", "offensive")
 DEFAULT_NUM_DOCS = 4000
 DEFAULT_OFFENSIVE_FRACTION = 0.3
@@ -234,7 +236,9 @@ def write_jsonl(
     seed: int = 0,
     offensive_fraction: float = DEFAULT_OFFENSIVE_FRACTION,
 ) -> str:
-    with open(path, "w", encoding="utf-8") as f:
-        for record in iter_documents(num_docs, seed, offensive_fraction):
-            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    lines = (
+        json.dumps(record, ensure_ascii=False) + "\n"
+        for record in iter_documents(num_docs, seed, offensive_fraction)
+    )
+    fileio.write_atomic(path, "".join(lines).encode("utf-8"))
     return path

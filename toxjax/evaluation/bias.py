@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
-import logging
+import io
 import math
 import os
 import random
@@ -33,6 +32,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from toxjax import fileio
 from toxjax.evaluation.requests import (
     LoglikelihoodFn,
     LoglikelihoodRequest,
@@ -41,8 +41,6 @@ from toxjax.evaluation.requests import (
     nested_field,
     text_field,
 )
-
-logger = logging.getLogger(__name__)
 
 TOXIGEN_POSITIVE_ABOVE = 2.5
 SBF_POSITIVE_AT_LEAST = 0.5
@@ -246,19 +244,11 @@ def _read_rows(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, 
     """(line number, row) pairs from a CSV (header row) or JSONL file, required fields checked."""
     rows: list[tuple[int, dict[str, Any]]] = []
     if path.endswith((".jsonl", ".json")):
-        with open(path, encoding="utf-8") as f:
-            for index, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {index}: invalid JSON: {error}") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}: line {index}: expected a JSON object")
-                rows.append((index, row))
+        rows = list(fileio.read_jsonl(path))
     elif path.endswith(".csv"):
-        with open(path, encoding="utf-8", newline="") as f:
+        if not fileio.exists(path):
+            raise fileio.FileFormatError(f"{path}: no such file")
+        with io.TextIOWrapper(fileio.open_read(path), encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
             missing = [field for field in required if field not in (reader.fieldnames or [])]
             if missing:
@@ -271,6 +261,8 @@ def _read_rows(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, 
                 start = reader.line_num + 1
     else:
         raise ValueError(f"{path}: unsupported file type (expected .csv or .jsonl)")
+    if not rows:
+        raise fileio.FileFormatError(f"{path}: empty: no rows")
     for line, row in rows:
         for field in required:
             if field not in row or row[field] is None:

@@ -15,7 +15,6 @@ padding needs no mask: causal attention never lets a real token see the padding 
 from __future__ import annotations
 
 import functools
-import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -29,8 +28,6 @@ from tqdm.auto import tqdm
 from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
 from toxjax.model import decoder, partitioning, sampling
 from toxjax.training import optim
-
-logger = logging.getLogger(__name__)
 
 PyTree = Any
 

@@ -7,17 +7,17 @@ the engine can bucket and pack them as it likes), and compute metrics from what 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
-import logging
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 import numpy as np
+from absl import logging
 
-logger = logging.getLogger(__name__)
+from toxjax import fileio
+from toxjax.tf_import import import_tensorflow
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +55,7 @@ class GenerateFn(Protocol):
 
 
 class ScoreFn(Protocol):
-    """`toxjax.scoring.scorers.Scorer.score`: texts in, {attribute: float array of len(texts)} out."""
+    """`Scorer.score` (toxjax.scoring.scorers): texts in, {attribute: float array} out."""
 
     def __call__(self, texts: Sequence[str]) -> Mapping[str, np.ndarray]: ...
 
@@ -64,7 +64,7 @@ def call_loglikelihood(
     loglikelihood_fn: LoglikelihoodFn, requests: Sequence[LoglikelihoodRequest], *, task: str
 ) -> list[LoglikelihoodResult]:
     """Calls the engine once and checks its answer, so engine bugs fail here, named."""
-    logger.info("%s: scoring %d log-likelihood requests", task, len(requests))
+    logging.info("%s: scoring %d log-likelihood requests", task, len(requests))
     results = list(loglikelihood_fn(list(requests)))
     if len(results) != len(requests):
         raise ValueError(
@@ -101,13 +101,9 @@ def iter_tfds_examples(
     download: bool = False,
 ) -> Iterator[dict[str, Any]]:
     """Yields numpy examples of a prepared TFDS dataset, at most `limit` of them, in order."""
-    import tensorflow as tf
+    import_tensorflow()
     import tensorflow_datasets as tfds
 
-    # TF must not take accelerator memory the JAX model needs. RuntimeError: TF already
-    # initialised its devices, so whoever did that chose; their setting stands.
-    with contextlib.suppress(RuntimeError):
-        tf.config.set_visible_devices([], "GPU")
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0 or None, got {limit}")
     builder = tfds.builder(name, data_dir=data_dir)
@@ -194,7 +190,7 @@ def write_jsonl(
 ) -> int:
     """Writes one strict-JSON object per line (NaN -> null); returns the number written."""
     count = 0
-    with open(path, "w", encoding="utf-8") as f:
+    with fileio.open_write(path) as f:
         for record in records:
             f.write(json.dumps(jsonable(record), ensure_ascii=False, allow_nan=False) + "\n")
             count += 1

@@ -21,14 +21,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from absl import logging
 
+from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation.requests import (
     GenerateFn,
@@ -39,8 +40,6 @@ from toxjax.evaluation.requests import (
     nested_field,
     record_label,
 )
-
-logger = logging.getLogger(__name__)
 
 COMPARISONS = (">", ">=")
 SUBSETS = ("all", "toxic", "nontoxic", "challenging")
@@ -179,23 +178,11 @@ def prompt_from_record(
 
 def load_prompts_jsonl(path: str) -> list[Prompt]:
     """Reads prompts.jsonl as published (scores may be null; blank lines are skipped)."""
-    prompts = []
-    with open(path, encoding="utf-8") as f:
-        for line_index, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}: line {line_index + 1}: invalid JSON: {error}") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}: line {line_index + 1}: expected a JSON object")
-            prompts.append(
-                prompt_from_record(
-                    record, source=path, index=line_index, where=f"line {line_index + 1}"
-                )
-            )
-    logger.info("read %d prompts from %s", len(prompts), path)
+    prompts = [
+        prompt_from_record(record, source=path, index=line - 1, where=f"line {line}")
+        for line, record in fileio.read_jsonl(path)
+    ]
+    logging.info("read %d prompts from %s", len(prompts), path)
     return prompts
 
 
@@ -425,7 +412,7 @@ def evaluate_rtp(
         records_file = None
         if records_path:
             os.makedirs(os.path.dirname(os.path.abspath(records_path)), exist_ok=True)
-            records_file = stack.enter_context(open(records_path, "w", encoding="utf-8"))
+            records_file = stack.enter_context(fileio.open_write(records_path))
         bar = stack.enter_context(
             tqdm(
                 total=len(prompts),
@@ -464,7 +451,7 @@ def evaluate_rtp(
         comparison=config.comparison,
         toxic_prompt_threshold=config.toxic_prompt_threshold,
     )
-    logger.info(
+    logging.info(
         "RTP prefix=%r scorer=%s: EMT %.4f, TP %.4f over %d prompts",
         prefix,
         scorer_id,

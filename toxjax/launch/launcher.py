@@ -1,6 +1,7 @@
 """Launch toxjax on Cloud TPU VMs (one host or a pod slice) and on GPU nodes.
 
-    python -m toxjax.launch create --name=tox --zone=us-central2-b --accelerator_type=v4-32 --spot
+    python -m toxjax.launch create --name=tox --zone=us-central2-b --accelerator_type=v4-32 \
+        --spot
     python -m toxjax.launch setup  --name=tox --zone=us-central2-b
     python -m toxjax.launch run    --name=tox --zone=us-central2-b -- \
         --config=configs/tiny.py --workdir=gs://BUCKET/runs/tiny --mode=train
@@ -445,9 +446,7 @@ def build_parser() -> argparse.ArgumentParser:
         "start `python -m MODULE ARGS...` detached on every worker; ARGS follow '--' "
         "and must include --workdir=gs://...",
     )
-    run.add_argument(
-        "--module", default=DEFAULT_MODULE, help="e.g. toxjax.main, toxjax.study"
-    )
+    run.add_argument("--module", default=DEFAULT_MODULE, help="e.g. toxjax.main, toxjax.study")
     run.add_argument("--run_name", default=DEFAULT_RUN_NAME, help="names the log and pid files")
     run.add_argument("--env", action="append", default=[], help="KEY=VALUE (repeatable)")
 
@@ -474,9 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="this node's index (omit with --dry_run to print every node's command)",
     )
     gpu.add_argument("--slurm", action="store_true", help="srun; JAX reads SLURM's variables")
-    gpu.add_argument(
-        "--module", default=DEFAULT_MODULE, help="e.g. toxjax.main, toxjax.study"
-    )
+    gpu.add_argument("--module", default=DEFAULT_MODULE, help="e.g. toxjax.main, toxjax.study")
     gpu.add_argument("--python", default="python", help="interpreter on the nodes")
     gpu.add_argument("--dry_run", action="store_true", help="print the commands only")
     return parser
@@ -537,4 +534,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return execute(plan, dry_run=dry_run)
     except LaunchError as error:
         parser.exit(2, f"{parser.prog} {options.subcommand}: error: {error}\n")
-

@@ -1,4 +1,4 @@
-"""The shell scripts toxjax.launch.launcher runs on every TPU worker (over `gcloud ... ssh --command`).
+"""The shell scripts the launcher runs on every TPU worker (over `gcloud ... ssh --command`).
 
 Each script is one line (statements joined by "; "), POSIX sh, with every value shell-quoted.
 Remote paths are "$HOME"/<quoted relative path>: the quotes keep $HOME expanded and the rest

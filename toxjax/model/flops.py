@@ -7,13 +7,13 @@ counted, so MFU compares configurations fairly whatever they recompute.
 from __future__ import annotations
 
 import functools
-import logging
 import statistics
 import time
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+from absl import logging
 
 from toxjax.model.decoder import ModelConfig
 

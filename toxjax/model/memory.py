@@ -9,7 +9,6 @@ on a laptop before asking for the chips.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -19,8 +18,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from absl import app, flags
-from ml_collections import config_flags
 
 from toxjax.model import partitioning
 from toxjax.model.decoder import Decoder, ModelConfig
@@ -119,37 +116,3 @@ def format_report(report: Mapping[str, Any]) -> str:
         total = report["global_bytes"][name]
         lines.append(f"{name:12s}{_human(per_device):>16s}{_human(total):>16s}")
     return "\n".join(lines)
-
-
-def _define_flags() -> dict:
-    """Flags exist only when run as a command, so importing this module defines none."""
-    return {
-        "config": config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py)."),
-        "mesh": flags.DEFINE_string(
-            "mesh", "", "Mesh sizes 'data:1,fsdp:256,tensor:1'; empty = config.mesh.ici"
-        ),
-        "num_devices": flags.DEFINE_integer(
-            "num_devices", None, "Device count; needed when the mesh has a -1."
-        ),
-        "grads": flags.DEFINE_bool("grads", False, "Also count one float32 gradient copy."),
-        "json": flags.DEFINE_bool("json", False, "Print the report as one JSON line."),
-    }
-
-
-def main(argv: list[str], flag_holders: dict) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments {argv[1:]}")
-    values = {name: holder.value for name, holder in flag_holders.items()}
-    config = values["config"]
-    if config is None:
-        raise app.UsageError("--config is required")
-    sizes = parse_mesh(values["mesh"]) if values["mesh"] else dict(config.mesh.ici)
-    report = state_memory(
-        config, sizes, num_devices=values["num_devices"], include_grads=values["grads"]
-    )
-    print(json.dumps(report) if values["json"] else format_report(report))
-
-
-if __name__ == "__main__":
-    _flag_holders = _define_flags()
-    app.run(lambda argv: main(argv, _flag_holders))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import math
 import zlib
 from collections.abc import Mapping, Sequence
@@ -38,11 +37,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from toxjax.model import decoder, partitioning
-
-logger = logging.getLogger(__name__)
 
 PyTree = Any
 CACHE_KV = ("cached_key", "cached_value")
@@ -566,7 +564,9 @@ class Generator:
         full = [[int(i) for i in self.vocabulary.encode(p)] for p in prompts]
         truncated = sum(len(ids) > self.max_prompt_len for ids in full)
         if truncated:
-            logger.warning("%d prompts left-truncated to %d tokens", truncated, self.max_prompt_len)
+            logging.warning(
+                "%d prompts left-truncated to %d tokens", truncated, self.max_prompt_len
+            )
         keys = [prompt_key(p) for p in prompts]
         ids = self.generate_ids([self._fit(x) for x in full], num_samples, keys)
         return [[self.vocabulary.decode(sample) for sample in samples] for samples in ids]

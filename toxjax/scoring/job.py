@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -249,8 +248,9 @@ def start_run(
 def _restat(output_dir: str, entry: dict, attributes: list[str], threshold: float) -> dict:
     """Recomputes a shard's statistics from its file (the threshold changed since)."""
     stats = corpus_summary.ShardStats(attributes, threshold)
-    with fileio.open_read(fileio.join(output_dir, entry["path"])) as f:
-        records = [json.loads(line) for line in f]
+    records = [
+        r for _, r in fileio.read_jsonl(fileio.join(output_dir, entry["path"]), allow_empty=True)
+    ]
     if records:
         stats.add({a: np.asarray([r["scores"][a] for r in records]) for a in attributes})
     return {**entry, "stats": stats.to_json()}

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from toxjax.fileio import glob_files, open_read, tf_module
+from toxjax.fileio import glob_files, open_read
 from toxjax.scoring.corpora import (
     DEFAULT_MAX_DOC_CHARS,
     INVALID_UTF8,
@@ -34,6 +34,7 @@ from toxjax.scoring.corpora import (
     check_text,
     decode_text_bytes,
 )
+from toxjax.tf_import import import_tensorflow
 
 _CHUNK_BYTES = 1 << 20
 # A JSON escape that may decode to a lone surrogate (which UTF-8 cannot encode).
@@ -191,7 +192,7 @@ class TFRecordCorpus(_FileCorpus):
     """TFRecord files of tf.train.Example; the text is a one-value bytes feature."""
 
     def _dataset(self, source: str):
-        tf = tf_module()
+        tf = import_tensorflow()
         compression = "GZIP" if source.endswith(".gz") else ""
         return tf.data.TFRecordDataset(source, compression_type=compression)
 
@@ -205,7 +206,7 @@ class TFRecordCorpus(_FileCorpus):
         source, line, data = raw
         from google.protobuf.message import DecodeError
 
-        example = tf_module().train.Example()
+        example = import_tensorflow().train.Example()
         try:
             example.ParseFromString(data)
         except DecodeError as e:
@@ -263,7 +264,7 @@ class TfdsCorpus(Corpus):
         self._prepared = False
 
     def _tfds(self):
-        tf_module()
+        import_tensorflow()
         import tensorflow_datasets as tfds
 
         if self.download and not self._prepared:

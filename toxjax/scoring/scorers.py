@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from toxjax import fileio
+
 if TYPE_CHECKING:  # torch is imported on first use: the offline scorer must not pay for it.
     import torch
 
@@ -87,7 +89,7 @@ _NO_WEIGHTS_HINT = (
 def _file_digest(path: str, length: int = 12) -> str:
     """Short sha256 of a checkpoint, so two different local files never share a scorer id."""
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with fileio.open_read(path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()[:length]

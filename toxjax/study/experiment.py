@@ -11,8 +11,8 @@ preemption, only does what is left):
     3. tasks     toxjax.data.tasks.register_toxicity_tasks over WORKDIR/scored, the public path
     4. train     per strategy, WORKDIR/<strategy>/ with data.task = that strategy's task;
                  finished when the latest checkpoint step is config.train.num_steps
-    5. eval      per strategy, toxjax.evaluation.loop.evaluate_checkpoint (conditioned and
-                 unconditioned RTP, utility, bias AUC); finished when
+    5. eval      per strategy, toxjax.evaluation.evaluator.Evaluator.evaluate_checkpoint
+                 (conditioned and unconditioned RTP, utility, bias AUC); finished when
                  WORKDIR/<strategy>/eval/step_<num_steps>.json exists for the same eval config
     6. report    WORKDIR/results.json, results.md and PNG plots (toxjax.study.reporting); always
                  rebuilt, from every strategy of the workdir that has finished its evaluation
@@ -127,9 +127,11 @@ def strategy_workdir(workdir: str, strategy: Strategy | str) -> str:
 
 
 def eval_json_path(workdir: str, strategy: Strategy | str, step: int) -> str:
-    from toxjax.evaluation import loop
+    from toxjax.evaluation import evaluator
 
-    return fileio.join(strategy_workdir(workdir, strategy), loop.EVAL_SUBDIR, f"step_{step}.json")
+    return fileio.join(
+        strategy_workdir(workdir, strategy), evaluator.EVAL_SUBDIR, f"step_{step}.json"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -321,18 +323,18 @@ def evaluate_strategy(
 ) -> dict[str, Any]:
     """The eval results of the final checkpoint, computed unless the same eval config already
     produced them (a changed config.eval re-evaluates)."""
-    from toxjax.evaluation import loop
+    from toxjax.evaluation import evaluator
 
     step = int(run_config.train.num_steps)
-    path = fileio.join(run_workdir, loop.EVAL_SUBDIR, f"step_{step}.json")
+    path = fileio.join(run_workdir, evaluator.EVAL_SUBDIR, f"step_{step}.json")
     stamp_path = fileio.join(run_workdir, EVAL_STAMP)
     settings = _eval_settings(run_config)
     if fileio.exists(path) and fileio.exists(stamp_path) and _read_json(stamp_path) == settings:
         logging.info("study: %s already evaluated at step %d: reusing %s", run_workdir, step, path)
         return _read_json(path)
-    results = loop.evaluate_checkpoint(
-        run_config, run_workdir, step=step, progress=progress, compiler_options=compiler_options
-    )
+    results = evaluator.Evaluator(
+        run_config, run_workdir, progress=progress, compiler_options=compiler_options
+    ).evaluate_checkpoint(step=step)
     if _is_chief():
         _write_json(stamp_path, settings)
     return results

@@ -60,17 +60,13 @@ def read_train_log(run_workdir: str) -> list[dict[str, float]]:
     pattern = fileio.join(run_workdir, TRAIN_LOG.replace(".jsonl", "*.jsonl"))
     by_step: dict[int, dict[str, float]] = {}
     for path in fileio.glob_files(pattern):
-        text = fileio.read_bytes(path).decode("utf-8")
-        for line_number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
+        for line_number, record in fileio.read_jsonl(path, allow_empty=True):
             try:
-                record = json.loads(line)
                 step = int(record["step"])
                 float(record["loss"])
             except (ValueError, KeyError, TypeError) as error:
                 raise ValueError(
-                    f"{path}: line {line_number}: field 'step' or 'loss' missing or not a "
+                    f"{path}:{line_number}: field 'step' or 'loss' missing or not a "
                     f"number ({error})"
                 ) from None
             by_step[step] = record

@@ -8,15 +8,18 @@ metadata before anything is compiled.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
+from etils import epath
 
 from toxjax import fileio
 
@@ -46,6 +49,78 @@ _MAX_LISTED = 8
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint cannot be restored into the configured model."""
+
+
+class CheckpointRestoreError(RuntimeError):
+    """No step tried in a checkpoint directory could be read; .errors maps each step to why."""
+
+    def __init__(self, message: str, directory: str, errors: Mapping[int, str]):
+        super().__init__(message)
+        self.directory = directory
+        self.errors = dict(errors)
+
+
+def _short_error(error: BaseException) -> str:
+    """The error on one line, without the JSON spec TensorStore appends to its messages."""
+    text = " ".join(str(error).split(" [tensorstore_spec=")[0].split())
+    if len(text) > 400:
+        text = text[:400] + " ..."
+    return f"{type(error).__name__}: {text}"
+
+
+def _all_processes(ok: bool) -> bool:
+    """True only where every process says True, so that all hosts settle on the same step."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.asarray(ok))))
+
+
+def first_readable(
+    directory: str,
+    steps: Sequence[int],
+    attempt: Callable[[int], Any],
+    *,
+    what: str = "checkpoint",
+) -> tuple[Any, int, list[int]]:
+    """attempt(step) on `steps` in order until one succeeds: (its result, the step, failed steps).
+
+    CheckpointMismatchError (the configured model differs) is raised at once: it is a config
+    problem, not damage, and an older step of the same run would not match either. Any other
+    error (a file missing, truncated or undecodable, reported by orbax or TensorStore in many
+    forms) is logged as a warning naming the step, and the next step is tried. When none is
+    left, CheckpointRestoreError names the directory and each step's error.
+    """
+    steps = [int(step) for step in steps]
+    errors: dict[int, str] = {}
+    for index, step in enumerate(steps):
+        try:
+            result, error = attempt(step), None
+        except CheckpointMismatchError:
+            raise
+        except Exception as caught:  # orbax and TensorStore raise many types for damage
+            result, error = None, _short_error(caught)
+        if _all_processes(error is None):
+            return result, step, list(errors)
+        errors[step] = error or "failed on another process"
+        following = steps[index + 1] if index + 1 < len(steps) else None
+        logging.warning(
+            "%s: checkpoint %s step %d cannot be restored (%s); %s",
+            what,
+            directory,
+            step,
+            errors[step],
+            "no other step to try" if following is None else f"trying step {following}",
+        )
+    listed = "\n  ".join(f"step {step}: {error}" for step, error in errors.items())
+    raise CheckpointRestoreError(
+        f"{what}: no checkpoint in {directory} could be restored (tried steps {steps}):\n  "
+        f"{listed}\nThe step directories are damaged (files truncated or missing): restore "
+        "them from a copy, or move them away to start this run again from scratch.",
+        directory,
+        errors,
+    )
 
 
 def _key_name(key: Any) -> str:
@@ -198,6 +273,10 @@ class Checkpointer:
 
     def saved_shapes(self, step: int) -> dict[str, tuple[tuple[int, ...], str]]:
         metadata = self.manager.item_metadata(step)[STATE]
+        if metadata is None:  # e.g. state/_METADATA missing: damage, not a different model
+            raise FileNotFoundError(
+                f"{self.directory} step {step}: no readable array metadata for {STATE!r}"
+            )
         tree = getattr(metadata, "tree", metadata)
         return flat_shapes(tree)
 
@@ -224,6 +303,53 @@ class Checkpointer:
             ),
         )
         return restored[STATE], dict(restored[META])
+
+    def restore_latest(
+        self, abstract_state: Any, model_config: Mapping[str, Any]
+    ) -> tuple[Any, dict[str, Any], int] | None:
+        """(state, meta, step) of the newest step that checks and restores; None without steps.
+
+        A damaged step is skipped with a warning for the next older one (see first_readable);
+        CheckpointMismatchError and, when no step restores, CheckpointRestoreError are raised.
+        The damaged steps, all newer than the one restored, are set aside (set_aside) so that
+        the resumed run saves those steps again instead of skipping them as already saved.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+
+        def attempt(step: int) -> tuple[Any, dict[str, Any]]:
+            self.check_compatible(step, abstract_state, model_config)
+            return self.restore(step, abstract_state)
+
+        (state, meta), step, damaged = first_readable(self.directory, steps, attempt, what="resume")
+        for bad in damaged:
+            self.set_aside(bad)
+        return state, meta, step
+
+    def set_aside(self, step: int) -> str:
+        """Rename step's directory to "<step>.corrupt" (kept for inspection, unseen by orbax)."""
+        source = epath.Path(self.directory) / str(step)
+        target = source.with_name(f"{step}.corrupt")
+        copies = 1
+        while target.exists():
+            copies += 1
+            target = source.with_name(f"{step}.corrupt{copies}")
+        if jax.process_index() == 0:
+            try:
+                source.rename(target)
+            except OSError as error:
+                raise OSError(
+                    f"cannot move the damaged checkpoint {source} aside ({error}): delete it "
+                    "and start again"
+                ) from error
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"toxjax_set_aside_{step}")
+        self.manager.reload()
+        logging.warning("Moved the damaged checkpoint %s to %s", source, target)
+        return str(target)
 
     def reached_preemption(self, step: int) -> bool:
         return self.manager.reached_preemption(step)
@@ -267,38 +393,52 @@ def restore_params(
         available = source.all_steps()
         if not available:
             raise FileNotFoundError(f"{what}: no checkpoint steps in {directory}")
-        step = max(available) if step is None else int(step)
-        if step not in available:
+        if step is not None and int(step) not in available:
             raise FileNotFoundError(
                 f"{what}: {directory} has no step {step}; it has {sorted(available)}"
             )
-        meta = source.read_meta(step)
-        saved = {
-            name: value
-            for name, value in source.saved_shapes(step).items()
-            if name.startswith("params/")
-        }
-        expected = {f"params/{name}": value for name, value in flat_shapes(abstract_params).items()}
-        check_compatible(
-            f"{directory} step {step} ({what})",
-            meta.get("model_config"),
-            model_config,
-            saved,
-            expected,
-        )
-        item = {"params": abstract_params}
-        restored = ocp.PyTreeCheckpointer().restore(
-            fileio.join(directory, str(step), STATE),
-            args=ocp.args.PyTreeRestore(
-                item=item,
-                restore_args=ocp.checkpoint_utils.construct_restore_args(item),
-                partial_restore=True,
-            ),
-        )
+        # The latest step falls back to older ones when damaged; an explicit step does not.
+        steps = sorted(available, reverse=True) if step is None else [int(step)]
+        read = functools.partial(_read_params, source, abstract_params, model_config, what)
+        params, step, _ = first_readable(directory, steps, read, what=what)
     finally:
         source.close()
     logging.info("Restored params (%s) from %s step %d", what, directory, step)
-    return restored["params"], step
+    return params, step
+
+
+def _read_params(
+    source: Checkpointer,
+    abstract_params: Any,
+    model_config: Mapping[str, Any],
+    what: str,
+    step: int,
+) -> Any:
+    """Params of one step: checked against the model first, then read into their shardings."""
+    meta = source.read_meta(step)
+    saved = {
+        name: value
+        for name, value in source.saved_shapes(step).items()
+        if name.startswith("params/")
+    }
+    expected = {f"params/{name}": value for name, value in flat_shapes(abstract_params).items()}
+    check_compatible(
+        f"{source.directory} step {step} ({what})",
+        meta.get("model_config"),
+        model_config,
+        saved,
+        expected,
+    )
+    item = {"params": abstract_params}
+    restored = ocp.PyTreeCheckpointer().restore(
+        fileio.join(source.directory, str(step), STATE),
+        args=ocp.args.PyTreeRestore(
+            item=item,
+            restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True,
+        ),
+    )
+    return restored["params"]
 
 
 def restore_params_for_warm_start(

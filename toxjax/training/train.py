@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -31,9 +32,46 @@ from toxjax.model import decoder, flops, partitioning
 from toxjax.training import checkpoints, optim
 
 TRAIN_LOG = "train_log.jsonl"
+# Per-step metrics that must stay finite; param_norm is of the updated params, so a step whose
+# update overflowed is caught at that step, before its state can be checkpointed.
+WATCHED_METRICS = ("loss", "grad_norm", "param_norm")
 
 
-EvalFn = Callable[[Any, int], Any]  # (params, step) -> results; see toxjax.evaluation.loop
+EvalFn = Callable[[Any, int], Any]  # (params, step) -> results, e.g. evaluator.Evaluator
+
+
+class NonFiniteLossError(ValueError):
+    """Training diverged: a step's loss, gradient norm or parameter norm is NaN or infinite.
+
+    .step is the first such step (as numbered in train_log.jsonl) and .values its watched
+    metrics. Found when metrics are fetched anyway (log steps) and before every checkpoint save,
+    so no state of that step or later is ever saved; .checkpoint describes the latest one.
+    """
+
+    def __init__(self, step: int, values: Mapping[str, float]):
+        super().__init__(step, dict(values))
+        self.step = int(step)
+        self.values = dict(values)
+        self.checkpoint: str | None = None
+
+    def __str__(self) -> str:
+        shown = ", ".join(f"{name} {value:.4g}" for name, value in self.values.items())
+        return (
+            f"training diverged at step {self.step} ({shown}): stopped, and no checkpoint was "
+            f"saved from step {self.step} on"
+            + (f"; {self.checkpoint}" if self.checkpoint else "")
+            + ". Lower config.optim.learning_rate, lengthen config.optim.warmup_steps or "
+            "clip gradients (config.optim.grad_clip_norm)."
+        )
+
+
+def first_nonfinite(fetched: list[tuple[int, Mapping[str, Any]]]) -> NonFiniteLossError | None:
+    """The error for the first step whose WATCHED_METRICS are not all finite, if any."""
+    for step, metrics in fetched:
+        values = {name: float(metrics[name]) for name in WATCHED_METRICS if name in metrics}
+        if not all(math.isfinite(value) for value in values.values()):
+            return NonFiniteLossError(step, values)
+    return None
 
 
 @flax.struct.dataclass
@@ -248,7 +286,8 @@ def peak_flops(config: ml_collections.ConfigDict) -> float:
 class MetricsLogger:
     """Per-step losses to train_log.jsonl, interval summaries to TensorBoard and the log.
 
-    Metrics stay on device until a log step, so logging never stalls async dispatch.
+    Metrics stay on device until a log step, so logging never stalls async dispatch. Fetching
+    them is also where divergence is found: flush and check_finite raise NonFiniteLossError.
     """
 
     def __init__(self, workdir: str, setup: TrainSetup, peak: float):
@@ -279,8 +318,25 @@ class MetricsLogger:
         self.pending.append((step, metrics))
         self.interval_steps += 1
 
+    def check_finite(self) -> None:
+        """Raise NonFiniteLossError if a pending step diverged; call before saving a checkpoint.
+
+        A sync point like the save itself: fetches only the watched scalars. If one is not
+        finite, everything pending is flushed first, so the log shows the steps up to it.
+        """
+        watched = [{n: m[n] for n in WATCHED_METRICS if n in m} for _, m in self.pending]
+        steps = [step for step, _ in self.pending]
+        fetched = list(zip(steps, jax.device_get(watched), strict=True))
+        error = first_nonfinite(fetched)
+        if error is not None:
+            self.flush()
+            raise error
+
     def flush(self) -> dict[str, float]:
-        """Fetch pending metrics (a sync point), write them, return the interval summary."""
+        """Fetch pending metrics (a sync point), write them, return the interval summary.
+
+        Raises NonFiniteLossError, after writing them, if a step's watched metrics diverged.
+        """
         if not self.pending:
             return {}
         fetched = [(step, jax.device_get(m)) for step, m in self.pending]
@@ -304,6 +360,9 @@ class MetricsLogger:
         self.writer.write_scalars(last_step, summary)
         self.writer.flush()
         self.start_timer()
+        error = first_nonfinite(fetched)
+        if error is not None:
+            raise error
         return summary
 
     def _write_step_log(self, fetched: list[tuple[int, dict[str, Any]]]) -> None:
@@ -387,13 +446,14 @@ def _train_loop(
                 100 * summary.get("mfu", 0.0),
             )
         if checkpointer.is_save_step(step):
+            logger.check_finite()  # never save a diverged state
             checkpointer.save(step, state, _checkpoint_meta(setup, pipeline, step))
         if step < num_steps and stop.should_stop(step, checkpointer):
             logging.warning("Stop requested: saving step %d and exiting", step)
             break
         if eval_fn is not None and eval_every > 0 and step % eval_every == 0 and step < num_steps:
             eval_fn(state.params, step)
-    logger.flush()
+    logger.flush()  # raises NonFiniteLossError before a diverged state is saved
     checkpointer.save(step, state, _checkpoint_meta(setup, pipeline, step), force=True)
     if eval_fn is not None and step == num_steps:
         eval_fn(state.params, step)
@@ -406,16 +466,19 @@ def train_and_evaluate(
     """Train config.train.num_steps steps in workdir, resuming from its latest checkpoint.
 
     eval_fn(params, step), if given, runs every config.train.eval_every steps and at the end
-    (toxjax.main passes the shared evaluation loop for --mode=train_and_eval).
+    (toxjax.main passes one evaluator.Evaluator, built before training, for train_and_eval).
 
     Returns the final state. A SIGTERM (or, on many hosts, a preemption notice) at any point
-    saves a checkpoint after the next step and returns normally.
+    saves a checkpoint after the next step and returns normally. A NaN or infinite loss, grad
+    norm or param norm raises NonFiniteLossError naming the step, with no checkpoint saved from
+    it on. A damaged latest checkpoint is skipped, with a warning, for the newest older one
+    that restores (Checkpointer.restore_latest); CheckpointRestoreError if none does.
     """
     fileio.make_dirs(workdir)
     stop = checkpoints.StopRequest().install()
     checkpointer = None
     try:
-        # Everything up to the pipeline works from shapes only: config errors surface here.
+        # Config errors surface from shapes alone, before any restore, data or compilation.
         setup = create_setup(config)
         train_config = config.train
         input_pipeline.check_vocabulary(config.data.task, setup.model_config.vocab_size)
@@ -425,11 +488,10 @@ def train_and_evaluate(
             max_to_keep=int(train_config.keep_checkpoints),
             async_save=bool(train_config.async_checkpointing),
         )
-        latest = checkpointer.latest_step()
+        # Each step is checked (config, array shapes) before it is read into its shardings.
+        restored = checkpointer.restore_latest(setup.abstract_state, setup.model_config_dict)
         warm_params = None
-        if latest is not None:
-            checkpointer.check_compatible(latest, setup.abstract_state, setup.model_config_dict)
-        elif train_config.warm_start_from:
+        if restored is None and train_config.warm_start_from:
             warm_params, _ = checkpoints.restore_params_for_warm_start(
                 train_config.warm_start_from,
                 setup.abstract_state.params,
@@ -437,10 +499,10 @@ def train_and_evaluate(
             )
         pipeline = input_pipeline.create_train_pipeline(config, workdir, setup.batch_sharding)
 
-        if latest is not None:
-            state, meta = checkpointer.restore(latest, setup.abstract_state)
-            _warn_if_data_order_changed(meta.get("data", {}), pipeline.position(latest))
-            logging.info("Resumed from %s step %d", checkpointer.directory, latest)
+        if restored is not None:
+            state, meta, resumed = restored
+            _warn_if_data_order_changed(meta.get("data", {}), pipeline.position(resumed))
+            logging.info("Resumed from %s step %d", checkpointer.directory, resumed)
         else:
             state = create_train_state(setup, init_rng(config))
             if warm_params is not None:
@@ -449,6 +511,15 @@ def train_and_evaluate(
         logger = MetricsLogger(workdir, setup, peak_flops(config))
         try:
             return _train_loop(setup, state, pipeline, checkpointer, logger, stop, eval_fn)
+        except NonFiniteLossError as error:
+            checkpointer.wait()
+            latest = checkpointer.latest_step()
+            error.checkpoint = (
+                f"the latest checkpoint is step {latest} in {checkpointer.directory}"
+                if latest is not None
+                else f"there is no checkpoint in {checkpointer.directory}"
+            )
+            raise
         finally:
             logger.close()
     finally:

@@ -1,6 +1,6 @@
-"""Tests of the evaluation loop: a checkpoint written by the training code is restored and
-every stage (RTP, utility, bias, perplexity) lands in step_<N>.json, the markdown summary and
-TensorBoard."""
+"""Tests of the Evaluator: a checkpoint written by the training code is restored and every
+stage (RTP, utility, bias, perplexity) lands in step_<N>.json, the markdown summary and
+TensorBoard; engines are built once per evaluator and never shared between evaluators."""
 
 import glob
 import json
@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from toxjax.evaluation import loop
+from toxjax.evaluation import evaluator, loglik, rtp
+from toxjax.evaluation.evaluator import Evaluator
+from toxjax.model import sampling
 from toxjax.training import checkpoints, train
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -56,18 +58,18 @@ def test_evaluate_checkpoint_writes_every_metric(tmp_path):
     saver.save(3, state, {"model_config": setup.model_config_dict}, force=True)
     saver.close()
 
-    params, step = loop.restore_params(
+    params, step = evaluator.restore_params(
         config, workdir, mesh=setup.mesh, rules=setup.rules
     )  # params only, latest step
     assert step == 3
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(FileNotFoundError, match="no step 7"):
-        loop.restore_params(config, workdir, step=7, mesh=setup.mesh, rules=setup.rules)
+        evaluator.restore_params(config, workdir, step=7, mesh=setup.mesh, rules=setup.rules)
 
-    results = loop.evaluate_checkpoint(
+    results = Evaluator(
         config, workdir, mesh=setup.mesh, progress=False, compiler_options=FAST_COMPILE
-    )
+    ).evaluate_checkpoint()
     path = os.path.join(workdir, "eval", "step_3.json")
     with open(path) as f:
         saved = json.load(f)
@@ -108,7 +110,24 @@ def test_evaluate_checkpoint_writes_every_metric(tmp_path):
     assert glob.glob(os.path.join(workdir, "tensorboard", "events.out.tfevents.*"))
 
 
-def test_disabled_stages_are_skipped_and_engines_are_reused_with_new_params(tmp_path):
+class CountingBuilds:
+    """Wraps an engine builder (real or fake) and records every call."""
+
+    def __init__(self, build):
+        self.build, self.engines = build, []
+
+    def __call__(self, params, *args, **kwargs):
+        engine = self.build(params, *args, **kwargs)
+        self.engines.append(engine)
+        return engine
+
+
+class FakeEngine:
+    def __init__(self, params, *args, **kwargs):
+        self.params = params
+
+
+def test_disabled_stages_are_skipped_and_engines_are_reused_with_new_params(tmp_path, monkeypatch):
     config = small_config()
     config.eval.rtp_prompts = ""
     config.eval.bias_tasks = ()
@@ -116,16 +135,21 @@ def test_disabled_stages_are_skipped_and_engines_are_reused_with_new_params(tmp_
     config.eval.strategy = "base"
     setup = train.create_setup(config)
     params = train.create_train_state(setup, train.init_rng(config)).params
+    loglik_builds = CountingBuilds(loglik.make_loglikelihood_fn)
+    generate_builds = CountingBuilds(FakeEngine)
+    monkeypatch.setattr(loglik, "make_loglikelihood_fn", loglik_builds)
+    monkeypatch.setattr(sampling, "make_generate_fn", generate_builds)
     writer = RecordingWriter()
-    kwargs = dict(
-        workdir=str(tmp_path),
-        writer=writer,
+    evaluate = Evaluator(
+        config,
+        str(tmp_path),
         mesh=setup.mesh,
         rules=setup.rules,
         progress=False,
         compiler_options=FAST_COMPILE,
     )
-    first = loop.evaluate(params, config, step=5, **kwargs)
+    assert evaluate.stages() == ["utility", "perplexity"]
+    first = evaluate(params, 5, writer=writer)
     assert set(first["timing_s"]) == {"utility", "perplexity"}
     assert "rtp" not in first and "bias" not in first
     assert first["strategy"] == "base" and first["prefix"] == ""
@@ -135,28 +159,64 @@ def test_disabled_stages_are_skipped_and_engines_are_reused_with_new_params(tmp_
     assert os.path.exists(tmp_path / "eval" / "step_5.json")
 
     # A later evaluation (train_and_eval) reuses the compiled engine with the new params.
-    engines = dict(loop._ENGINES)
     sharper = jax.tree.map(lambda x: x * 4.0, params)
-    second = loop.evaluate(sharper, config, step=6, **kwargs)
-    assert engines == loop._ENGINES
-    (engine,) = [e for key, e in engines.items() if key[0] == "loglik"]
+    second = evaluate.evaluate(sharper, 6, writer=writer)
+    (engine,) = loglik_builds.engines  # built once, for both evaluations
+    assert generate_builds.engines == []  # RTP is off: no generate engine
     np.testing.assert_array_equal(
         np.asarray(engine.params["token_embedding"]), np.asarray(sharper["token_embedding"])
     )
     assert second["perplexity"]["perplexity"] != first["perplexity"]["perplexity"]
 
 
+def test_evaluators_build_their_own_engines_and_share_none(monkeypatch):
+    config = small_config()
+    loglik_builds = CountingBuilds(FakeEngine)
+    generate_builds = CountingBuilds(FakeEngine)
+    monkeypatch.setattr(loglik, "make_loglikelihood_fn", loglik_builds)
+    monkeypatch.setattr(sampling, "make_generate_fn", generate_builds)
+    setup = train.create_setup(config)
+    params = train.create_train_state(setup, train.init_rng(config)).params
+    other_params = jax.tree.map(lambda x: x * 2.0, params)
+    first, second = (
+        Evaluator(config, "/unused", mesh=setup.mesh, rules=setup.rules, progress=False)
+        for _ in range(2)
+    )
+
+    assert first.loglikelihood_fn(params) is first.loglikelihood_fn(other_params)
+    assert first.generate_fn(params) is first.generate_fn(other_params)
+    assert len(loglik_builds.engines) == len(generate_builds.engines) == 1
+    assert first.generate_fn(params, rtp.RTPConfig(max_new_tokens=3)) is not first.generate_fn(
+        params
+    )  # other sampling settings: another engine
+    assert len(generate_builds.engines) == 2
+
+    own = second.loglikelihood_fn(params)
+    assert own is not first.loglikelihood_fn(other_params)
+    assert second.generate_fn(params) not in generate_builds.engines[:2]
+    assert len(loglik_builds.engines) == 2 and len(generate_builds.engines) == 3
+    # Swapping params on one evaluator's engines leaves the other's alone.
+    np.testing.assert_array_equal(
+        np.asarray(own.params["token_embedding"]), np.asarray(params["token_embedding"])
+    )
+    np.testing.assert_array_equal(
+        np.asarray(first.loglikelihood_fn(other_params).params["token_embedding"]),
+        np.asarray(other_params["token_embedding"]),
+    )
+    assert second.loglikelihood_fn(params) is own and len(loglik_builds.engines) == 2
+
+
 def test_config_helpers_reject_bad_values():
-    assert loop.parse_paths("toxigen=/a.csv, social_bias_frames=/b.csv") == {
+    assert evaluator.parse_paths("toxigen=/a.csv, social_bias_frames=/b.csv") == {
         "toxigen": "/a.csv",
         "social_bias_frames": "/b.csv",
     }
     with pytest.raises(ValueError, match="not task=path"):
-        loop.parse_paths("toxigen")
-    assert loop.id_ranges([262, 0, 259, 260, 261, 5]) == "0,5,259-262"
-    strategy, fmt = loop.resolve_conditioning("toxjax_demo_meda")
+        evaluator.parse_paths("toxigen")
+    assert evaluator.id_ranges([262, 0, 259, 260, 261, 5]) == "0,5,259-262"
+    strategy, fmt = evaluator.resolve_conditioning("toxjax_demo_meda")
     assert strategy.value == "meda" and fmt.inference_prefix(strategy) == "toxicity: 0.00\n"
-    assert loop.resolve_conditioning("toxjax_demo_meda", "filter")[0].value == "filter"
+    assert evaluator.resolve_conditioning("toxjax_demo_meda", "filter")[0].value == "filter"
 
 
 def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
@@ -170,9 +230,9 @@ def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
     texts = [doc["text"] for doc in template_corpus.generate(300)]
     path = vocab.train_vocabulary(texts, str(tmp_path / "spm"), vocab_size=400, progress=False)
     spm = seqio.SentencePieceVocabulary(path)
-    ids = loop.signal_token_ids(spm, fmt)
+    ids = evaluator.signal_token_ids(spm, fmt)
     pieces = {spm.tokenizer.id_to_piece(i) for i in ids}
     # Every signal string is banned; the separator ("\n") is not a signal and stays allowed.
     assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
     assert "\n" in vocab.signal_pieces(fmt) and "\n" not in pieces
-    assert loop.signal_token_ids(seqio.ByteVocabulary(), fmt) == []
+    assert evaluator.signal_token_ids(seqio.ByteVocabulary(), fmt) == []

@@ -1,0 +1,486 @@
+"""The one evaluator: toxicity (RTP), utility, bias AUC and held-out perplexity.
+
+    evaluator = Evaluator(config, workdir)            once per run (resolves task, mesh, ...)
+    evaluator.evaluate(params, step)                  params in hand (e.g. during training)
+    evaluator.evaluate_checkpoint(step=None)          params restored from WORKDIR/checkpoints
+
+The evaluator keeps its compiled engines and its scorer, so every later evaluation of a run
+(train_and_eval) only swaps the params. Every stage is driven by `config.eval`
+(configs/default.py) and can be switched off there. Outputs, written by process 0:
+    WORKDIR/eval/step_<N>.json    all metrics (strict JSON; NaN -> null), `report.py` layout
+    WORKDIR/eval/step_<N>.md      markdown summary (report.to_markdown plus perplexity, timings)
+    WORKDIR/eval/step_<N>/rtp_{conditioned,unconditioned}.jsonl   per-prompt continuations
+    WORKDIR/tensorboard           scalars under eval/... (clu metric_writers)
+
+RTP prompts get the inference prefix of the strategy the model was trained with
+(`tasks.conditioning_for(config.data.task)`, or config.eval.strategy) and, separately, none.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from toxjax.data import input_pipeline
+from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.demo import eval_tasks
+from toxjax.evaluation import bias, loglik, report, rtp, utility_tasks
+from toxjax.evaluation.requests import LoglikelihoodFn, jsonable
+from toxjax.model import decoder, partitioning, sampling
+from toxjax.training import checkpoints
+
+EVAL_SUBDIR = "eval"
+TENSORBOARD_SUBDIR = "tensorboard"  # shared with training: eval scalars sit next to train ones
+CHALLENGING = {"any": None, "challenging": True, "not_challenging": False}
+STAGES = ("rtp", "utility", "bias", "perplexity")  # run (and timed) in this order
+PyTree = Any
+
+
+def _names(value: str | Sequence[str]) -> list[str]:
+    """A tuple config field (a comma-separated string is accepted too)."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return [str(part) for part in value]
+
+
+def _limit(value: int) -> int | None:
+    return None if int(value) < 0 else int(value)
+
+
+def id_ranges(ids: Sequence[int]) -> str:
+    """Compact text of a set of token ids: [0, 259, 260, 261] -> "0,259-261"."""
+    parts: list[tuple[int, int]] = []
+    for value in sorted(set(ids)):
+        if parts and parts[-1][1] == value - 1:
+            parts[-1] = (parts[-1][0], value)
+        else:
+            parts.append((value, value))
+    return ",".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
+
+
+def parse_paths(spec: str) -> dict[str, str]:
+    """ "task=path,task=path" -> {task: path} (config.eval.bias_paths)."""
+    paths = {}
+    for item in _names(spec):
+        name, sep, path = item.partition("=")
+        if not sep or not name.strip() or not path.strip():
+            raise ValueError(f"config.eval.bias_paths: {item!r} is not task=path")
+        paths[name.strip()] = path.strip()
+    return paths
+
+
+def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
+    """Ids of vocabulary pieces that spell a whole conditioning signal (SentencePiece only).
+
+    `toxjax.data.vocab` trains SentencePiece models with every signal as one user-defined piece;
+    banning those ids keeps a model from writing a signal into its own continuation (the
+    separator piece, e.g. a newline, stays allowed). Byte vocabularies have no such pieces.
+    """
+    from toxjax.data import vocab
+
+    tokenizer = getattr(vocabulary, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
+        return []
+    separator = fmt.separator.replace(" ", "\u2581")  # as SentencePiece writes spaces
+    pieces = [p for p in vocab.signal_pieces(fmt) if p != separator]
+    return sorted({tokenizer.piece_to_id(p) for p in pieces} - {tokenizer.unk_id()})
+
+
+def resolve_conditioning(task_name: str, strategy: str = "") -> tuple[Strategy, ConditioningFormat]:
+    """The strategy and format to evaluate with: the training task's, unless overridden."""
+    from toxjax.data import tasks
+
+    try:
+        trained_strategy, fmt = tasks.conditioning_for(task_name)
+    except ValueError:
+        if not strategy:
+            logging.warning(
+                "task %r carries no conditioning (not a register_toxicity_tasks task): "
+                "evaluating as BASE; set config.eval.strategy to choose",
+                task_name,
+            )
+        trained_strategy, fmt = Strategy.BASE, ConditioningFormat()
+    return (Strategy.parse(strategy) if strategy else trained_strategy), fmt
+
+
+def scalars(results: Mapping[str, Any]) -> dict[str, float]:
+    """Flat TensorBoard scalars (eval/...) from an evaluate() result; missing values skipped."""
+    out: dict[str, Any] = {}
+    for condition, run in (results.get("rtp") or {}).items():
+        for subset, metrics in run["metrics"].items():
+            for name in ("expected_max_toxicity", "expected_max_toxicity_std"):
+                out[f"eval/rtp_{condition}/{subset}/{name}"] = metrics.get(name)
+            out[f"eval/rtp_{condition}/{subset}/toxicity_probability"] = metrics.get(
+                "toxicity_probability"
+            )
+    for task, metrics in (results.get("utility") or {}).items():
+        for name in ("acc", "acc_norm", "perplexity"):
+            out[f"eval/utility/{task}/{name}"] = metrics.get(name)
+    for task, metrics in (results.get("bias") or {}).items():
+        for name in ("auc", "mean_subgroup_auc"):
+            out[f"eval/bias/{task}/{name}"] = metrics.get(name)
+    heldout = results.get("perplexity") or {}
+    out["eval/heldout/perplexity"] = heldout.get("perplexity")
+    out["eval/heldout/loss"] = heldout.get("loss")
+    return {name: float(value) for name, value in out.items() if value is not None}
+
+
+def to_markdown(results: Mapping[str, Any]) -> str:
+    """The step's summary: a header, held-out perplexity, timings, then report.py's tables."""
+    scorers = sorted({run["scorer"] for run in (results.get("rtp") or {}).values()})
+    lines = [
+        f"# Evaluation of {results['model']} at step {results['step']}",
+        "",
+        f"- task: `{results['task']}`, strategy: `{results['strategy']}`, "
+        f"RTP prefix: `{json.dumps(results['prefix'])}`, scorer: {', '.join(scorers) or 'n/a'}",
+    ]
+    heldout = results.get("perplexity")
+    if heldout:
+        lines.append(
+            f"- held-out perplexity ({heldout['task']}:{heldout['split']}, "
+            f"{heldout['num_tokens']} tokens): {heldout['perplexity']:.3f}"
+        )
+    timing = ", ".join(f"{stage} {seconds:.1f}s" for stage, seconds in results["timing_s"].items())
+    lines += [f"- wall time: {timing}", ""]
+    table = report.to_markdown(report.build_report([results], baseline=results["model"]))
+    return "\n".join(lines) + "\n" + table.split("\n", 1)[1]
+
+
+def write_results(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
+    """step_<N>.json and step_<N>.md under WORKDIR/eval; returns their paths."""
+    directory = os.path.join(workdir, EVAL_SUBDIR)
+    os.makedirs(directory, exist_ok=True)
+    stem = os.path.join(directory, f"step_{results['step']}")
+    paths = {"json": stem + ".json", "markdown": stem + ".md"}
+    with open(paths["json"], "w", encoding="utf-8") as f:
+        json.dump(jsonable(results), f, indent=2, allow_nan=False)
+    with open(paths["markdown"], "w", encoding="utf-8") as f:
+        f.write(to_markdown(jsonable(results)))
+    return paths
+
+
+def _run_utility(
+    name: str, loglikelihood_fn: LoglikelihoodFn, limit: int | None, data_dir: str | None
+) -> dict[str, Any]:
+    if name in eval_tasks.UTILITY_TASKS:
+        return eval_tasks.UTILITY_TASKS[name](loglikelihood_fn, limit=limit)
+    return utility_tasks.evaluate_task(name, loglikelihood_fn, limit=limit, data_dir=data_dir)
+
+
+def _run_bias(
+    name: str,
+    loglikelihood_fn: LoglikelihoodFn,
+    limit: int | None,
+    prompt_config: bias.BiasPromptConfig,
+    paths: Mapping[str, str],
+    data_dir: str | None,
+) -> dict[str, Any]:
+    if name in eval_tasks.BIAS_TASKS:
+        return eval_tasks.BIAS_TASKS[name](loglikelihood_fn, limit=limit, config=prompt_config)
+    return bias.evaluate_task(
+        name,
+        loglikelihood_fn,
+        limit=limit,
+        config=prompt_config,
+        path=paths.get(name),
+        data_dir=data_dir,
+    )
+
+
+class Evaluator:
+    """Evaluates params of one model, task and mesh; built once per run, called per step.
+
+    task_name: the training task (vocabulary, conditioning, held-out split); default
+    config.data.task. strategy overrides config.eval.strategy. mesh/rules default to the
+    training ones from config (params are moved onto them if they are elsewhere).
+    compiler_options: XLA options for every compiled evaluation function.
+
+    Engines (with their compiled executables) and the scorer are built on first use and kept
+    on the instance: later calls only swap the params, and instances share nothing.
+    """
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        workdir: str,
+        *,
+        mesh: jax.sharding.Mesh | None = None,
+        rules: partitioning.LogicalRules | None = None,
+        task_name: str | None = None,
+        strategy: str | None = None,
+        progress: bool = True,
+        compiler_options: Mapping[str, Any] | None = None,
+    ):
+        self.config = config
+        self.workdir = workdir
+        self.progress = progress
+        self.compiler_options = compiler_options
+        self.model_cfg = decoder.ModelConfig.from_config(config.model)
+        self.mesh = mesh or partitioning.create_mesh(config.mesh)
+        self.rules = tuple(rules or partitioning.logical_rules(config))
+        self.task_name = task_name or config.data.task
+        task = input_pipeline.get_task(self.task_name)
+        self.vocabulary = task.output_features["targets"].vocabulary
+        self.strategy, self.fmt = resolve_conditioning(
+            self.task_name, strategy or config.eval.strategy
+        )
+        self.is_chief = jax.process_index() == 0
+        self._loglik_engine: Any = None
+        self._generate_engines: dict[tuple, Any] = {}  # sampling settings -> engine
+        self._scorer: Any = None
+
+    @property
+    def _data_dir(self) -> str | None:
+        return self.config.eval.tfds_data_dir or None
+
+    def stages(self) -> list[str]:
+        """The stages config.eval enables, in STAGES order."""
+        ev = self.config.eval
+        enabled = {
+            "rtp": bool(ev.rtp_prompts),
+            "utility": bool(_names(ev.utility_tasks)),
+            "bias": bool(_names(ev.bias_tasks)),
+            "perplexity": int(ev.perplexity_batches) != 0,
+        }
+        return [stage for stage in STAGES if enabled[stage]]
+
+    def place(self, params: PyTree) -> PyTree:
+        """Params laid out on the evaluator's mesh (arrays already there are not copied)."""
+        return partitioning.shard_params(params, self.model_cfg, self.mesh, self.rules)[0]
+
+    # ----- engines, built once and reused with new params -----
+
+    def loglikelihood_fn(self, params: PyTree) -> LoglikelihoodFn:
+        """The log-likelihood engine, holding `params` (placed on the mesh)."""
+        params = self.place(params)
+        if self._loglik_engine is not None:
+            self._loglik_engine.params = params
+            return self._loglik_engine
+        ev = self.config.eval
+        max_len = int(ev.loglik_max_len)
+        self._loglik_engine = loglik.make_loglikelihood_fn(
+            params,
+            self.model_cfg,
+            self.vocabulary,
+            self.mesh,
+            self.rules,
+            batch_size=int(ev.loglik_batch_size),
+            max_len=None if max_len < 0 else max_len,
+            compiler_options=self.compiler_options,
+            progress=self.progress,
+        )
+        return self._loglik_engine
+
+    def generate_fn(self, params: PyTree, rtp_config: rtp.RTPConfig | None = None) -> Any:
+        """The generate engine of these sampling settings (default config.eval.rtp's),
+        holding `params`."""
+        ev = self.config.eval
+        rtp_config = rtp_config or rtp.RTPConfig.from_dict(ev.rtp.to_dict())
+        banned = signal_token_ids(self.vocabulary, self.fmt) if ev.ban_signal_tokens else []
+        settings = dict(
+            **rtp_config.sampling_kwargs(),
+            top_k=int(ev.top_k),
+            seed=int(ev.seed),
+            batch_size=int(ev.generate_batch_size),
+            banned_ids=tuple(banned),
+        )
+        key = tuple(sorted(settings.items()))
+        params = self.place(params)
+        engine = self._generate_engines.get(key)
+        if engine is not None:
+            engine.params = params
+            return engine
+        engine = self._generate_engines[key] = sampling.make_generate_fn(
+            params,
+            self.model_cfg,
+            self.vocabulary,
+            self.mesh,
+            self.rules,
+            **settings,
+            compiler_options=self.compiler_options,
+        )
+        return engine
+
+    def scorer(self) -> Any:
+        """The toxicity scorer, loaded on first use (Detoxify loads a model)."""
+        if self._scorer is None:
+            from toxjax.scoring import scorers
+
+            self._scorer = scorers.make_scorer(self.config.eval.scorer)
+        return self._scorer
+
+    # ----- one method per evaluation -----
+
+    def toxicity(self, params: PyTree, step: int) -> dict[str, Any]:
+        """RTP with and without the strategy's prefix: {"rtp": ..., "sampling": ...}."""
+        ev = self.config.eval
+        rtp_config = rtp.RTPConfig.from_dict(ev.rtp.to_dict())
+        if ev.rtp_challenging not in CHALLENGING:
+            raise ValueError(
+                f"config.eval.rtp_challenging must be one of {sorted(CHALLENGING)}, "
+                f"got {ev.rtp_challenging!r}"
+            )
+        prompts = rtp.select_prompts(
+            rtp.load_prompts(ev.rtp_prompts, data_dir=self._data_dir),
+            num_prompts=_limit(ev.rtp_num_prompts),
+            seed=_limit(ev.rtp_subset_seed),
+            challenging=CHALLENGING[ev.rtp_challenging],
+        )
+        generate_fn = self.generate_fn(params, rtp_config)
+        output_dir = os.path.join(self.workdir, EVAL_SUBDIR, f"step_{int(step)}")
+        runs = rtp.evaluate_rtp_conditioned_and_unconditioned(
+            prompts,
+            generate_fn,
+            self.scorer(),
+            strategy=self.strategy,
+            fmt=self.fmt,
+            config=rtp_config,
+            output_dir=output_dir if self.is_chief else None,
+            progress=self.progress,
+        )
+        return {
+            "rtp": {condition: run.summary() for condition, run in runs.items()},
+            "sampling": dict(
+                dataclasses.asdict(generate_fn.config),
+                banned_ids=id_ranges(generate_fn.config.banned_ids),
+            ),
+        }
+
+    def utility(self, params: PyTree) -> dict[str, Any]:
+        """{task: metrics} of every config.eval.utility_tasks task."""
+        ev = self.config.eval
+        fn, limit = self.loglikelihood_fn(params), _limit(ev.utility_limit)
+        return {
+            name: _run_utility(name, fn, limit, self._data_dir) for name in _names(ev.utility_tasks)
+        }
+
+    def bias(self, params: PyTree) -> dict[str, Any]:
+        """{task: report} of every config.eval.bias_tasks task."""
+        ev = self.config.eval
+        prompt_config = bias.BiasPromptConfig(num_shots=int(ev.bias_num_shots))
+        paths = parse_paths(ev.bias_paths)
+        fn, limit = self.loglikelihood_fn(params), _limit(ev.bias_limit)
+        return {
+            name: _run_bias(name, fn, limit, prompt_config, paths, self._data_dir)
+            for name in _names(ev.bias_tasks)
+        }
+
+    def perplexity(self, params: PyTree) -> dict[str, Any]:
+        """Perplexity of the training task's config.data.eval_split."""
+        ev = self.config.eval
+        return loglik.heldout_perplexity(
+            self.place(params),
+            self.model_cfg,
+            self.mesh,
+            self.rules,
+            task_name=self.task_name,
+            split=self.config.data.eval_split,
+            seq_len=int(self.config.data.seq_len),
+            batch_size=int(ev.perplexity_batch_size),
+            num_batches=int(ev.perplexity_batches),
+            compiler_options=self.compiler_options,
+            progress=self.progress,
+        )
+
+    def _run_stage(self, stage: str, params: PyTree, step: int) -> dict[str, Any]:
+        if stage == "rtp":
+            return self.toxicity(params, step)
+        return {stage: getattr(self, stage)(params)}
+
+    # ----- the whole evaluation -----
+
+    def evaluate(self, params: PyTree, step: int, writer: Any = None) -> dict[str, Any]:
+        """Runs every enabled stage on `params`; writes and returns the results.
+
+        writer: a clu MetricWriter (default: one on WORKDIR/tensorboard, closed afterwards).
+        """
+        from tqdm.auto import tqdm
+
+        step = int(step)
+        params = self.place(params)
+        stages = self.stages()
+        results: dict[str, Any] = {
+            "model": self.config.eval.model_name
+            or os.path.basename(os.path.normpath(self.workdir)),
+            "step": step,
+            "task": self.task_name,
+            "strategy": self.strategy.value,
+            "prefix": self.fmt.inference_prefix(self.strategy),
+            "timing_s": {},
+        }
+        with tqdm(
+            total=len(stages), desc=f"eval step {step}", unit="stage", disable=not self.progress
+        ) as bar:
+            for stage in stages:
+                bar.set_postfix_str(stage)
+                start = time.perf_counter()
+                results.update(self._run_stage(stage, params, step))
+                results["timing_s"][stage] = time.perf_counter() - start
+                logging.info(
+                    "eval step %d: %s done in %.1fs", step, stage, results["timing_s"][stage]
+                )
+                bar.update(1)
+
+        results = jsonable(results)
+        if self.is_chief:
+            paths = write_results(results, self.workdir)
+            logging.info("eval step %d written to %s", step, paths["json"])
+        self._write_scalars(step, results, writer)
+        return results
+
+    __call__ = evaluate  # an EvalFn (params, step) for train.train_and_evaluate
+
+    def _write_scalars(self, step: int, results: Mapping[str, Any], writer: Any) -> None:
+        own_writer = writer is None
+        if own_writer:
+            from clu import metric_writers
+
+            writer = metric_writers.create_default_writer(
+                os.path.join(self.workdir, TENSORBOARD_SUBDIR), just_logging=not self.is_chief
+            )
+        writer.write_scalars(step, scalars(results))
+        writer.flush()
+        if own_writer:
+            writer.close()
+
+    def evaluate_checkpoint(
+        self, step: int | None = None, checkpoint_dir: str | None = None, writer: Any = None
+    ) -> dict[str, Any]:
+        """Restores params of `step` (default: latest) from checkpoint_dir (default: the
+        workdir's checkpoints/) and evaluates them, writing under the workdir."""
+        params, restored_step = restore_params(
+            self.config,
+            checkpoint_dir or self.workdir,
+            step=step,
+            mesh=self.mesh,
+            rules=self.rules,
+        )
+        return self.evaluate(params, restored_step, writer=writer)
+
+
+def restore_params(
+    config: ml_collections.ConfigDict,
+    checkpoint_dir: str,
+    *,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+) -> tuple[PyTree, int]:
+    """Params only (no optimizer state) of `step` (default: the latest) of a training run,
+    checked against config.model and read straight into their shardings on `mesh`."""
+    model_cfg = decoder.ModelConfig.from_config(config.model)
+    return checkpoints.restore_params(
+        checkpoint_dir,
+        partitioning.abstract_params(model_cfg, mesh, rules),
+        dataclasses.asdict(model_cfg),
+        step=step,
+        what=f"evaluation of {checkpoint_dir!r}",
+    )
