@@ -40,6 +40,17 @@ EXTRAS_REQUIRE = {
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
 }
 
+# Every command, also runnable as `python -m <module>` (the README shows both forms).
+CONSOLE_SCRIPTS = [
+    "toxjax-study = toxjax.study.study_main:run",
+    "toxjax-score = toxjax.scoring.score_main:run",
+    "toxjax-vocab = toxjax.data.vocab_main:run",
+    "toxjax-train = toxjax.main:run",
+    "toxjax-memory = toxjax.model.memory_main:run",
+    "toxjax-launch = toxjax.launch.launcher:run",
+    "toxjax-demo-prompts = toxjax.demo.prompt_file_main:run",
+]
+
 setuptools.setup(
     name="toxjax",
     version="0.1.0",
@@ -50,4 +61,5 @@ setuptools.setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
 )

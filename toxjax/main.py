@@ -17,23 +17,26 @@ from toxjax.distributed import maybe_initialize_distributed
 
 MODES = ("train", "eval", "train_and_eval")
 
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file(
+_CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py); override fields with --config.x=y."
 )
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, TensorBoard, data cache.")
-flags.DEFINE_enum(
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for checkpoints, logs, TensorBoard, data cache."
+)
+_MODE = flags.DEFINE_enum(
     "mode",
     "train",
     MODES,
     "train; eval (the latest checkpoint, or --eval_step / --checkpoint_dir); train_and_eval "
     "(evaluates every config.train.eval_every steps and at the end).",
 )
-flags.DEFINE_integer("eval_step", None, "--mode=eval: the checkpoint step; default the latest.")
-flags.DEFINE_string(
+_EVAL_STEP = flags.DEFINE_integer(
+    "eval_step", None, "--mode=eval: the checkpoint step; default the latest."
+)
+_CHECKPOINT_DIR = flags.DEFINE_string(
     "checkpoint_dir", None, "--mode=eval: the run directory holding checkpoints; default WORKDIR."
 )
-flags.DEFINE_enum(
+_DISTRIBUTED = flags.DEFINE_enum(
     "distributed",
     "auto",
     ("auto", "true", "false"),
@@ -58,22 +61,28 @@ def record_config(config, workdir: str) -> None:
 def main(argv: Sequence[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
-    maybe_initialize_distributed(FLAGS.distributed)
+    maybe_initialize_distributed(_DISTRIBUTED.value)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
     from toxjax.evaluation.evaluator import Evaluator
     from toxjax.training import train
 
-    config, workdir = FLAGS.config, FLAGS.workdir
+    config, workdir = _CONFIG.value, _WORKDIR.value
     record_config(config, workdir)
-    if FLAGS.mode == "eval":
+    if _MODE.value == "eval":
         Evaluator(config, workdir).evaluate_checkpoint(
-            step=FLAGS.eval_step, checkpoint_dir=FLAGS.checkpoint_dir
+            step=_EVAL_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value
         )
         return
-    # One evaluator for the whole run: its compiled engines are reused at every eval step.
-    evaluator = Evaluator(config, workdir) if FLAGS.mode == "train_and_eval" else None
+    # One evaluator for the whole run, built before training so that bad prompt or label
+    # files fail first; its compiled engines are reused at every eval step.
+    evaluator = Evaluator(config, workdir) if _MODE.value == "train_and_eval" else None
     train.train_and_evaluate(config, workdir, eval_fn=evaluator)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """Console-script entry point (toxjax-train)."""
     app.run(main)
+
+
+if __name__ == "__main__":
+    run()

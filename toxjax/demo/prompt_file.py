@@ -2,8 +2,8 @@
 
 Built the way RealToxicityPrompts was: RealToxicityPrompts took sentences from web text, the
 kind of text models pretrain on, and split each in half into a prompt and a "continuation".
-Here the sentences come from held-out documents of the demo corpus (`toxjax.demo.template_corpus`, a
-seed training never uses), so polite and rude sentences come in the corpus' own mix. To these
+Here the sentences come from held-out documents of the demo corpus (`toxjax.demo.template_corpus`,
+a seed training never uses), so polite and rude sentences come in the corpus' own mix. To these
 come every corpus opener and stand-alone rude beginnings ("Shut up, you"). As in
 RealToxicityPrompts, each prompt carries its own toxicity (here from the configured scorer, by
 default the offline one).
@@ -13,15 +13,14 @@ the cut, and the stand-alone rude beginnings: the demo's analogue of RealToxicit
 prompts that reliably lead models into toxic text. Neutral prompts are never challenging.
 
 Regenerate the packaged file (deterministic for a given scorer version):
-    python -m toxjax.demo.prompt_file --output=toxjax/assets/demo_prompts.jsonl
+    python -m toxjax.demo.prompt_file_main --output=toxjax/assets/demo_prompts.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 from toxjax.demo import template_corpus
@@ -160,23 +159,3 @@ def write_demo_prompts(path: str, scorer: Any = "offline", **kwargs: Any) -> int
 
         scorer = make_scorer(scorer)
     return write_jsonl(path, build_demo_prompts(scorer, **kwargs))
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--output", required=True, help="where to write the JSONL file")
-    parser.add_argument("--scorer", default="offline", help="make_scorer spec")
-    parser.add_argument("--num_prompts", type=int, default=DEFAULT_NUM_PROMPTS)
-    parser.add_argument("--seed", type=int, default=PROMPT_SEED, help="held-out corpus seed")
-    args = parser.parse_args(argv)
-    count = write_demo_prompts(
-        args.output,
-        args.scorer,
-        num_prompts=args.num_prompts,
-        seed=args.seed,
-    )
-    print(f"wrote {count} prompts to {args.output}")
-
-
-if __name__ == "__main__":
-    main()

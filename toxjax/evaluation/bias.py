@@ -413,27 +413,3 @@ def evaluate_task(
         task=name,
     )
     return {**report, "source": source}
-
-
-def evaluate_tasks(
-    names: Sequence[str],
-    loglikelihood_fn: LoglikelihoodFn,
-    *,
-    limit: int | None = None,
-    config: BiasPromptConfig = BiasPromptConfig(),
-    paths: Mapping[str, str] | None = None,
-    data_dir: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """{task: report}; `paths` maps local-file tasks (toxigen, social_bias_frames) to files."""
-    paths = dict(paths or {})
-    return {
-        name: evaluate_task(
-            name,
-            loglikelihood_fn,
-            limit=limit,
-            config=config,
-            path=paths.get(name),
-            data_dir=data_dir,
-        )
-        for name in names
-    }

@@ -29,6 +29,7 @@ import jax
 import ml_collections
 from absl import logging
 
+from toxjax import fileio
 from toxjax.data import input_pipeline
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.demo import eval_tasks
@@ -156,14 +157,13 @@ def to_markdown(results: Mapping[str, Any]) -> str:
 
 def write_results(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
     """step_<N>.json and step_<N>.md under WORKDIR/eval; returns their paths."""
-    directory = os.path.join(workdir, EVAL_SUBDIR)
-    os.makedirs(directory, exist_ok=True)
-    stem = os.path.join(directory, f"step_{results['step']}")
+    directory = fileio.join(workdir, EVAL_SUBDIR)
+    fileio.make_dirs(directory)
+    stem = fileio.join(directory, f"step_{results['step']}")
     paths = {"json": stem + ".json", "markdown": stem + ".md"}
-    with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(jsonable(results), f, indent=2, allow_nan=False)
-    with open(paths["markdown"], "w", encoding="utf-8") as f:
-        f.write(to_markdown(jsonable(results)))
+    as_json = json.dumps(jsonable(results), indent=2, allow_nan=False)
+    fileio.write_atomic(paths["json"], as_json.encode("utf-8"))
+    fileio.write_atomic(paths["markdown"], to_markdown(jsonable(results)).encode("utf-8"))
     return paths
 
 
@@ -236,6 +236,49 @@ class Evaluator:
         self._loglik_engine: Any = None
         self._generate_engines: dict[tuple, Any] = {}  # sampling settings -> engine
         self._scorer: Any = None
+        self._loss_fn: Any = None  # held-out loss, jitted once
+        # Prompt and label files are read now, so a missing, empty or malformed one fails
+        # (naming the file and line) before any model is built or trained.
+        self.prompts = self._load_prompts() if "rtp" in self.stages() else []
+        self._check_task_inputs()
+
+    def _load_prompts(self) -> list[rtp.Prompt]:
+        ev = self.config.eval
+        if ev.rtp_challenging not in CHALLENGING:
+            raise ValueError(
+                f"config.eval.rtp_challenging must be one of {sorted(CHALLENGING)}, "
+                f"got {ev.rtp_challenging!r}"
+            )
+        prompts = rtp.select_prompts(
+            rtp.load_prompts(ev.rtp_prompts, data_dir=self._data_dir),
+            num_prompts=_limit(ev.rtp_num_prompts),
+            seed=_limit(ev.rtp_subset_seed),
+            challenging=CHALLENGING[ev.rtp_challenging],
+        )
+        if not prompts:
+            raise ValueError(f"config.eval.rtp_prompts={ev.rtp_prompts!r}: no prompts selected")
+        return prompts
+
+    def _check_task_inputs(self) -> None:
+        """Task names must exist, and every local label file of config.eval.bias_tasks must
+        read cleanly (TFDS tasks are read when evaluated)."""
+        for name in _names(self.config.eval.utility_tasks):
+            if name not in utility_tasks.TASKS and name not in eval_tasks.UTILITY_TASKS:
+                known = sorted({*utility_tasks.TASKS, *eval_tasks.UTILITY_TASKS})
+                raise ValueError(
+                    f"config.eval.utility_tasks: unknown task {name!r}; known: {known}"
+                )
+        paths = parse_paths(self.config.eval.bias_paths)
+        for name in _names(self.config.eval.bias_tasks):
+            task = bias.TASKS.get(name)
+            if task is None and name not in eval_tasks.BIAS_TASKS:
+                known = sorted({*bias.TASKS, *eval_tasks.BIAS_TASKS})
+                raise ValueError(f"config.eval.bias_tasks: unknown task {name!r}; known: {known}")
+            if name in eval_tasks.BIAS_TASKS or task.read_file is None:
+                continue
+            if name not in paths:
+                raise ValueError(f"config.eval.bias_paths: bias task {name!r} needs task=path")
+            task.read_file(paths[name])
 
     @property
     def _data_dir(self) -> str | None:
@@ -321,23 +364,11 @@ class Evaluator:
 
     def toxicity(self, params: PyTree, step: int) -> dict[str, Any]:
         """RTP with and without the strategy's prefix: {"rtp": ..., "sampling": ...}."""
-        ev = self.config.eval
-        rtp_config = rtp.RTPConfig.from_dict(ev.rtp.to_dict())
-        if ev.rtp_challenging not in CHALLENGING:
-            raise ValueError(
-                f"config.eval.rtp_challenging must be one of {sorted(CHALLENGING)}, "
-                f"got {ev.rtp_challenging!r}"
-            )
-        prompts = rtp.select_prompts(
-            rtp.load_prompts(ev.rtp_prompts, data_dir=self._data_dir),
-            num_prompts=_limit(ev.rtp_num_prompts),
-            seed=_limit(ev.rtp_subset_seed),
-            challenging=CHALLENGING[ev.rtp_challenging],
-        )
+        rtp_config = rtp.RTPConfig.from_dict(self.config.eval.rtp.to_dict())
         generate_fn = self.generate_fn(params, rtp_config)
         output_dir = os.path.join(self.workdir, EVAL_SUBDIR, f"step_{int(step)}")
         runs = rtp.evaluate_rtp_conditioned_and_unconditioned(
-            prompts,
+            self.prompts,
             generate_fn,
             self.scorer(),
             strategy=self.strategy,
@@ -376,6 +407,10 @@ class Evaluator:
     def perplexity(self, params: PyTree) -> dict[str, Any]:
         """Perplexity of the training task's config.data.eval_split."""
         ev = self.config.eval
+        if self._loss_fn is None:
+            self._loss_fn = loglik.make_loss_fn(
+                self.model_cfg, self.mesh, self.rules, self.compiler_options
+            )
         return loglik.heldout_perplexity(
             self.place(params),
             self.model_cfg,
@@ -386,7 +421,7 @@ class Evaluator:
             seq_len=int(self.config.data.seq_len),
             batch_size=int(ev.perplexity_batch_size),
             num_batches=int(ev.perplexity_batches),
-            compiler_options=self.compiler_options,
+            loss_fn=self._loss_fn,
             progress=self.progress,
         )
 

@@ -94,14 +94,14 @@ class LoglikelihoodEngine:
         self.batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
         self.params, shardings = partitioning.shard_params(params, model_cfg, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
-        partitioned = partitioning.partition(
+        self._score = partitioning.partition(
             functools.partial(score_batch, model=decoder.Decoder(model_cfg)),
             mesh,
             rules,
             in_shardings=(shardings, replicated, replicated, replicated),
             out_shardings=replicated,
+            compiler_options=compiler_options,
         )
-        self._score = partitioning.CompiledByShape(partitioned, compiler_options)
 
     def tokenize(self, request: LoglikelihoodRequest, index: int) -> tuple[list[int], int]:
         """(token sequence to feed, number of continuation tokens at its end)."""
@@ -219,20 +219,24 @@ def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: decoder.De
     return {"ce_sum": sums["ce_sum"], "weight_sum": sums["weight_sum"]}
 
 
-@functools.lru_cache(maxsize=8)
-def _loss_function(
-    model_cfg: decoder.ModelConfig, mesh: Mesh, rules: tuple, options: tuple
-) -> partitioning.CompiledByShape:
-    """The compiled loss of a model on a mesh, kept for later evaluations (params change)."""
+def make_loss_fn(
+    model_cfg: decoder.ModelConfig,
+    mesh: Mesh,
+    rules: Sequence,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> partitioning.PartitionedFunction:
+    """The jitted loss sums of a model on a mesh; keep it to reuse its executables when only
+    the params change (toxjax.evaluation.evaluator.Evaluator does)."""
+    rules = tuple(rules)
     shardings = partitioning.param_shardings(model_cfg, mesh, rules)
-    partitioned = partitioning.partition(
+    return partitioning.partition(
         functools.partial(_loss_sums, model=decoder.Decoder(model_cfg)),
         mesh,
         rules,
         in_shardings=(shardings, partitioning.batch_sharding(mesh, rules)),
         out_shardings=NamedSharding(mesh, PartitionSpec()),
+        compiler_options=compiler_options,
     )
-    return partitioning.CompiledByShape(partitioned, dict(options))
 
 
 def heldout_perplexity(
@@ -247,15 +251,18 @@ def heldout_perplexity(
     batch_size: int,
     num_batches: int,
     compiler_options: Mapping[str, Any] | None = None,
+    loss_fn: partitioning.PartitionedFunction | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Token-level perplexity exp(sum CE / sum loss weights) over `num_batches` packed batches,
-    the same loss the training step minimises (`optim.cross_entropy_sums`)."""
+    the same loss the training step minimises (`optim.cross_entropy_sums`).
+
+    loss_fn: a `make_loss_fn` result to reuse; by default one is built (compiler_options).
+    """
     rules = tuple(rules)
     batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
     params, _ = partitioning.shard_params(params, model_cfg, mesh, rules)
-    options = tuple(sorted((compiler_options or {}).items()))
-    loss = _loss_function(model_cfg, mesh, rules, options)
+    loss = loss_fn or make_loss_fn(model_cfg, mesh, rules, compiler_options)
     ce_sum, weight_sum, count = 0.0, 0.0, 0
     batches = heldout_batches(
         task_name, split=split, seq_len=seq_len, batch_size=batch_size, num_batches=num_batches

@@ -286,17 +286,3 @@ def evaluate_task(
     else:
         metrics = score_multiple_choice(built, loglikelihood_fn, task=name)
     return {"task": name, "source": source, **metrics}
-
-
-def evaluate_tasks(
-    names: Sequence[str],
-    loglikelihood_fn: LoglikelihoodFn,
-    *,
-    limit: int | None = None,
-    data_dir: str | None = None,
-) -> dict[str, dict[str, Any]]:
-    """{task name: metrics} for each task in `names`."""
-    return {
-        name: evaluate_task(name, loglikelihood_fn, limit=limit, data_dir=data_dir)
-        for name in names
-    }

@@ -534,3 +534,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return execute(plan, dry_run=dry_run)
     except LaunchError as error:
         parser.exit(2, f"{parser.prog} {options.subcommand}: error: {error}\n")
+
+
+def run() -> None:
+    """Console-script entry point (toxjax-launch)."""
+    sys.exit(main())

@@ -219,12 +219,15 @@ class PartitionedFunction:
         out_shardings: Any = None,
         donate_argnums: int | Sequence[int] = (),
         static_argnums: int | Sequence[int] = (),
+        compiler_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.mesh = mesh
         self.rules = tuple(rules)
         jit_kwargs: dict[str, Any] = {
             "donate_argnums": donate_argnums,
             "static_argnums": static_argnums,
+            # XLA options, e.g. {"xla_backend_optimization_level": 0} for quick tests.
+            "compiler_options": dict(compiler_options) if compiler_options else None,
         }
         if in_shardings is not None:
             jit_kwargs["in_shardings"] = in_shardings
@@ -252,6 +255,7 @@ def partition(
     out_shardings: Any = None,
     donate_argnums: int | Sequence[int] = (),
     static_argnums: int | Sequence[int] = (),
+    compiler_options: Mapping[str, Any] | None = None,
 ) -> PartitionedFunction:
     """t5x-style partitioned callable; None shardings leave the choice to jit."""
     return PartitionedFunction(
@@ -262,6 +266,7 @@ def partition(
         out_shardings=out_shardings,
         donate_argnums=donate_argnums,
         static_argnums=static_argnums,
+        compiler_options=compiler_options,
     )
 
 
@@ -332,23 +337,3 @@ def batch_shards(mesh: Mesh, rules: Sequence) -> int:
     axes = spec[0] if len(spec) else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
     return int(np.prod([mesh.shape[axis] for axis in axes])) if axes else 1
-
-
-class CompiledByShape:
-    """A PartitionedFunction compiled ahead of time once per argument shape, so XLA compiler
-    options (e.g. {"xla_backend_optimization_level": 0} for quick tests) can be given."""
-
-    def __init__(
-        self,
-        fn: PartitionedFunction,
-        compiler_options: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.fn = fn
-        self.compiler_options = dict(compiler_options) if compiler_options else None
-        self._executables: dict[Any, Any] = {}
-
-    def __call__(self, *args: Any) -> Any:
-        key = tuple((np.shape(a), str(a.dtype)) for a in jax.tree.leaves(args))
-        if key not in self._executables:
-            self._executables[key] = self.fn.lower(*args).compile(self.compiler_options)
-        return self._executables[key](*args)

@@ -486,9 +486,9 @@ class Generator:
         self._shards = partitioning.batch_shards(mesh, self.rules)
         self._impl = generate_tokens if use_cache else generate_tokens_recompute
         self._compiler_options = compiler_options
-        self._compiled: dict[int, partitioning.CompiledByShape] = {}
+        self._compiled: dict[int, partitioning.PartitionedFunction] = {}
 
-    def _function(self, num_samples: int) -> partitioning.CompiledByShape:
+    def _function(self, num_samples: int) -> partitioning.PartitionedFunction:
         if num_samples not in self._compiled:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             fn = functools.partial(
@@ -497,15 +497,13 @@ class Generator:
                 config=self.config,
                 num_samples=num_samples,
             )
-            partitioned = partitioning.partition(
+            self._compiled[num_samples] = partitioning.partition(
                 fn,
                 self.mesh,
                 self.rules,
                 in_shardings=(self._param_shardings, *[replicated] * 4),
                 out_shardings=replicated,
-            )
-            self._compiled[num_samples] = partitioning.CompiledByShape(
-                partitioned, self._compiler_options
+                compiler_options=self._compiler_options,
             )
         return self._compiled[num_samples]
 

@@ -36,7 +36,12 @@ import ml_collections
 from absl import logging
 
 from toxjax import fileio
+from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.evaluation import evaluator
+from toxjax.scoring import job
+from toxjax.study import reporting
+from toxjax.training import checkpoints, train
 
 SCORED_SUBDIR = "scored"
 VOCAB_SUBDIR = "vocab"
@@ -127,8 +132,6 @@ def strategy_workdir(workdir: str, strategy: Strategy | str) -> str:
 
 
 def eval_json_path(workdir: str, strategy: Strategy | str, step: int) -> str:
-    from toxjax.evaluation import evaluator
-
     return fileio.join(
         strategy_workdir(workdir, strategy), evaluator.EVAL_SUBDIR, f"step_{step}.json"
     )
@@ -140,8 +143,6 @@ def eval_json_path(workdir: str, strategy: Strategy | str, step: int) -> str:
 
 def score_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
     """Scores config.study.corpus into the scored directory, resuming; returns that directory."""
-    from toxjax.scoring import job
-
     study = config.study
     fmt = conditioning_format(config)
     output_dir = scored_dir(config, workdir)
@@ -165,8 +166,6 @@ def score_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
 def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | None:
     """Where the vocabulary lives (None for bytes); trained SentencePiece models are named by
     their settings and signal pieces, so a changed conditioning format gets a new one."""
-    from toxjax.data import vocab
-
     spec = config.study.vocabulary
     if spec == "byte":
         return None
@@ -198,8 +197,6 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
     if config.study.vocabulary == "spm" and not fileio.exists(path):
 
         def train() -> None:
-            from toxjax.data import vocab
-
             max_docs = int(config.study.vocab_max_docs)
             vocab.train_vocabulary(
                 vocab.iter_texts(scored_dir(config, workdir)),
@@ -218,8 +215,6 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
 
 def tasks_stage(config: ml_collections.ConfigDict, workdir: str, vocabulary) -> dict[Strategy, str]:
     """Registers the study's task family the way a user would; {strategy: task or mixture}."""
-    from toxjax.data import tasks
-
     study = config.study
     strategies = study_strategies(config)
     untagged = float(study.untagged_rate)
@@ -269,8 +264,6 @@ class StudyInterrupted(RuntimeError):
 
 def trained_step(run_workdir: str) -> int | None:
     """Latest checkpoint step of a run directory, None when it has none."""
-    from toxjax.training import checkpoints
-
     directory = fileio.join(run_workdir, checkpoints.CHECKPOINT_SUBDIR)
     if not fileio.exists(directory):
         return None
@@ -283,8 +276,6 @@ def trained_step(run_workdir: str) -> int | None:
 
 def train_strategy(run_config: ml_collections.ConfigDict, run_workdir: str) -> bool:
     """Trains (or resumes) unless finished; True if it trained."""
-    from toxjax.training import train
-
     num_steps = int(run_config.train.num_steps)
     latest = trained_step(run_workdir)
     if latest is not None and latest > num_steps:
@@ -315,16 +306,10 @@ def _eval_settings(run_config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def evaluate_strategy(
-    run_config: ml_collections.ConfigDict,
-    run_workdir: str,
-    *,
-    progress: bool = True,
-    compiler_options: Mapping[str, Any] | None = None,
+    run_config: ml_collections.ConfigDict, run_workdir: str, run_evaluator: evaluator.Evaluator
 ) -> dict[str, Any]:
     """The eval results of the final checkpoint, computed unless the same eval config already
     produced them (a changed config.eval re-evaluates)."""
-    from toxjax.evaluation import evaluator
-
     step = int(run_config.train.num_steps)
     path = fileio.join(run_workdir, evaluator.EVAL_SUBDIR, f"step_{step}.json")
     stamp_path = fileio.join(run_workdir, EVAL_STAMP)
@@ -332,9 +317,7 @@ def evaluate_strategy(
     if fileio.exists(path) and fileio.exists(stamp_path) and _read_json(stamp_path) == settings:
         logging.info("study: %s already evaluated at step %d: reusing %s", run_workdir, step, path)
         return _read_json(path)
-    results = evaluator.Evaluator(
-        run_config, run_workdir, progress=progress, compiler_options=compiler_options
-    ).evaluate_checkpoint(step=step)
+    results = run_evaluator.evaluate_checkpoint(step=step)
     if _is_chief():
         _write_json(stamp_path, settings)
     return results
@@ -359,8 +342,6 @@ def report_stage(
     config: ml_collections.ConfigDict, workdir: str, evaluations: Mapping[str, Mapping[str, Any]]
 ) -> dict[str, str]:
     """results.json, results.md and the plots from the strategies' eval results."""
-    from toxjax.study import reporting
-
     train_logs = {
         name: reporting.read_train_log(strategy_workdir(workdir, name)) for name in evaluations
     }
@@ -407,12 +388,14 @@ def run_study(
         bar.set_postfix_str(strategy.value)
         run_config = strategy_config(config, strategy, task_names[strategy])
         run_workdir = strategy_workdir(workdir, strategy)
+        # Built before training: a bad prompt or label file fails before any model exists.
+        run_evaluator = evaluator.Evaluator(
+            run_config, run_workdir, progress=progress, compiler_options=compiler_options
+        )
         with stage(f"train {strategy.value}", timings):
             train_strategy(run_config, run_workdir)
         with stage(f"evaluate {strategy.value}", timings):
-            evaluate_strategy(
-                run_config, run_workdir, progress=progress, compiler_options=compiler_options
-            )
+            evaluate_strategy(run_config, run_workdir, run_evaluator)
 
     if not _is_chief():
         return {}

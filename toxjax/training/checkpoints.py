@@ -219,6 +219,7 @@ class Checkpointer:
     ):
         self.directory = directory if fileio.is_url(directory) else os.path.abspath(directory)
         self.save_every = int(save_every)
+        self.read_only = bool(read_only)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             enable_async_checkpointing=async_save,
@@ -311,8 +312,8 @@ class Checkpointer:
 
         A damaged step is skipped with a warning for the next older one (see first_readable);
         CheckpointMismatchError and, when no step restores, CheckpointRestoreError are raised.
-        The damaged steps, all newer than the one restored, are set aside (set_aside) so that
-        the resumed run saves those steps again instead of skipping them as already saved.
+        The damaged steps, all newer than the one restored, are set aside (set_aside; not when
+        read-only) so the resumed run saves those steps again instead of skipping them as saved.
         """
         steps = sorted(self.all_steps(), reverse=True)
         if not steps:
@@ -323,7 +324,7 @@ class Checkpointer:
             return self.restore(step, abstract_state)
 
         (state, meta), step, damaged = first_readable(self.directory, steps, attempt, what="resume")
-        for bad in damaged:
+        for bad in [] if self.read_only else damaged:
             self.set_aside(bad)
         return state, meta, step
 
