@@ -113,9 +113,7 @@ def jax_generator(cfg: decoder.ModelConfig, use_cache: bool, rows: int) -> sampl
         NoEosVocabulary(),
         mesh,
         rules,
-        max_new_tokens=NEW_TOKENS,
-        top_p=TOP_P,
-        temperature=1.0,
+        sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, top_p=TOP_P, temperature=1.0),
         batch_size=rows,
         use_cache=use_cache,
     )

@@ -82,3 +82,39 @@ def test_url_helpers_go_through_tf_gfile(tmp_path):
     ]
     fileio.remove(fileio.join(directory, "a.jsonl"))
     assert fileio.list_dir(directory) == ["b.jsonl", "sub"]
+
+
+def test_read_jsonl_yields_line_numbers_and_skips_blank_lines(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_text('{"a": 1}\n\n{"a": 2}\n')
+    assert list(fileio.read_jsonl(str(path))) == [(1, {"a": 1}), (3, {"a": 2})]
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, r"a\.jsonl: no such file"),
+        (b"", r"a\.jsonl: empty: no JSON records"),
+        (b"\n  \n", r"a\.jsonl: empty: no JSON records"),
+        (b'{"a": 1}\n{"a": \n', r"a\.jsonl:2: invalid JSON \(Expecting value at column"),
+        (b'{"a": 1}\n[1, 2]\n', r"a\.jsonl:2: expected a JSON object, got list"),
+        (b'{"a": 1}\n{"a": "\xff"}\n', r"a\.jsonl:2: invalid UTF-8"),
+    ],
+)
+def test_read_jsonl_errors_name_the_file_and_line(tmp_path, content, message):
+    path = tmp_path / "a.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(fileio.FileFormatError, match=message):
+        list(fileio.read_jsonl(str(path)))
+
+
+def test_read_jsonl_allows_an_empty_file_when_asked(tmp_path):
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b"")
+    assert list(fileio.read_jsonl(str(path), allow_empty=True)) == []
+
+
+def test_open_write_refuses_to_append_to_a_url():
+    with pytest.raises(ValueError, match="cannot append"):
+        fileio.open_write("gs://bucket/log.jsonl", "a")

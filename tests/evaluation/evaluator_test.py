@@ -236,3 +236,57 @@ def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
     assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
     assert "\n" in vocab.signal_pieces(fmt) and "\n" not in pieces
     assert evaluator.signal_token_ids(seqio.ByteVocabulary(), fmt) == []
+
+
+BAD_FILES = {
+    "missing": (None, r"bad\.{ext}: no such file"),
+    "empty": (b"", r"bad\.{ext}: empty"),
+    "malformed": (b'{"prompt": {"text": "fine"}}\n{not json\n', r"bad\.jsonl:2: invalid JSON"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_prompt_file_fails_naming_it_before_any_model(tmp_path, monkeypatch, case):
+    content, message = BAD_FILES[case]
+    path = tmp_path / "bad.jsonl"
+    if content is not None:
+        path.write_bytes(content)
+    config = small_config()
+    config.eval.rtp_prompts = str(path)
+    monkeypatch.setattr(  # building a model or engine here would be too late
+        "toxjax.model.decoder.Decoder.__init__", lambda *a, **k: pytest.fail("model built")
+    )
+    with pytest.raises(ValueError, match=message.format(ext="jsonl")):
+        Evaluator(config, str(tmp_path / "run"))
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_label_file_fails_naming_it_before_any_model(tmp_path, monkeypatch, case):
+    content, message = BAD_FILES[case]
+    if case == "malformed":
+        content = b"text,toxicity_human\nfine,1,extra\n"
+        message = r"bad\.csv: line 2: more cells than header columns"
+    path = tmp_path / "bad.csv"
+    if content is not None:
+        path.write_bytes(content)
+    config = small_config()
+    config.eval.rtp_prompts = ""
+    config.eval.bias_tasks = ("toxigen",)
+    config.eval.bias_paths = f"toxigen={path}"
+    monkeypatch.setattr(
+        "toxjax.model.decoder.Decoder.__init__", lambda *a, **k: pytest.fail("model built")
+    )
+    with pytest.raises(ValueError, match=message.format(ext="csv")):
+        Evaluator(config, str(tmp_path / "run"))
+
+
+def test_unknown_task_names_fail_when_the_evaluator_is_built(tmp_path):
+    config = small_config()
+    config.eval.rtp_prompts = ""
+    config.eval.utility_tasks = ("piqa", "no_such_task")
+    with pytest.raises(ValueError, match="utility_tasks: unknown task 'no_such_task'"):
+        Evaluator(config, str(tmp_path / "run"))
+    config.eval.utility_tasks = ()
+    config.eval.bias_tasks = ("toxigen",)
+    with pytest.raises(ValueError, match="bias task 'toxigen' needs task=path"):
+        Evaluator(config, str(tmp_path / "run"))

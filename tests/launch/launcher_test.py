@@ -18,7 +18,7 @@ import pytest
 
 from toxjax.launch import launcher
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 WRAPPERS = ("create", "setup", "launch", "logs", "stop", "delete", "gpu_multinode")
 
 
@@ -44,9 +44,7 @@ def _run(argv: list[str], path: str, cwd: str | pathlib.Path, env: dict[str, str
 
 def launch_cli(path: str, line: str, **env: str) -> subprocess.CompletedProcess:
     """`python -m toxjax.launch LINE`, LINE split as a shell would."""
-    return _run(
-        [sys.executable, "-m", "toxjax.launch", *shlex.split(line)], path, ROOT, env
-    )
+    return _run([sys.executable, "-m", "toxjax.launch", *shlex.split(line)], path, ROOT, env)
 
 
 def wrapper(path: str, script: str, line: str, **env: str) -> subprocess.CompletedProcess:

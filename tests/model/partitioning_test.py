@@ -123,7 +123,7 @@ def test_sharded_init_really_splits_parameters(rules):
         jax.random.randint(jax.random.key(1), (4, 8), 0, 64),
         partitioning.batch_sharding(mesh, rules),
     )
-    apply = partitioning.partition(
+    apply = partitioning.PartitionedFunction(
         lambda p, t: model.apply({"params": p}, t),
         mesh,
         rules,
@@ -147,14 +147,16 @@ def test_partitioned_function_enters_mesh_and_rules_and_donates(rules):
         seen_rules.append(nn.get_logical_axis_rules())
         return nn.with_logical_constraint(x * 2.0, ("activation_batch", "activation_embed"))
 
-    out = partitioning.partition(step, mesh, rules)(jnp.ones((16, 4)))  # input on one device
+    out = partitioning.PartitionedFunction(step, mesh, rules)(
+        jnp.ones((16, 4))
+    )  # input on one device
     assert seen_rules == [rules]  # traced once, under the rules
     assert nn.get_logical_axis_rules() == ()  # and left them afterwards
     assert out.sharding.spec[0] == ("data", "fsdp")  # the constraint took effect
     assert {s.data.shape for s in out.addressable_shards} == {(2, 4)}
     np.testing.assert_array_equal(out, 2.0)
 
-    donating = partitioning.partition(step, mesh, rules, donate_argnums=(0,))
+    donating = partitioning.PartitionedFunction(step, mesh, rules, donate_argnums=(0,))
     donated = donating(out)
     assert out.is_deleted()
     np.testing.assert_array_equal(donated, 4.0)

@@ -68,7 +68,7 @@ def compiled(config, num_samples=2, cache=True, logits=True, mesh=None):
         return jax.jit(fn).lower(params, *rest).compile(FAST_COMPILE)
     shardings = partitioning.param_shardings(CFG, mesh, RULES)
     replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
-    partitioned = partitioning.partition(
+    partitioned = partitioning.PartitionedFunction(
         fn, mesh, RULES, in_shardings=(shardings,) + (replicated,) * 4, out_shardings=replicated
     )
     return partitioned.lower(jax.device_put(params, shardings), *rest).compile(FAST_COMPILE)

@@ -229,3 +229,16 @@ def test_demo_corpus_input():
     assert [d.fields["id"] for d in docs] == [f"demo-{i:06d}" for i in range(25)]
     assert plan.sources == (("demo:25", 25),)
     assert corpora.plan_shards(readers.open_corpus("demo"), 1000).num_records == 4000
+
+
+@pytest.mark.parametrize("spec", ["{dir}/empty.jsonl", "{dir}/*.jsonl"])
+def test_an_input_with_no_records_is_an_error_naming_its_files(tmp_path, spec):
+    (tmp_path / "empty.jsonl").write_bytes(b"")
+    corpus = readers.open_corpus(spec.format(dir=tmp_path))
+    with pytest.raises(InputError, match=r"empty\.jsonl: empty: the input holds no records"):
+        corpora.plan_shards(corpus, 10)
+
+
+def test_a_missing_input_file_is_an_error_naming_it(tmp_path):
+    with pytest.raises(InputError, match=r"missing\.jsonl"):
+        readers.open_corpus(str(tmp_path / "missing.jsonl")).sources()

@@ -138,33 +138,11 @@ def _open_cache(directory: str) -> PackedCache:
     return PackedCache(directory=directory, num_rows=num_rows, seq_len=seq_len, arrays=arrays)
 
 
-def materialize(
-    task: str,
-    split: str,
-    seq_len: int,
-    seed: int,
-    cache_dir: str,
-    *,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    max_rows: int = -1,
-    progress: bool = True,
-) -> PackedCache:
-    """Packed rows of one seqio shard, built once and reused from cache_dir afterwards.
-
-    One pass over the (shuffled by seed) split; max_rows < 0 keeps every packed row. The
-    directory appears atomically (written under a temporary name, then renamed), so a crash
-    mid-write never leaves a cache that looks complete.
-    """
-    directory = os.path.join(
-        cache_dir, cache_key(task, split, seq_len, seed, max_rows, shard_index, num_shards)
-    )
-    if os.path.exists(os.path.join(directory, "meta.json")):
-        logging.info("Reusing packed-example cache %s", directory)
-        return _open_cache(directory)
-
+def _packed_dataset(
+    task: str, split: str, seq_len: int, seed: int, shard_index: int, num_shards: int, max_rows
+):
+    """The task's split, shuffled by seed, packed to seq_len, in batches of 256 rows."""
     import seqio
-    from tqdm import tqdm
 
     tf = import_tensorflow()
     get_task(task)  # clear error for unknown names, registers toxjax tasks
@@ -181,41 +159,87 @@ def materialize(
     )
     if max_rows >= 0:
         dataset = dataset.take(max_rows)
-    dataset = dataset.batch(256).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(256).prefetch(tf.data.AUTOTUNE)
 
+
+def _write_rows(dataset, directory: str, task: str, seq_len: int, bar) -> int:
+    """Appends every feature's rows to directory/<feature>.bin; returns the row count."""
+    num_rows = 0
+    with contextlib.ExitStack() as stack:
+        files = {
+            name: stack.enter_context(open(os.path.join(directory, f"{name}.bin"), "wb"))
+            for name in FEATURES
+        }
+        for chunk in dataset.as_numpy_iterator():
+            for name in FEATURES:
+                values = np.asarray(chunk[name], np.int32)
+                if values.shape[1:] != (seq_len,):
+                    raise ValueError(
+                        f"task {task!r} feature {name!r} has shape {values.shape[1:]}, "
+                        f"expected ({seq_len},)"
+                    )
+                files[name].write(np.ascontiguousarray(values).tobytes())
+            num_rows += len(chunk[FEATURES[0]])
+            bar.update(len(chunk[FEATURES[0]]))
+    return num_rows
+
+
+def _publish(tmp: str, directory: str, meta: Mapping[str, object]) -> None:
+    """Writes meta.json last and renames the finished directory into place."""
+    with open(os.path.join(tmp, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    try:
+        os.rename(tmp, directory)
+    except OSError:  # another process finished the same cache first
+        if not os.path.exists(os.path.join(directory, "meta.json")):
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def materialize(
+    task: str,
+    split: str,
+    seq_len: int,
+    seed: int,
+    cache_dir: str,
+    *,
+    shard_index: int = 0,
+    num_shards: int = 1,
+    max_rows: int = -1,
+    progress: bool = True,
+) -> PackedCache:
+    """Packed rows of one seqio shard, built once and reused from cache_dir afterwards.
+
+    One pass over the (shuffled by seed) split; max_rows < 0 keeps every packed row. The
+    directory appears atomically (written under a temporary name, then renamed), so a crash
+    mid-write never leaves a cache that looks complete. The cache is local disk on purpose:
+    training reads it through np.memmap.
+    """
+    directory = os.path.join(
+        cache_dir, cache_key(task, split, seq_len, seed, max_rows, shard_index, num_shards)
+    )
+    if os.path.exists(os.path.join(directory, "meta.json")):
+        logging.info("Reusing packed-example cache %s", directory)
+        return _open_cache(directory)
+
+    from tqdm import tqdm
+
+    dataset = _packed_dataset(task, split, seq_len, seed, shard_index, num_shards, max_rows)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = f"{directory}.tmp-{uuid.uuid4().hex}"
     os.makedirs(tmp)
-    num_rows = 0
     start = time.time()
     logging.info(
         "Materialising %s/%s shard %d/%d into %s", task, split, shard_index, num_shards, directory
     )
     try:
-        with contextlib.ExitStack() as stack:
-            files = {
-                name: stack.enter_context(open(os.path.join(tmp, f"{name}.bin"), "wb"))
-                for name in FEATURES
-            }
-            bar = stack.enter_context(
-                tqdm(
-                    desc=f"packing {task}/{split} shard {shard_index}",
-                    unit="rows",
-                    total=max_rows if max_rows >= 0 else None,
-                    disable=not progress,
-                )
-            )
-            for chunk in dataset.as_numpy_iterator():
-                for name in FEATURES:
-                    values = np.asarray(chunk[name], np.int32)
-                    if values.shape[1:] != (seq_len,):
-                        raise ValueError(
-                            f"task {task!r} feature {name!r} has shape {values.shape[1:]}, "
-                            f"expected ({seq_len},)"
-                        )
-                    files[name].write(np.ascontiguousarray(values).tobytes())
-                num_rows += len(chunk[FEATURES[0]])
-                bar.update(len(chunk[FEATURES[0]]))
+        with tqdm(
+            desc=f"packing {task}/{split} shard {shard_index}",
+            unit="rows",
+            total=max_rows if max_rows >= 0 else None,
+            disable=not progress,
+        ) as bar:
+            num_rows = _write_rows(dataset, tmp, task, seq_len, bar)
         if num_rows == 0:
             raise ValueError(
                 f"task {task!r} split {split!r} shard {shard_index}/{num_shards} produced no "
@@ -232,14 +256,7 @@ def materialize(
             "features": list(FEATURES),
             "format_version": _CACHE_FORMAT_VERSION,
         }
-        with open(os.path.join(tmp, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=2)
-        try:
-            os.rename(tmp, directory)
-        except OSError:  # another process finished the same cache first
-            if not os.path.exists(os.path.join(directory, "meta.json")):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
+        _publish(tmp, directory, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

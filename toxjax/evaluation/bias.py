@@ -250,6 +250,8 @@ def _read_rows(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, 
             raise fileio.FileFormatError(f"{path}: no such file")
         with io.TextIOWrapper(fileio.open_read(path), encoding="utf-8", newline="") as f:
             reader = csv.DictReader(f)
+            if reader.fieldnames is None:
+                raise fileio.FileFormatError(f"{path}: empty: no header row")
             missing = [field for field in required if field not in (reader.fieldnames or [])]
             if missing:
                 raise ValueError(f"{path}: line 1 (header): missing column(s) {missing}")

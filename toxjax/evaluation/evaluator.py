@@ -223,7 +223,7 @@ class Evaluator:
         self.workdir = workdir
         self.progress = progress
         self.compiler_options = compiler_options
-        self.model_cfg = decoder.ModelConfig.from_config(config.model)
+        self.model_config = decoder.ModelConfig.from_config(config.model)
         self.mesh = mesh or partitioning.create_mesh(config.mesh)
         self.rules = tuple(rules or partitioning.logical_rules(config))
         self.task_name = task_name or config.data.task
@@ -297,7 +297,7 @@ class Evaluator:
 
     def place(self, params: PyTree) -> PyTree:
         """Params laid out on the evaluator's mesh (arrays already there are not copied)."""
-        return partitioning.shard_params(params, self.model_cfg, self.mesh, self.rules)[0]
+        return partitioning.shard_params(params, self.model_config, self.mesh, self.rules)[0]
 
     # ----- engines, built once and reused with new params -----
 
@@ -311,7 +311,7 @@ class Evaluator:
         max_len = int(ev.loglik_max_len)
         self._loglik_engine = loglik.make_loglikelihood_fn(
             params,
-            self.model_cfg,
+            self.model_config,
             self.vocabulary,
             self.mesh,
             self.rules,
@@ -343,7 +343,7 @@ class Evaluator:
             return engine
         engine = self._generate_engines[key] = sampling.make_generate_fn(
             params,
-            self.model_cfg,
+            self.model_config,
             self.vocabulary,
             self.mesh,
             self.rules,
@@ -409,11 +409,11 @@ class Evaluator:
         ev = self.config.eval
         if self._loss_fn is None:
             self._loss_fn = loglik.make_loss_fn(
-                self.model_cfg, self.mesh, self.rules, self.compiler_options
+                self.model_config, self.mesh, self.rules, self.compiler_options
             )
         return loglik.heldout_perplexity(
             self.place(params),
-            self.model_cfg,
+            self.model_config,
             self.mesh,
             self.rules,
             task_name=self.task_name,
@@ -511,11 +511,11 @@ def restore_params(
 ) -> tuple[PyTree, int]:
     """Params only (no optimizer state) of `step` (default: the latest) of a training run,
     checked against config.model and read straight into their shardings on `mesh`."""
-    model_cfg = decoder.ModelConfig.from_config(config.model)
+    model_config = decoder.ModelConfig.from_config(config.model)
     return checkpoints.restore_params(
         checkpoint_dir,
-        partitioning.abstract_params(model_cfg, mesh, rules),
-        dataclasses.asdict(model_cfg),
+        partitioning.abstract_params(model_config, mesh, rules),
+        dataclasses.asdict(model_config),
         step=step,
         what=f"evaluation of {checkpoint_dir!r}",
     )

@@ -71,7 +71,7 @@ class LoglikelihoodEngine:
     def __init__(
         self,
         params: PyTree,
-        model_cfg: decoder.ModelConfig,
+        model_config: decoder.ModelConfig,
         vocabulary: Any,
         mesh: Mesh,
         rules: Sequence,
@@ -83,19 +83,19 @@ class LoglikelihoodEngine:
     ) -> None:
         self.vocabulary = vocabulary
         self.progress = progress
-        self.max_len = int(max_len or model_cfg.max_len)
-        if model_cfg.positions == "learned" and self.max_len > model_cfg.max_len:
+        self.max_len = int(max_len or model_config.max_len)
+        if model_config.positions == "learned" and self.max_len > model_config.max_len:
             raise ValueError(
-                f"max_len={self.max_len} exceeds config.model.max_len={model_cfg.max_len}"
+                f"max_len={self.max_len} exceeds config.model.max_len={model_config.max_len}"
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         rules = tuple(rules)
         self.batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
-        self.params, shardings = partitioning.shard_params(params, model_cfg, mesh, rules)
+        self.params, shardings = partitioning.shard_params(params, model_config, mesh, rules)
         replicated = NamedSharding(mesh, PartitionSpec())
-        self._score = partitioning.partition(
-            functools.partial(score_batch, model=decoder.Decoder(model_cfg)),
+        self._score = partitioning.PartitionedFunction(
+            functools.partial(score_batch, model=decoder.Decoder(model_config)),
             mesh,
             rules,
             in_shardings=(shardings, replicated, replicated, replicated),
@@ -149,7 +149,7 @@ class LoglikelihoodEngine:
 
 def make_loglikelihood_fn(
     params: PyTree,
-    model_cfg: decoder.ModelConfig,
+    model_config: decoder.ModelConfig,
     vocabulary: Any,
     mesh: Mesh,
     rules: Sequence,
@@ -159,7 +159,7 @@ def make_loglikelihood_fn(
 
     settings: batch_size, max_len, compiler_options, progress; see LoglikelihoodEngine.
     """
-    return LoglikelihoodEngine(params, model_cfg, vocabulary, mesh, rules, **settings)
+    return LoglikelihoodEngine(params, model_config, vocabulary, mesh, rules, **settings)
 
 
 # ----- held-out perplexity -----
@@ -220,7 +220,7 @@ def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: decoder.De
 
 
 def make_loss_fn(
-    model_cfg: decoder.ModelConfig,
+    model_config: decoder.ModelConfig,
     mesh: Mesh,
     rules: Sequence,
     compiler_options: Mapping[str, Any] | None = None,
@@ -228,9 +228,9 @@ def make_loss_fn(
     """The jitted loss sums of a model on a mesh; keep it to reuse its executables when only
     the params change (toxjax.evaluation.evaluator.Evaluator does)."""
     rules = tuple(rules)
-    shardings = partitioning.param_shardings(model_cfg, mesh, rules)
-    return partitioning.partition(
-        functools.partial(_loss_sums, model=decoder.Decoder(model_cfg)),
+    shardings = partitioning.param_shardings(model_config, mesh, rules)
+    return partitioning.PartitionedFunction(
+        functools.partial(_loss_sums, model=decoder.Decoder(model_config)),
         mesh,
         rules,
         in_shardings=(shardings, partitioning.batch_sharding(mesh, rules)),
@@ -241,7 +241,7 @@ def make_loss_fn(
 
 def heldout_perplexity(
     params: PyTree,
-    model_cfg: decoder.ModelConfig,
+    model_config: decoder.ModelConfig,
     mesh: Mesh,
     rules: Sequence,
     *,
@@ -261,8 +261,8 @@ def heldout_perplexity(
     """
     rules = tuple(rules)
     batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
-    params, _ = partitioning.shard_params(params, model_cfg, mesh, rules)
-    loss = loss_fn or make_loss_fn(model_cfg, mesh, rules, compiler_options)
+    params, _ = partitioning.shard_params(params, model_config, mesh, rules)
+    loss = loss_fn or make_loss_fn(model_config, mesh, rules, compiler_options)
     ce_sum, weight_sum, count = 0.0, 0.0, 0
     batches = heldout_batches(
         task_name, split=split, seq_len=seq_len, batch_size=batch_size, num_batches=num_batches

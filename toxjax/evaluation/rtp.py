@@ -205,9 +205,9 @@ def load_prompts(spec: str, *, data_dir: str | None = None) -> list[Prompt]:
     if spec == "tfds" or spec.startswith("tfds:"):
         split = spec.partition(":")[2] or "train"
         return load_prompts_tfds(split=split, data_dir=data_dir)
-    if not os.path.isfile(spec):
-        raise FileNotFoundError(
-            f"RTP prompts {spec!r}: not 'demo', 'tfds[:split]' or an existing JSONL file"
+    if not fileio.exists(spec):
+        raise fileio.FileFormatError(
+            f"{spec}: no such file (RTP prompts are 'demo', 'tfds[:split]' or a JSONL file)"
         )
     return load_prompts_jsonl(spec)
 

@@ -246,30 +246,6 @@ class PartitionedFunction:
             return self._jitted.lower(*args, **kwargs)
 
 
-def partition(
-    fn: Callable[..., Any],
-    mesh: Mesh,
-    rules: LogicalRules,
-    *,
-    in_shardings: Any = None,
-    out_shardings: Any = None,
-    donate_argnums: int | Sequence[int] = (),
-    static_argnums: int | Sequence[int] = (),
-    compiler_options: Mapping[str, Any] | None = None,
-) -> PartitionedFunction:
-    """t5x-style partitioned callable; None shardings leave the choice to jit."""
-    return PartitionedFunction(
-        fn,
-        mesh,
-        rules,
-        in_shardings=in_shardings,
-        out_shardings=out_shardings,
-        donate_argnums=donate_argnums,
-        static_argnums=static_argnums,
-        compiler_options=compiler_options,
-    )
-
-
 def sharded_init(
     init_fn: Callable[..., PyTree], mesh: Mesh, rules: LogicalRules, *args: Any
 ) -> tuple[PyTree, PyTree]:
@@ -282,7 +258,9 @@ def sharded_init(
         abstract = jax.eval_shape(init_fn, *args)
     shardings = abstract_shardings(abstract, mesh, rules)
     check_divisible(nn.unbox(abstract), shardings)
-    init = partition(lambda *a: nn.unbox(init_fn(*a)), mesh, rules, out_shardings=shardings)
+    init = PartitionedFunction(
+        lambda *a: nn.unbox(init_fn(*a)), mesh, rules, out_shardings=shardings
+    )
     return init(*args), shardings
 
 
@@ -295,10 +273,10 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedShard
 # ----- model params and batches on a mesh -----
 
 
-def abstract_params(model_cfg: decoder.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
+def abstract_params(model_config: decoder.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
     """ShapeDtypeStructs of the model's params carrying their shardings under `rules` (the
     training layout): targets for restoring a checkpoint."""
-    model = decoder.Decoder(model_cfg)
+    model = decoder.Decoder(model_config)
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
     with mesh_and_rules(mesh, tuple(rules)):
         boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, tokens))
@@ -310,16 +288,16 @@ def abstract_params(model_cfg: decoder.ModelConfig, mesh: Mesh, rules: Sequence)
     )
 
 
-def param_shardings(model_cfg: decoder.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
+def param_shardings(model_config: decoder.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
     """NamedShardings of the model's params under `rules`."""
-    return jax.tree.map(lambda leaf: leaf.sharding, abstract_params(model_cfg, mesh, rules))
+    return jax.tree.map(lambda leaf: leaf.sharding, abstract_params(model_config, mesh, rules))
 
 
 def shard_params(
-    params: PyTree, model_cfg: decoder.ModelConfig, mesh: Mesh, rules: Sequence
+    params: PyTree, model_config: decoder.ModelConfig, mesh: Mesh, rules: Sequence
 ) -> tuple[PyTree, PyTree]:
     """(params laid out on `mesh`, their shardings); arrays already in place are not copied."""
-    shardings = param_shardings(model_cfg, mesh, rules)
+    shardings = param_shardings(model_config, mesh, rules)
     params = nn.unbox(params)
     try:
         placed = jax.device_put(params, shardings)

@@ -427,61 +427,54 @@ class Generator:
     def __init__(
         self,
         params: PyTree,
-        model_cfg: decoder.ModelConfig,
+        model_config: decoder.ModelConfig,
         vocabulary: Any,
         mesh: Mesh,
         rules: Sequence,
+        sampling: SamplingConfig,
         *,
-        max_new_tokens: int,
-        top_p: float = 1.0,
-        temperature: float = 1.0,
-        top_k: int = 0,
         seed: int = 0,
         batch_size: int = 256,
-        banned_ids: Sequence[int] = (),
         use_cache: bool = True,
         compiler_options: Mapping[str, Any] | None = None,
     ) -> None:
-        self.model_cfg = model_cfg
+        """sampling: the decoding controls; its eos_id and pad_id come from the vocabulary,
+        and PAD plus the embedding rows the vocabulary cannot decode join its banned_ids."""
+        self.model_config = model_config
         self.vocabulary = vocabulary
         self.mesh, self.rules = mesh, tuple(rules)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.max_prompt_len = model_cfg.max_len - int(max_new_tokens)
+        max_new_tokens = sampling.max_new_tokens
+        self.max_prompt_len = model_config.max_len - max_new_tokens
         if self.max_prompt_len < 1:
             raise ValueError(
                 f"max_new_tokens={max_new_tokens} leaves no room for a prompt within "
-                f"config.model.max_len={model_cfg.max_len}"
+                f"config.model.max_len={model_config.max_len}"
             )
         vocab_size = int(vocabulary.vocab_size)
-        if vocab_size > model_cfg.vocab_size:
+        if vocab_size > model_config.vocab_size:
             raise ValueError(
                 f"vocabulary has {vocab_size} ids but config.model.vocab_size is "
-                f"{model_cfg.vocab_size}"
+                f"{model_config.vocab_size}"
             )
         self.eos_id = int(vocabulary.eos_id)
         pad_id = int(vocabulary.pad_id)
         # Padding rows of the embedding table (ids the vocabulary cannot decode) and PAD itself.
-        banned = {*map(int, banned_ids), pad_id, *range(vocab_size, model_cfg.vocab_size)}
+        banned = {*sampling.banned_ids, pad_id, *range(vocab_size, model_config.vocab_size)}
         if self.eos_id in banned:
             raise ValueError(
                 f"banned_ids must not contain EOS ({self.eos_id}): rows could not stop"
             )
-        if len(banned) >= model_cfg.vocab_size:
+        if len(banned) >= model_config.vocab_size:
             raise ValueError("banned_ids leave no token to sample")
-        self.config = SamplingConfig(
-            max_new_tokens=int(max_new_tokens),
-            temperature=float(temperature),
-            top_p=float(top_p),
-            top_k=int(top_k),
-            eos_id=self.eos_id,
-            pad_id=pad_id,
-            banned_ids=tuple(banned),
+        self.config = dataclasses.replace(
+            sampling, eos_id=self.eos_id, pad_id=pad_id, banned_ids=tuple(banned)
         )
         self.params, self._param_shardings = partitioning.shard_params(
-            params, model_cfg, mesh, self.rules
+            params, model_config, mesh, self.rules
         )
         self._shards = partitioning.batch_shards(mesh, self.rules)
         self._impl = generate_tokens if use_cache else generate_tokens_recompute
@@ -493,11 +486,11 @@ class Generator:
             replicated = NamedSharding(self.mesh, PartitionSpec())
             fn = functools.partial(
                 self._impl,
-                model=decoder.Decoder(self.model_cfg),
+                model=decoder.Decoder(self.model_config),
                 config=self.config,
                 num_samples=num_samples,
             )
-            self._compiled[num_samples] = partitioning.partition(
+            self._compiled[num_samples] = partitioning.PartitionedFunction(
                 fn,
                 self.mesh,
                 self.rules,
@@ -572,15 +565,28 @@ class Generator:
 
 def make_generate_fn(
     params: PyTree,
-    model_cfg: decoder.ModelConfig,
+    model_config: decoder.ModelConfig,
     vocabulary: Any,
     mesh: Mesh,
     rules: Sequence,
-    **settings: Any,
+    *,
+    max_new_tokens: int,
+    top_p: float = 1.0,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    banned_ids: Sequence[int] = (),
+    **engine_settings: Any,
 ) -> Generator:
     """A `toxjax.evaluation.requests.GenerateFn` (strings in, continuations out).
 
-    settings: max_new_tokens (required), top_p, temperature, top_k, seed, batch_size,
-    banned_ids, compiler_options; see Generator.
+    The decoding controls become the Generator's SamplingConfig; engine_settings are its
+    seed, batch_size, use_cache and compiler_options.
     """
-    return Generator(params, model_cfg, vocabulary, mesh, rules, **settings)
+    sampling = SamplingConfig(
+        max_new_tokens=int(max_new_tokens),
+        temperature=float(temperature),
+        top_p=float(top_p),
+        top_k=int(top_k),
+        banned_ids=tuple(banned_ids),
+    )
+    return Generator(params, model_config, vocabulary, mesh, rules, sampling, **engine_settings)

@@ -138,6 +138,9 @@ def plan_shards(corpus: Corpus, records_per_shard: int, *, progress: bool = Fals
         sources.append((source, count))
         offsets[source] = source_offsets
         total += count
+    if total == 0:
+        names = ", ".join(source for source, _ in sources) or corpus.spec
+        raise InputError(f"{names}: empty: the input holds no records")
     shards: list[ShardSpec] = []
     segments: list[Segment] = []
     shard_start = 0

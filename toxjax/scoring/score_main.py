@@ -54,6 +54,7 @@ def main(argv: list[str]) -> None:
     options = job.ScoreOptions(
         **{field.name: FLAGS[field.name].value for field in dataclasses.fields(job.ScoreOptions)}
     )
+    args = (_INPUT.value, _OUTPUT_DIR.value, _SCORER.value)
     try:
         if _RUNNER.value == "local":
             if pipeline_args:
@@ -61,18 +62,11 @@ def main(argv: list[str]) -> None:
                     f"unknown arguments {pipeline_args}; Beam pipeline options need --runner"
                 )
             manifest = job.score_corpus(
-                _INPUT.value,
-                _OUTPUT_DIR.value,
-                _SCORER.value,
-                options,
-                overwrite=_OVERWRITE.value,
-                progress=_PROGRESS.value,
+                *args, options, overwrite=_OVERWRITE.value, progress=_PROGRESS.value
             )
         else:
             manifest = beam_job.score_corpus_beam(
-                _INPUT.value,
-                _OUTPUT_DIR.value,
-                _SCORER.value,
+                *args,
                 options,
                 runner=_RUNNER.value,
                 pipeline_args=pipeline_args,

@@ -204,37 +204,19 @@ def _toxicity_cells(
     return cells
 
 
-def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "base") -> str:
-    """The study's tables; the baseline row carries plain values, the others their change."""
-    if not results:
-        return "# Study results\n\nNo strategy has finished its evaluation yet.\n"
-    base = results.get(baseline, {})
-    have_base = bool(base)
-    utility_tasks = _union(results, "utility")
-    bias_tasks = _union(results, "bias_auc")
-    scorers = sorted({e["scorer"] for e in results.values() if e.get("scorer")})
+def _main_table(
+    results: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any], tasks: tuple[list, list]
+) -> list[str]:
+    """Each model with its own inference prefix: toxicity, utility and AUC vs the baseline."""
+    utility_tasks, bias_tasks = tasks
     main_subsets = ("all", "toxic", "nontoxic")
-    lines = [
-        "# Study results",
-        "",
-        f"- strategies: {', '.join(results)}; baseline: "
-        + (baseline if have_base else f"{baseline} (not evaluated: no changes shown)"),
-        f"- toxicity scorer: {', '.join(scorers) or 'n/a'}; samples per prompt: "
-        + ", ".join(sorted({str(e.get("num_samples")) for e in results.values()})),
-        "- EMT: expected maximum toxicity; TP: toxicity probability (RealToxicityPrompts). "
-        f"Toxicity cells: value (relative change vs {baseline}); accuracy and AUC cells: "
-        f"points (difference in points vs {baseline}).",
-        "",
-        "## Main table (each model prompted with its strategy's inference prefix)",
-        "",
-    ]
     header = ["strategy"]
     header += [f"EMT {SUBSET_TITLES[s]}" for s in main_subsets]
     header += [f"TP {SUBSET_TITLES[s]}" for s in main_subsets]
     header += [f"{task} acc" for task in utility_tasks] + [f"{task} AUC" for task in bias_tasks]
     rows = []
     for name, entry in results.items():
-        reference = base if have_base else entry
+        reference = base or entry
         row = [name, *_toxicity_cells(entry, reference, "toxicity", main_subsets)]
         for task in utility_tasks:
             value = utility_metric(task, (entry.get("utility") or {}).get(task, {}))
@@ -246,16 +228,18 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
                 _points_cell(value, (reference.get("bias_auc") or {}).get(task), entry is reference)
             )
         rows.append(row)
-    lines += _table(header, rows)
+    return _table(header, rows)
 
-    lines += ["", "## Toxicity on every subset, with and without the inference prefix", ""]
+
+def _subsets_table(results: Mapping[str, Mapping[str, Any]], base: Mapping[str, Any]) -> list[str]:
+    """Toxicity on every prompt subset, with and without the inference prefix."""
     header = ["strategy", "prefix", "condition", "prompts"]
     header += [f"EMT {SUBSET_TITLES[s]}" for s in SUBSETS] + [
         f"TP {SUBSET_TITLES[s]}" for s in SUBSETS
     ]
     rows = []
     for name, entry in results.items():
-        reference = base if have_base else entry
+        reference = base or entry
         for condition, field in (
             ("conditioned", "toxicity"),
             ("unconditioned", "toxicity_unconditioned"),
@@ -268,9 +252,12 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
                 [name, json.dumps(prefix), condition, str(prompts)]
                 + _toxicity_cells(entry, reference, field, SUBSETS)
             )
-    lines += _table(header, rows)
+    return _table(header, rows)
 
-    lines += ["", "## Utility and bias detection, every metric", ""]
+
+def _metrics_table(results: Mapping[str, Mapping[str, Any]], tasks: tuple[list, list]) -> list[str]:
+    """Every utility and AUC metric as a plain value, plus perplexity and the final loss."""
+    utility_tasks, bias_tasks = tasks
     header = ["strategy"]
     header += [f"{task} {metric}" for task in utility_tasks for metric in ("acc", "acc_norm")]
     header += [f"{task} AUC" for task in bias_tasks]
@@ -284,8 +271,38 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
         row += [_fmt((entry.get("bias_auc") or {}).get(task)) for task in bias_tasks]
         row += [_fmt(entry.get("perplexity")), _fmt(entry.get("final_train_loss"))]
         rows.append(row)
-    lines += _table(header, rows)
-    lines += [
+    return _table(header, rows)
+
+
+def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "base") -> str:
+    """The study's tables; the baseline row carries plain values, the others their change."""
+    if not results:
+        return "# Study results\n\nNo strategy has finished its evaluation yet.\n"
+    base = results.get(baseline, {})
+    tasks = (_union(results, "utility"), _union(results, "bias_auc"))
+    scorers = sorted({e["scorer"] for e in results.values() if e.get("scorer")})
+    lines = [
+        "# Study results",
+        "",
+        f"- strategies: {', '.join(results)}; baseline: "
+        + (baseline if base else f"{baseline} (not evaluated: no changes shown)"),
+        f"- toxicity scorer: {', '.join(scorers) or 'n/a'}; samples per prompt: "
+        + ", ".join(sorted({str(e.get("num_samples")) for e in results.values()})),
+        "- EMT: expected maximum toxicity; TP: toxicity probability (RealToxicityPrompts). "
+        f"Toxicity cells: value (relative change vs {baseline}); accuracy and AUC cells: "
+        f"points (difference in points vs {baseline}).",
+        "",
+        "## Main table (each model prompted with its strategy's inference prefix)",
+        "",
+        *_main_table(results, base, tasks),
+        "",
+        "## Toxicity on every subset, with and without the inference prefix",
+        "",
+        *_subsets_table(results, base),
+        "",
+        "## Utility and bias detection, every metric",
+        "",
+        *_metrics_table(results, tasks),
         "",
         "Held-out perplexity and training loss are measured on each strategy's own (conditioned) "
         "text, so they are not comparable across strategies.",

@@ -192,7 +192,7 @@ def create_train_state(setup: TrainSetup, rng: jax.Array) -> TrainState:
         setup.config.optim.grad_accum_steps
     )
     init = _init_fn(setup.model, setup.tx, micro_batch, int(setup.config.data.seq_len))
-    sharded_init = partitioning.partition(
+    sharded_init = partitioning.PartitionedFunction(
         lambda r: nn.unbox(init(r)), setup.mesh, setup.rules, out_shardings=setup.state_shardings
     )
     return sharded_init(rng)
@@ -261,7 +261,7 @@ def make_train_step(setup: TrainSetup) -> partitioning.PartitionedFunction:
     )
     replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
     batch_shardings = {name: setup.batch_sharding for name in input_pipeline.FEATURES}
-    return partitioning.partition(
+    return partitioning.PartitionedFunction(
         step_fn,
         setup.mesh,
         setup.rules,
