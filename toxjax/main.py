@@ -13,6 +13,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from toxjax import fileio
+from toxjax.commands import run_command
 from toxjax.distributed import maybe_initialize_distributed
 
 MODES = ("train", "eval", "train_and_eval")
@@ -81,7 +82,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (toxjax-train)."""
-    app.run(main)
+    run_command(main, __name__)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 
 from absl import app, flags
 
+from toxjax.commands import run_command
 from toxjax.data import vocab
 from toxjax.data.conditioning import ConditioningFormat
 
@@ -50,7 +51,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (toxjax-vocab)."""
-    app.run(main)
+    run_command(main, __name__)
 
 
 if __name__ == "__main__":

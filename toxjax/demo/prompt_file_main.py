@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 from absl import app, flags
 
+from toxjax.commands import run_command
 from toxjax.demo import prompt_file
 
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSONL file.")
@@ -26,7 +27,7 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (toxjax-demo-prompts)."""
-    app.run(main)
+    run_command(main, __name__)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import json
 from absl import app, flags
 from ml_collections import config_flags
 
+from toxjax.commands import run_command
 from toxjax.model import memory
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
@@ -37,7 +38,7 @@ def main(argv: list[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (toxjax-memory)."""
-    app.run(main)
+    run_command(main, __name__)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import sys
 from absl import app, flags
 
 from toxjax import fileio
+from toxjax.commands import run_command
 from toxjax.scoring import beam_job, corpus_summary, job
 from toxjax.scoring.corpora import DEFAULT_MAX_DOC_CHARS, BadRecordError, InputError
 from toxjax.scoring.run_manifest import HISTOGRAM, OutputConflictError
@@ -90,4 +91,4 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def run() -> None:
     """Console-script entry point (toxjax-score)."""
-    app.run(main, flags_parser=_parse_flags)
+    run_command(main, __name__, flags_parser=_parse_flags)

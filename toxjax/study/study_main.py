@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from toxjax.commands import run_command
 from toxjax.distributed import maybe_initialize_distributed
 from toxjax.study import experiment
 
@@ -61,4 +62,4 @@ def main(argv: Sequence[str]) -> None:
 
 def run() -> None:
     """Console-script entry point (toxjax-study)."""
-    app.run(main)
+    run_command(main, __name__)
