@@ -101,7 +101,7 @@ def get_config() -> ml_collections.ConfigDict:
     # 0 = measure a float32 matmul at start (flops.measure_matmul_flops).
     train.cpu_peak_flops = 0.0
 
-    # ---------------- evaluation (toxjax.evaluation.loop) ----------------
+    # ---------------- evaluation (toxjax.evaluation.evaluator) ----------------
     # Defaults run the offline demo study; configs at scale switch to TFDS tasks and Detoxify.
     config.eval = ev = ml_collections.ConfigDict()
     ev.model_name = ""  # name of the model in reports; "" = the workdir's base name
@@ -136,7 +136,7 @@ def get_config() -> ml_collections.ConfigDict:
     ev.loglik_batch_size = 32  # sequences scored together
     ev.loglik_max_len = -1  # longest scored sequence (context left-truncated); -1 = model.max_len
     # Utility tasks: toxjax.evaluation.utility_tasks names (lambada, piqa, hellaswag,
-    # winogrande, arc_easy, bool_q) or demo_tasks names (demo_cloze); () skips the stage;
+    # winogrande, arc_easy, bool_q) or toxjax.demo.eval_tasks names (demo_cloze); () skips the stage;
     # on the command line: --config.eval.utility_tasks="('piqa','hellaswag')".
     ev.utility_tasks = ("demo_cloze",)
     ev.utility_limit = 500  # examples per utility task; -1 = the whole split

@@ -29,7 +29,7 @@ from toxjax.demo import template_corpus
 from toxjax.evaluation import bias, utility_tasks
 from toxjax.evaluation.requests import LoglikelihoodFn
 
-CLOZE_SEED = 1_000_003  # held-out draws; training uses demo_corpus seed 0
+CLOZE_SEED = 1_000_003  # held-out draws; training uses template_corpus seed 0
 DETECTION_SEED = 1_000_033
 SHOT_SEED_OFFSET = 1  # few-shot examples come from yet another seed (disjoint from the query)
 DEFAULT_NUM_EXAMPLES = 200

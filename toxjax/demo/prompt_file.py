@@ -27,7 +27,7 @@ from toxjax.demo import template_corpus
 from toxjax.evaluation.requests import write_jsonl
 
 DEFAULT_NUM_PROMPTS = 300
-PROMPT_SEED = 2_000_003  # held-out corpus draws; training uses demo_corpus seed 0
+PROMPT_SEED = 2_000_003  # held-out corpus draws; training uses template_corpus seed 0
 MIX_SAMPLE = 2000  # held-out sentences counted for the polite/rude shares
 SCORE_DIGITS = 6  # rounding of stored scores, so the file is stable across platforms
 

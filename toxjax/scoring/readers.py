@@ -1,7 +1,7 @@
 """The input formats of toxjax.scoring.corpora: JSON Lines, TFRecord, TFDS and the demo corpus.
 
 Each reader only knows how to count, seek and decode its format; the shared behaviour (range
-reads that stream in order, field access, text validation) lives in corpus_io.Corpus, and
+reads that stream in order, field access, text validation) lives in corpora.Corpus, and
 open_corpus picks the reader from the input spec.
 """
 
