@@ -411,7 +411,7 @@ def evaluate_rtp(
     with contextlib.ExitStack() as stack:
         records_file = None
         if records_path:
-            os.makedirs(os.path.dirname(os.path.abspath(records_path)), exist_ok=True)
+            fileio.make_dirs(os.path.dirname(records_path) or ".")
             records_file = stack.enter_context(fileio.open_write(records_path))
         bar = stack.enter_context(
             tqdm(
