@@ -172,7 +172,7 @@ def no_compilation(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("a function was compiled before the configuration error")
 
-    monkeypatch.setattr(train.partitioning, "partition", refuse)
+    monkeypatch.setattr(train.partitioning, "PartitionedFunction", refuse)
 
 
 def test_mesh_that_does_not_divide_devices_fails_early(no_compilation, tmp_path):
