@@ -35,9 +35,21 @@ EXTRAS_REQUIRE = {
         "ruff>=0.6",
         "apache-beam>=2.70,<3",
         "transformers>=4.40",
+        # toxjax.compile's tests compile for TPU slices on CPU (~137 MB wheel).
+        "libtpu==0.0.42.*",
+        # The lm-evaluation-harness cross-check of toxjax.interop runs in CI too.
+        "lm-eval>=0.4.13,<0.5",
+        "accelerate>=0.26",
     ],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # Compiling for TPU slices on a host without one (toxjax.compile, the launcher's fit
+    # check): the libtpu jax[tpu] 0.10.2 pins, without the TPU runtime's other needs.
+    "tpu-aot": ["libtpu==0.0.42.*"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+    # transformers export/import (toxjax.interop); loading the export needs transformers+torch.
+    "interop": ["safetensors>=0.4.3", "tokenizers>=0.19", "transformers>=4.40"],
+    # The lm-evaluation-harness adapter; accelerate only for lm_eval's own "hf" model.
+    "lm-eval": ["lm-eval>=0.4.13,<0.5", "safetensors>=0.4.3", "accelerate>=0.26"],
 }
 
 # Every command, also runnable as `python -m <module>` (the README shows both forms).
@@ -47,8 +59,10 @@ CONSOLE_SCRIPTS = [
     "toxjax-vocab = toxjax.data.vocab_main:run",
     "toxjax-train = toxjax.main:run",
     "toxjax-memory = toxjax.model.memory_main:run",
+    "toxjax-compile = toxjax.compile.compile_main:run",
     "toxjax-launch = toxjax.launch.launcher:run",
     "toxjax-demo-prompts = toxjax.demo.prompt_file_main:run",
+    "toxjax-export = toxjax.interop.export_main:run",
 ]
 
 setuptools.setup(

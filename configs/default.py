@@ -95,7 +95,9 @@ def get_config() -> ml_collections.ConfigDict:
     train.checkpoint_every = 50  # steps between checkpoints (also saved at the end)
     train.keep_checkpoints = 3  # checkpoints kept in WORKDIR/checkpoints
     train.async_checkpointing = True  # write checkpoints in the background
-    train.warm_start_from = ""  # params-only warm start from another run's checkpoint dir
+    # Params-only warm start from another run's checkpoint dir, or from a transformers GPT-2 or
+    # Llama directory (toxjax.interop.hf_import; continued pretraining).
+    train.warm_start_from = ""
     train.eval_every = 0  # steps between evaluations (--mode=train_and_eval); 0 = at the end only
     # MFU denominator on CPU: the whole host's FLOP/s (all its devices together);
     # 0 = measure a float32 matmul at start (flops.measure_matmul_flops).
@@ -136,8 +138,8 @@ def get_config() -> ml_collections.ConfigDict:
     ev.loglik_batch_size = 32  # sequences scored together
     ev.loglik_max_len = -1  # longest scored sequence (context left-truncated); -1 = model.max_len
     # Utility tasks: toxjax.evaluation.utility_tasks names (lambada, piqa, hellaswag,
-    # winogrande, arc_easy, bool_q) or toxjax.demo.eval_tasks names (demo_cloze); () skips the stage;
-    # on the command line: --config.eval.utility_tasks="('piqa','hellaswag')".
+    # winogrande, arc_easy, bool_q) or toxjax.demo.eval_tasks names (demo_cloze); () skips the
+    # stage; on the command line: --config.eval.utility_tasks="('piqa','hellaswag')".
     ev.utility_tasks = ("demo_cloze",)
     ev.utility_limit = 500  # examples per utility task; -1 = the whole split
     # Bias / toxicity-detection AUC tasks: toxjax.evaluation.bias names or

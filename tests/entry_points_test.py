@@ -22,7 +22,10 @@ def console_scripts() -> dict[str, str]:
 
 def test_every_command_has_a_console_script():
     names = set(console_scripts())
-    expected = {"study", "score", "vocab", "train", "memory", "launch", "demo-prompts"}
+    expected = {
+        *("study", "score", "vocab", "train", "memory", "compile", "launch", "demo-prompts"),
+        "export",
+    }
     assert names == {f"toxjax-{name}" for name in expected}
 
 

@@ -114,6 +114,8 @@ def test_errors_name_the_request():
 
 def test_encode_pair_follows_the_harness():
     assert loglik.encode_pair(VOCAB, "ab ", "c") == (VOCAB.encode("ab"), VOCAB.encode(" c"))
+    # The harness moves all trailing whitespace (str.rstrip()), newlines included.
+    assert loglik.encode_pair(VOCAB, "ab\n ", "c") == (VOCAB.encode("ab"), VOCAB.encode("\n c"))
     assert loglik.encode_pair(VOCAB, "", "c") == ([EOS], VOCAB.encode("c"))
 
 

@@ -6,6 +6,7 @@ call, and the remote scripts are executed locally by `sh` against a fake $HOME.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pathlib
 import re
@@ -417,3 +418,24 @@ def test_execution_stops_at_the_first_failing_command(tmp_path):
     (only_call,) = calls.read_text().splitlines()
     assert only_call.startswith("gcloud compute tpus tpu-vm scp ")
     assert "command failed with exit status 3" in result.stderr
+
+
+# ----------------------------------------------------------------------------- fit check
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="libtpu is not installed (.[tpu-aot])"
+)
+def test_dry_run_refuses_8p3b_on_v5e_2x2_after_really_compiling_it(trap_path):
+    """The compile really runs (XLA:TPU refuses the step in a few seconds: out of HBM)."""
+    line = (
+        "run --name=t --zone=z --accelerator_type=v5litepod-4 --dry_run -- "
+        "--config=configs/gpt_8p3b.py --workdir=gs://bkt/runs/w"
+    )
+    result = _run([sys.executable, "-m", "toxjax.launch", *shlex.split(line)], trap_path, ROOT, {})
+    assert result.returncode == 2 and result.stdout == ""
+    error = result.stderr.strip().splitlines()[-1]
+    assert re.search(r"configs/gpt_8p3b\.py does not fit v5e:2x2: its train step needs \d", error)
+    assert re.search(r"needs [\d.]+ GiB per device \(arguments 23\.27 GiB, temporaries", error)
+    assert "but a chip has 16.00 GiB of HBM" in error

@@ -1,11 +1,12 @@
 """Log-likelihood engine (`LoglikelihoodFn`) and held-out perplexity over a Decoder.
 
-Tokenization follows lm-evaluation-harness: trailing spaces of the context move to the
-continuation, the pair is encoded whole and the context alone, and the continuation is what
-the whole encoding adds after the context's tokens (so tokenizers that merge across the
-boundary score the text the model would really see). An empty context starts from EOS, as the
-harness starts from its end-of-text token. Sequences longer than `max_len` + 1 tokens keep their
-end (left truncation of the context); a continuation alone longer than that is an error.
+Tokenization follows lm-evaluation-harness: trailing whitespace of the context (`rstrip()`,
+so newlines too, as the harness' `_encode_pair`) moves to the continuation, the pair is encoded
+whole and the context alone, and the continuation is what the whole encoding adds after the
+context's tokens (so tokenizers that merge across the boundary score the text the model would
+really see). An empty context starts from EOS, as the harness starts from its end-of-text
+token. Sequences longer than `max_len` + 1 tokens keep their end (left truncation of the
+context); a continuation alone longer than that is an error.
 
 Requests are sorted by length, cut into batches of `batch_size` rows and right-padded to one of
 a few bucket lengths (powers of two), so a whole task compiles a handful of shapes. Right
@@ -34,7 +35,7 @@ PyTree = Any
 
 def encode_pair(vocabulary: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
     """(context ids, continuation ids) the harness' way (see module docstring)."""
-    spaces = len(context) - len(context.rstrip(" "))
+    spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation = context[-spaces:] + continuation
         context = context[:-spaces]
@@ -119,7 +120,11 @@ class LoglikelihoodEngine:
         return sequence, len(continuation)
 
     def __call__(self, requests: Sequence[LoglikelihoodRequest]) -> list[LoglikelihoodResult]:
-        tokenized = [self.tokenize(r, i) for i, r in enumerate(requests)]
+        return self.score_tokens([self.tokenize(r, i) for i, r in enumerate(requests)])
+
+    def score_tokens(self, tokenized: Sequence[tuple[list[int], int]]) -> list[LoglikelihoodResult]:
+        """Scores (token sequence, count) pairs: the last `count` tokens given those before
+        them (sequences of at most max_len + 1 tokens; `tokenize` makes them from text)."""
         order = sorted(range(len(tokenized)), key=lambda i: -len(tokenized[i][0]))
         results: list[LoglikelihoodResult | None] = [None] * len(tokenized)
         starts = range(0, len(order), self.batch_size)

@@ -12,8 +12,11 @@
         --process_id=0 -- --config=configs/tiny.py --workdir=/shared/runs/tiny
 
 Everything after `--` is passed verbatim to `python -m MODULE` (default toxjax.main) on every
-worker. `--dry_run` (or DRY_RUN=1) prints the commands instead of running them. Standard
-library only, so it runs on a laptop that has gcloud but not jax.
+worker. Before that, `run` compiles the config for the slice on this machine
+(`--topology=v4:2x2x2` or a known `--accelerator_type`; toxjax.launch.fit_check) and refuses one
+that does not fit in HBM; `--skip_fit_check` skips it. `--dry_run` (or DRY_RUN=1) prints the
+commands instead of running them (after the fit check). Standard library only, so it runs on a
+laptop that has gcloud but not jax; only the fit check needs jax and libtpu (the tpu-aot extra).
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from toxjax.launch import fit_check
 
 # The scripts run on the workers; the names callers use are re-exported from here.
 from toxjax.launch.remote import (
@@ -449,6 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--module", default=DEFAULT_MODULE, help="e.g. toxjax.main, toxjax.study")
     run.add_argument("--run_name", default=DEFAULT_RUN_NAME, help="names the log and pid files")
     run.add_argument("--env", action="append", default=[], help="KEY=VALUE (repeatable)")
+    run.add_argument(
+        "--topology",
+        help="the slice, e.g. v5p:2x2x1 or v5e:4x4: the config is compiled for it here first "
+        "(toxjax.compile) and the launch refused if it does not fit in HBM",
+    )
+    run.add_argument(
+        "--accelerator_type", help="the slice's type (e.g. v5p-8): the fit check's --topology"
+    )
+    run.add_argument("--skip_fit_check", action="store_true", help="launch without the check")
 
     logs = _tpu_parser(sub, "logs", "stream a run's log file")
     logs.add_argument("--run_name", default=DEFAULT_RUN_NAME)
@@ -506,12 +520,34 @@ def plan_from_args(options: argparse.Namespace, passthrough: list[str], dry_run:
     run_name = check_name("run_name", options.run_name)
     if command == "run":
         flags = {"module": options.module, "run_name": run_name, "env": parse_env(options.env)}
-        return run_plan(name, zone, passthrough, project=project, **flags)
+        plan = run_plan(name, zone, passthrough, project=project, **flags)
+        for note in check_fit(options, passthrough):
+            print(f"# {note}", file=sys.stderr)
+        return plan
     if command == "logs":
         script = logs_script(run_name, lines=options.lines, follow=not options.no_follow)
         return Plan([ssh_command(name, zone, project, script, worker=options.worker)])
     script = stop_script(run_name, wait_s=options.wait_s)  # stop
     return Plan([ssh_command(name, zone, project, script)])
+
+
+def check_fit(options: argparse.Namespace, passthrough: list[str]) -> list[str]:
+    """The run's fit check (after its arguments are checked); notes say what it found."""
+    if options.skip_fit_check:
+        return ["fit check skipped (--skip_fit_check)"]
+    module = options.module
+    if module not in fit_check.CHECKED_MODULES or flag_value(passthrough, "config") is None:
+        return [f"fit check skipped: no --config of {', '.join(fit_check.CHECKED_MODULES)}"]
+    topology = options.topology
+    if not topology and options.accelerator_type:
+        topology = fit_check.topology_for_accelerator(options.accelerator_type)
+    if not topology:
+        return ["fit check skipped: give --topology (e.g. v5p:2x2x1) or a known --accelerator_type"]
+    steps = fit_check.steps_for(module, flag_value(passthrough, "mode"))
+    try:
+        return fit_check.check(passthrough, topology, steps)
+    except fit_check.FitCheckError as error:
+        raise LaunchError(str(error)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

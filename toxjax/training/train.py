@@ -28,6 +28,7 @@ from absl import logging
 
 from toxjax import fileio
 from toxjax.data import input_pipeline
+from toxjax.interop import hf_import
 from toxjax.model import decoder, flops, partitioning
 from toxjax.training import checkpoints, optim
 
@@ -162,8 +163,11 @@ def create_setup(
             f"divisible by the {batch_shards} devices the batch is split over"
         )
     init = _init_fn(model, tx, micro_batch, int(config.data.seq_len))
+    # An abstract key, made outside the mesh: a concrete one would be placed on the mesh's
+    # devices, which compile-only TPU devices (toxjax.compile) cannot hold.
+    abstract_rng = jax.eval_shape(lambda: jax.random.PRNGKey(0))
     with partitioning.mesh_and_rules(mesh, rules):
-        boxed = jax.eval_shape(init, jax.random.PRNGKey(0))
+        boxed = jax.eval_shape(init, abstract_rng)
     shardings = partitioning.abstract_shardings(boxed, mesh, rules)
     unboxed = nn.unbox(boxed)
     partitioning.check_divisible(unboxed, shardings)
@@ -492,10 +496,12 @@ def train_and_evaluate(
         restored = checkpointer.restore_latest(setup.abstract_state, setup.model_config_dict)
         warm_params = None
         if restored is None and train_config.warm_start_from:
-            warm_params, _ = checkpoints.restore_params_for_warm_start(
+            # Another run's orbax checkpoint, or a transformers GPT-2/Llama directory.
+            warm_params, _ = hf_import.warm_start_params(
                 train_config.warm_start_from,
                 setup.abstract_state.params,
                 setup.model_config_dict,
+                task_name=config.data.task,
             )
         pipeline = input_pipeline.create_train_pipeline(config, workdir, setup.batch_sharding)
 

@@ -1,0 +1,133 @@
+"""toxjax.compile.aot: the real steps compile for TPU slices on this CPU host.
+
+The command's own test (compile_main_test) compiles all three steps of configs/tiny.py; here
+the parts: unrolled layers, several slices, the report's arithmetic and XLA's refusals.
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from configs import tiny
+from toxjax.compile import aot, topology
+
+needs_libtpu = pytest.mark.skipif(
+    not topology.libtpu_available(), reason="libtpu is not installed (pip install -e .[tpu-aot])"
+)
+
+
+def test_layered_config_unrolls_a_scanned_stack_and_keeps_the_input():
+    config = tiny.get_config()
+    unrolled, layers = aot.layered_config(config, unroll_layers=True)
+    assert layers == "unrolled" and unrolled.model.scan_layers is False
+    assert config.model.scan_layers is True  # the caller's config is not changed
+    assert aot.layered_config(config, unroll_layers=False)[1] == "scanned"
+    config.model.scan_unroll = config.model.num_layers
+    assert aot.layered_config(config, unroll_layers=False)[1] == "unrolled"
+
+
+@pytest.mark.parametrize(
+    ("message", "temp", "total"),
+    [
+        (
+            "RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required for HLO "
+            "temporaries (247.46G) exceeds available HBM (15.75G).",
+            round(247.46 * 1024**3),
+            1024 + round(247.46 * 1024**3),
+        ),
+        (
+            "RESOURCE_EXHAUSTED: XLA:TPU compile permanent error. Ran out of memory in memory "
+            "space hbm. Used 20.50G of 15.75G hbm. Exceeded hbm capacity by 4.75G.",
+            None,
+            round(20.5 * 1024**3),
+        ),
+    ],
+)
+def test_refused_memory_reads_both_of_xlas_messages(message, temp, total):
+    import jax
+    import numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+    mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+    sharding = NamedSharding(mesh, PartitionSpec("data"))
+    args = (jax.ShapeDtypeStruct((512,), np.float32, sharding=sharding),)  # 1 KiB per device
+    memory = aot.refused_memory(message, args)
+    assert memory["argument"] == 1024
+    assert memory["temp"] == temp and memory["total"] == total
+
+
+def test_step_report_projects_from_optimal_seconds():
+    program = aot.StepProgram("train", None, (), 4 * 197e12 * 0.5, 8192)
+    memory = {"argument": 3, "output": 2, "temp": 10, "alias": 2, "total": 13}
+    result = aot.CompileResult(memory, {"flops": 1e12, "optimal_seconds": 1.0}, 12.345)
+    mesh = types.SimpleNamespace(shape={"data": 1, "fsdp": 4, "tensor": 1})
+    report = aot.step_report(
+        program,
+        result,
+        config_name="c.py",
+        topology=topology.parse_topology("v5e:2x2"),
+        mesh=mesh,
+        layers="unrolled",
+    )
+    assert report["fits"] is True and report["hbm_bytes_per_device"] == 16 * 1024**3
+    assert report["projected_mfu"] == pytest.approx(0.5)
+    assert report["projected_tokens_per_s_per_chip"] == pytest.approx(2048.0)
+    assert report["compile_s"] == 12.35 and report["projection"] == aot.PROJECTION
+    # XLA's -1 per op it cannot estimate, and scanned layers, give no projection, and say why.
+    for cost, layers, why in (
+        ({"optimal_seconds": -20.98}, "unrolled", "could not estimate some ops"),
+        ({"optimal_seconds": 1.0}, "scanned", "scanned layer body once"),
+    ):
+        result = aot.CompileResult(memory, cost, 1.0)
+        report = aot.step_report(
+            program,
+            result,
+            config_name="c.py",
+            topology=topology.parse_topology("v5e:2x2"),
+            mesh=mesh,
+            layers=layers,
+        )
+        assert report["projected_step_s"] is None and report["projected_mfu"] is None
+        assert why in report["projection"]
+
+
+def test_gradient_accumulation_is_a_loop_that_xla_counts_once():
+    import jax
+
+    config = tiny.get_config()
+    config.optim.grad_accum_steps = 2
+    assert "grad_accum_steps > 1" in aot.train_program(config, jax.devices()).loop
+    config.optim.grad_accum_steps = 1
+    assert aot.train_program(config, jax.devices()).loop is None
+
+
+@needs_libtpu
+def test_train_step_compiles_for_two_slices_with_a_dcn_axis():
+    config = tiny.get_config()
+    config.mesh.dcn.data = 2
+    config.mesh.ici.data, config.mesh.ici.fsdp = 1, -1
+    target = topology.parse_topology("v5e:2x2", num_slices=2)
+    (report,) = aot.compile_config(config, target, steps=["train"], config_name="tiny")
+    assert report["topology"] == "2xv5e:2x2" and report["num_devices"] == 8
+    assert report["mesh"] == {"data": 2, "fsdp": 4, "tensor": 1}
+    assert report["fits"] and report["bytes_per_device"]["total"] > 0
+    # Unrolled, XLA's count covers both layers: near the model FLOPs (rematerialisation off).
+    assert 0.8 < report["xla_flops"] / report["model_flops_per_device"] < 1.5
+
+
+@needs_libtpu
+def test_a_config_that_cannot_fit_is_reported_not_raised():
+    config = tiny.get_config()
+    config.data.global_batch_size = 1 << 17  # 16M tokens of float32 logits per step
+    target = topology.parse_topology("v5e:1x1")
+    (report,) = aot.compile_config(config, target, steps=["train"], unroll_layers=False)
+    assert report["fits"] is False and report["projected_step_s"] is None
+    assert report["bytes_per_device"]["total"] > report["hbm_bytes_per_device"]
+    assert "RESOURCE_EXHAUSTED" in report["error"]
+
+
+def test_unknown_steps_are_refused():
+    with pytest.raises(ValueError, match="unknown steps"):
+        next(aot.compile_config(tiny.get_config(), None, steps=["infer"]))

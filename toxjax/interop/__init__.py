@@ -1,0 +1,1 @@
+"""Interoperability: transformers export and import, and an lm-evaluation-harness adapter."""
