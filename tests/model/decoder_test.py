@@ -338,3 +338,35 @@ def test_cached_decoding_matches_full_forward(scan_layers):
     np.testing.assert_allclose(
         jnp.concatenate(decoded, axis=1), logits(cfg, params, tokens), atol=2e-5, rtol=1e-5
     )
+
+
+@pytest.mark.parametrize("length", [1, 3])
+def test_shared_prefix_attention_equals_attention_over_each_rows_whole_cache(length):
+    """cached_attention with a prompt prefix shared by 3 rows each == the same rows attending
+    to their own copy of the prefix in front of their cache (grouped-query heads, padded
+    prefix slots, queries of several tokens)."""
+    prompts, copies, kv_heads, group, head_dim, own_slots, prefix_slots = 2, 3, 2, 2, 8, 5, 6
+    rows = prompts * copies
+    keys = jax.random.split(jax.random.key(0), 5)
+    query = jax.random.normal(keys[0], (rows, length, kv_heads * group, head_dim))
+    key, value = (jax.random.normal(k, (rows, kv_heads, own_slots, head_dim)) for k in keys[1:3])
+    prefix_key, prefix_value = (
+        jax.random.normal(k, (prompts, kv_heads, prefix_slots, head_dim)) for k in keys[3:5]
+    )
+    prefix_segments = jnp.asarray([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]], jnp.int32)
+    segments = jnp.ones((rows, length), jnp.int32)
+    mask = decoder.attention_mask(
+        jnp.broadcast_to(jnp.arange(length) + 1, (rows, length)),
+        jnp.broadcast_to(jnp.arange(own_slots), (rows, own_slots)),
+        segments,
+        jnp.ones((rows, own_slots), jnp.int32).at[0, 0].set(0),  # row 0 cannot see slot 0
+    )
+    shared = decoder.cached_attention(
+        query, key, value, mask, segments, (prefix_key, prefix_value, prefix_segments)
+    )
+    whole_key = jnp.concatenate([prefix_key.repeat(copies, axis=0), key], axis=2)
+    whole_value = jnp.concatenate([prefix_value.repeat(copies, axis=0), value], axis=2)
+    visible = (prefix_segments.repeat(copies, axis=0) == 1)[:, None, None, :]
+    whole_mask = jnp.concatenate([jnp.broadcast_to(visible, (*mask.shape[:3], 6)), mask], -1)
+    expected = decoder.cached_attention(query, whole_key, whole_value, whole_mask, segments)
+    np.testing.assert_allclose(shared, expected, atol=1e-6, rtol=1e-5)

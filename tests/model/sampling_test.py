@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from configs import default as default_config
-from toxjax.model import decoder, partitioning, sampling
+from toxjax.model import decoder, draws, partitioning, sampling
 
 CFG = decoder.ModelConfig(
     num_layers=2,
@@ -197,7 +197,7 @@ def expected_kept(logits: list[float], top_k: int, p: float) -> set[int] | None:
 @settings(max_examples=60, deadline=None)
 @given(logits=TIED_LOGITS, p=st.floats(0.01, 1.0))
 def test_top_p_keeps_the_smallest_prefix_reaching_p(logits, p):
-    """The bisection top-p (no sort): kept = the first ids in (prob desc, id asc) order whose
+    """The searched top-p (no sort): kept = the first ids in (prob desc, id asc) order whose
     cumulative probability reaches p; no shorter prefix does. Rounded logits make ties common."""
     expected = expected_kept(logits, 0, p)
     assume(expected is not None)
@@ -214,6 +214,17 @@ def test_top_k_then_top_p_keeps_the_smallest_prefix_of_the_top_k(logits, p, top_
     assert set(np.flatnonzero(kept).tolist()) == expected
 
 
+def test_top_p_search_spans_every_float():
+    """The 4-way search covers the whole ordered-bits range: huge, tiny, denormal, signed-zero
+    and -inf logits keep what the sorting path (top-k = vocab) keeps."""
+    values = np.array([3e38, -3e38, 1e-40, -1e-40, 0.0, -0.0, -np.inf, 88.0, 87.5, 1.0], np.float32)
+    rows = np.random.default_rng(0).choice(values, size=(64, 10)).astype(np.float32)
+    rows[:, 0] = np.where(np.isinf(rows[:, 0]), 1.0, rows[:, 0])  # at least one finite logit
+    for p in (0.3, 0.9, 1.0):
+        sorted_path = _jitted_mask(10)(jnp.asarray(rows), p)
+        np.testing.assert_array_equal(_jitted_mask(0)(jnp.asarray(rows), p), sorted_path)
+
+
 def test_top_k_breaks_ties_by_lower_id_and_combines_with_top_p():
     logits = jnp.asarray([[1.0, 3.0, 3.0, 0.0, 3.0, 2.0]])
     np.testing.assert_array_equal(
@@ -223,6 +234,44 @@ def test_top_k_breaks_ties_by_lower_id_and_combines_with_top_p():
     np.testing.assert_array_equal(
         _jitted_mask(2)(logits, 0.4)[0], [False, True, False, False, False, False]
     )
+
+
+# ----- random draws -----
+
+
+def _draw_inputs(seed: int) -> tuple[jax.Array, jax.Array]:
+    """Step keys of 3 prompts x 5 samples and [15, 50] logits with ties, bans and -0.0."""
+    keys = draws.fold_in(sampling.row_keys(jnp.int32(seed), jnp.arange(3, dtype=jnp.uint32), 5), 7)
+    logits = jnp.round(jax.random.normal(jax.random.key(seed), (15, 50)) * 2, 1)
+    logits = logits.at[:, :4].set(-jnp.inf).at[:, 4].set(-0.0).at[0].set(0.0)  # row 0: all tied
+    return keys, logits
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_draws_match_jax_random_bit_for_bit(seed):
+    """The unrolled threefry and first-max argmax draw exactly what jax.random draws, so the
+    sampler's outputs did not change with them."""
+    keys, logits = _draw_inputs(seed)
+    reference = jax.jit(jax.vmap(jax.random.categorical))(keys, logits)
+    np.testing.assert_array_equal(jax.jit(draws.categorical)(keys, logits), reference)
+    for step in (0, 1, 19, 2**31 + 5):
+        folded = jax.jit(draws.fold_in)(keys, np.uint32(step))
+        expected = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, np.uint32(step))
+        np.testing.assert_array_equal(jax.random.key_data(folded), jax.random.key_data(expected))
+
+
+def test_draws_fall_back_to_jax_for_other_prngs():
+    keys = jax.random.split(jax.random.key(0, impl="rbg"), 15)
+    logits = _draw_inputs(0)[1]
+    reference = jax.vmap(jax.random.categorical)(keys, logits)
+    np.testing.assert_array_equal(draws.categorical(keys, logits), reference)
+    with jax.threefry_partitionable(False):  # the other layout of threefry's counters
+        keys = _draw_inputs(0)[0]
+        reference = jax.vmap(jax.random.categorical)(keys, logits)
+        np.testing.assert_array_equal(draws.categorical(keys, logits), reference)
+    folded = jax.random.key_data(draws.fold_in(keys, 3))
+    expected = jax.random.key_data(jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, 3))
+    np.testing.assert_array_equal(folded, expected)
 
 
 # ----- sharding and the GenerateFn -----

@@ -255,20 +255,20 @@ def cached_attention(
 
     Same maths as jax.nn.dot_product_attention (scale 1/sqrt(h), float32 logits and softmax,
     query heads grouped [kv_heads, group]), but with the cache's batch and head axes leading,
-    XLA contracts it in place: the [b, slots, kv_heads, h] layout made it transpose the whole
-    cache of every layer at every decode step (measured 2.6x slower per step on CPU at 84
-    slots, worse as the cache grows).
+    XLA contracts it in place (a [b, slots, kv_heads, h] cache was transposed whole in every
+    layer at every decode step: 2.6x slower per step on CPU at 84 slots).
 
     prefix: keys/values [p, kv_heads, prefix_slots, h] and segment ids [p, prefix_slots] of p
     prompts, each shared by b // p consecutive rows (several samples of one prompt), which
-    attend to it in front of their own cache, one softmax over both. The prompt is then read
-    once per prompt instead of once per sample.
+    attend to it in front of their own cache, one softmax over both. The prompt is read once
+    per prompt, by plain batched matmuls over [p, kv_heads, rows of p x group x q, ...]
+    (contracting the rows' [p, c, ...] layout directly made XLA transpose and recompute the
+    prefix logits in each fusion reading them: ~5% of a CPU decode step).
     """
     batch, length, heads, head_dim = query.shape
     kv_heads = key.shape[1]
-    group = heads // kv_heads
     scale = 1.0 / math.sqrt(head_dim)
-    grouped = query.reshape(batch, length, kv_heads, group, head_dim)
+    grouped = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
     logits = jnp.einsum("bqkgh,bksh->bkgqs", grouped, key, preferred_element_type=jnp.float32)
     logits = jnp.where(mask[:, None], logits * scale, _MASKED)
     if prefix is None:
@@ -277,24 +277,25 @@ def cached_attention(
         return out.reshape(batch, length, heads, head_dim)
     prefix_key, prefix_value, prefix_segments = prefix
     prompts, _, prefix_slots, _ = prefix_key.shape
-    copies = batch // prompts
+    copies, group = batch // prompts, heads // kv_heads
+    blocks = (prompts, kv_heads, copies, group, length)  # the prefix matmuls' row order
     shared = grouped.reshape(prompts, copies, length, kv_heads, group, head_dim)
-    prefix_logits = jnp.einsum(
-        "pcqkgh,pksh->pckgqs", shared, prefix_key, preferred_element_type=jnp.float32
-    )
-    segments = query_segments.reshape(prompts, copies, length)
-    visible = segments[:, :, :, None] == prefix_segments[:, None, None, :]  # [p, c, q, s]
-    prefix_logits = jnp.where(visible[:, :, None, None], prefix_logits * scale, _MASKED)
-    prefix_logits = prefix_logits.reshape(batch, kv_heads, group, length, prefix_slots)
-    probs = jax.nn.softmax(jnp.concatenate([prefix_logits, logits], axis=-1), axis=-1)
+    shared = shared.transpose(0, 3, 1, 4, 2, 5).reshape(prompts, kv_heads, -1, head_dim)
+    shared_logits = jnp.einsum(
+        "pkmh,pksh->pkms", shared, prefix_key, preferred_element_type=jnp.float32
+    ).reshape(*blocks, prefix_slots)
+    segments = query_segments.reshape(prompts, 1, copies, 1, length, 1)
+    visible = segments == prefix_segments[:, None, None, None, None, :]
+    shared_logits = jnp.where(visible, shared_logits * scale, _MASKED)
+    shared_logits = jnp.swapaxes(shared_logits, 1, 2).reshape(*logits.shape[:-1], prefix_slots)
+    probs = jax.nn.softmax(jnp.concatenate([shared_logits, logits], axis=-1), axis=-1)
     probs = probs.astype(value.dtype)
-    prefix_probs = probs[..., :prefix_slots].reshape(
-        prompts, copies, kv_heads, group, length, prefix_slots
-    )
     out = jnp.einsum("bkgqs,bksh->bqkgh", probs[..., prefix_slots:], value)
-    out_prefix = jnp.einsum("pckgqs,pksh->pcqkgh", prefix_probs, prefix_value)
-    out = out + out_prefix.reshape(batch, length, kv_heads, group, head_dim)
-    return out.reshape(batch, length, heads, head_dim)
+    shared_probs = probs[..., :prefix_slots].reshape(prompts, copies, *probs.shape[1:-1], -1)
+    shared_probs = jnp.swapaxes(shared_probs, 1, 2).reshape(prompts, kv_heads, -1, prefix_slots)
+    shared_out = jnp.einsum("pkms,pksh->pkmh", shared_probs, prefix_value)
+    shared_out = shared_out.reshape(*blocks, head_dim).transpose(0, 2, 4, 1, 3, 5)
+    return (out + shared_out.reshape(out.shape)).reshape(batch, length, heads, head_dim)
 
 
 class Attention(nn.Module):
@@ -393,12 +394,10 @@ class Attention(nn.Module):
         index = self.variable("cache", "cache_index", lambda: jnp.zeros((), jnp.int32))
         start = index.value
         if initialised:  # model.init only creates the (empty) cache
-            cached_key.value = jax.lax.dynamic_update_slice(
-                cached_key.value, key.transpose(0, 2, 1, 3), (0, 0, start, 0)
-            )
-            cached_value.value = jax.lax.dynamic_update_slice(
-                cached_value.value, value.transpose(0, 2, 1, 3), (0, 0, start, 0)
-            )
+            for cached, new in ((cached_key, key), (cached_value, value)):
+                cached.value = jax.lax.dynamic_update_slice(
+                    cached.value, new.transpose(0, 2, 1, 3), (0, 0, start, 0)
+                )
             cached_segments.value = jax.lax.dynamic_update_slice(
                 cached_segments.value, segment_ids.astype(jnp.int32), (0, start)
             )
