@@ -62,6 +62,7 @@ CONSOLE_SCRIPTS = [
     "toxjax-compile = toxjax.compile.compile_main:run",
     "toxjax-launch = toxjax.launch.launcher:run",
     "toxjax-demo-prompts = toxjax.demo.prompt_file_main:run",
+    "toxjax-real-corpus = toxjax.demo.real_corpus_main:run",
     "toxjax-export = toxjax.interop.export_main:run",
 ]
 
@@ -70,7 +71,7 @@ setuptools.setup(
     version="0.1.0",
     description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
     packages=setuptools.find_packages(include=["toxjax", "toxjax.*", "configs"]),
-    package_data={"toxjax": ["assets/*"]},
+    package_data={"toxjax": ["assets/*", "assets/real/*", "assets/real/licenses/*"]},
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,

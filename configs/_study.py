@@ -51,4 +51,14 @@ def study_section(
     # Share of each MEDA/INST example drawn untagged from BASE (Korbak et al. 2023 keep 1%
     # untagged); 0 = the paper's setup, every document tagged.
     study.untagged_rate = 0.0
+    # Training seeds per strategy (init, dropout and data order move together): cross-model
+    # comparisons then carry intervals that include seed variance.
+    study.num_seeds = 1
+    # Ablation variants, each one more trained model: "<strategy>:<field>=<value>[;...]" with
+    # ConditioningFormat fields or untagged_rate / threshold_quantile (toxjax.study.runs).
+    study.variants = ()
+    # >= 0: the INST/FILTER threshold is this quantile of the scored corpus' scores (a fixed
+    # share of documents counts as toxic, whatever the scorer's calibration); < 0: use
+    # conditioning.threshold as given.
+    study.threshold_quantile = -1.0
     return study

@@ -133,6 +133,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Never sample vocabulary pieces that spell a conditioning signal (SentencePiece
     # vocabularies from toxjax.data.vocab; byte vocabularies have none).
     ev.ban_signal_tokens = True
+    # Also sample every prompt under the strategy's TOXIC signal (MEDA/INST): within-model
+    # controllability, TP under the non-toxic vs the toxic signal, paired by prompt.
+    ev.rtp_toxic_signal = True
     ev.generate_batch_size = 256  # sequences decoded together (prompts x samples)
     # Log-likelihood tasks (utility and bias).
     ev.loglik_batch_size = 32  # sequences scored together
@@ -150,6 +153,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Files of the file-based bias tasks: "toxigen=/path/annotated.csv,social_bias_frames=/p.csv".
     ev.bias_paths = ""
     ev.tfds_data_dir = ""  # TFDS data_dir of TFDS-backed tasks; "" = the TFDS default
+    # Real-text likelihood metrics (toxjax.evaluation.real_text: clean held-out perplexity,
+    # cloze, steerability on config.eval.rtp_prompts' continuations, generative-classifier and
+    # prompted detection AUC): "" skips, "packaged" (toxjax/assets/real) or a directory of
+    # that layout (toxjax.demo.real_corpus).
+    ev.real_text = ""
+    ev.real_text_limit = -1  # documents / examples per real-text set; -1 = all
     # Held-out perplexity on config.data.task's config.data.eval_split (packed like training).
     ev.perplexity_batches = 8  # batches; 0 skips the stage, -1 = the whole split
     ev.perplexity_batch_size = 16  # sequences of config.data.seq_len per batch

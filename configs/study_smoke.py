@@ -3,16 +3,16 @@
 For the end-to-end test (tests/study/experiment_test.py) and a quick check of an installation:
     python -m toxjax.study --config=configs/study_smoke.py --workdir=/tmp/toxjax_smoke
 
-Built on configs/demo.py; sets only what it shrinks.
+Built on configs/demo_synthetic.py; sets only what it shrinks.
 """
 
 import ml_collections
 
-from configs import demo
+from configs import demo_synthetic
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = demo.get_config()
+    config = demo_synthetic.get_config()
 
     model = config.model
     model.num_layers = 1  # one block still exercises scan and sharding
@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     ev.bias_limit = 4  # examples per bias task
     ev.loglik_batch_size = 16  # sequences scored together
     ev.perplexity_batches = 1  # held-out perplexity batches
+    ev.real_text = "packaged"  # the real-text metrics too, on a few examples each
+    ev.real_text_limit = 8  # documents, examples and steerability prompts per set
     ev.perplexity_batch_size = 8  # sequences per held-out batch
 
     config.study.name = "toxjax_study_smoke"  # SeqIO task family: toxjax_study_smoke_<strategy>

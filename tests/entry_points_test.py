@@ -24,7 +24,7 @@ def test_every_command_has_a_console_script():
     names = set(console_scripts())
     expected = {
         *("study", "score", "vocab", "train", "memory", "compile", "launch", "demo-prompts"),
-        "export",
+        *("export", "real-corpus"),
     }
     assert names == {f"toxjax-{name}" for name in expected}
 

@@ -151,6 +151,17 @@ def test_inference_prefix_is_what_training_wrote_for_a_non_toxic_doc(
     assert graph.numpy().decode() == prefix + text
 
 
+def test_toxic_prefix_is_what_training_wrote_for_a_toxic_doc():
+    fmt = ConditioningFormat()
+    text = "You are a fool."
+    for strategy, score in (("inst", 0.9), ("meda", 1.0)):
+        assert fmt.condition(strategy, text, score, "k") == fmt.toxic_prefix(strategy) + text
+    assert fmt.toxic_prefix("meda") == "toxicity: 1.00\n"
+    assert fmt.toxic_prefix("base") == fmt.toxic_prefix("filter") == ""
+    with pytest.raises(ValueError, match="suffix cannot condition"):
+        ConditioningFormat(position="suffix").toxic_prefix("inst")
+
+
 def test_suffix_position():
     fmt = ConditioningFormat(position="suffix")
     assert fmt.condition("meda", "abc", 0.93, "k") == "abc\ntoxicity: 0.93"

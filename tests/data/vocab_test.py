@@ -109,6 +109,24 @@ def test_custom_format_prefixes_are_stable(tmp_path):
             assert vocab.encode(prefix + text)[: len(vocab.encode(prefix))] == vocab.encode(prefix)
 
 
+def test_extra_formats_keep_every_variant_signal_whole(tmp_path):
+    variant = ConditioningFormat(inst_toxic="Offensive text:", inst_nontoxic="Respectful text:")
+    texts = [d["text"] for d in template_corpus.generate(300)]
+    path = train_vocabulary(
+        texts,
+        str(tmp_path / "both"),
+        vocab_size=400,
+        fmt=FMT,
+        extra_formats=[variant],
+        progress=False,
+    )
+    vocab = seqio.SentencePieceVocabulary(path)
+    for fmt in (FMT, variant):
+        for signal in (fmt.inst_toxic, fmt.inst_nontoxic):
+            pieces = vocab.tokenizer.encode_as_pieces(signal)
+            assert signal.replace(" ", "▁") in pieces, pieces  # one piece, whole
+
+
 def test_iter_texts_reads_scored_dirs_and_jsonl(tmp_path):
     shard = tmp_path / "scored" / "shards" / "scored-00000.jsonl"
     shard.parent.mkdir(parents=True)

@@ -37,6 +37,35 @@ def small_config():
     return config
 
 
+def check_real_text(saved):
+    """The toxic-signal run, intervals, within-model control and the real-text metrics."""
+    toxic_run = saved["rtp"]["toxic_signal"]
+    assert toxic_run["prefix"] == "The following text is toxic:\n"
+    spans = saved["rtp_intervals"]
+    assert set(spans) == {"conditioned", "unconditioned", "toxic_signal"}
+    for condition in spans.values():
+        tp = condition["all"]["toxicity_probability"]
+        assert tp["low"] <= tp["estimate"] <= tp["high"] and tp["n"] == 8
+        assert len(condition["per_prompt"]["any_toxic"]) == 8
+    control = saved["controllability"]
+    assert set(control) == {"vs_toxic_signal", "vs_unconditioned"}
+    real = saved["real_text"]
+    assert real["signals"] == {
+        "nontoxic": "The following text is non-toxic:\n",
+        "toxic": "The following text is toxic:\n",
+        "none": "",
+    }
+    assert real["heldout_clean"]["num_documents"] == 8
+    assert real["heldout_clean"]["perplexity"] > 1.0
+    assert real["cloze"]["num_examples"] == 8
+    steer = real["steerability"]
+    assert steer["num_prompts"] == 8 == steer["num_usable"] + sum(steer["skipped"].values())
+    assert set(real["detection"]) == {"paradetox", "tweets", "wikipedia"}
+    paradetox = real["detection"]["paradetox"]
+    assert paradetox["num_examples"] == 8 and paradetox["num_positive"] == 4
+    assert 0.0 <= paradetox["generative"]["auc"]["estimate"] <= 1.0
+
+
 class RecordingWriter:
     def __init__(self):
         self.scalars = {}
@@ -51,6 +80,8 @@ class RecordingWriter:
 @pytest.mark.slow
 def test_evaluate_checkpoint_writes_every_metric(tmp_path):
     config = small_config()
+    config.eval.real_text = "packaged"
+    config.eval.real_text_limit = 8
     workdir = str(tmp_path / "inst_run")
     setup = train.create_setup(config)
     state = train.create_train_state(setup, train.init_rng(config))
@@ -76,6 +107,7 @@ def test_evaluate_checkpoint_writes_every_metric(tmp_path):
     assert saved == results
     assert saved["step"] == 3 and saved["model"] == "inst_run" and saved["strategy"] == "inst"
 
+    check_real_text(saved)
     rtp = saved["rtp"]
     assert rtp["conditioned"]["prefix"] == "The following text is non-toxic:\n"
     assert rtp["unconditioned"]["prefix"] == ""

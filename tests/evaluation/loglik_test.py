@@ -112,6 +112,21 @@ def test_errors_name_the_request():
         engine([LoglikelihoodRequest("a", "")])
 
 
+def test_truncated_requests_score_the_first_window_after_the_whole_context():
+    params = init_params(scale=8.0)
+    engine = loglik.make_loglikelihood_fn(
+        params, CFG, VOCAB, one_device_mesh(), RULES, batch_size=2, compiler_options=FAST_COMPILE
+    )
+    long_text = "abcdefghij" * 5  # 50 byte tokens > max_len 32
+    (result,) = engine([LoglikelihoodRequest("sig:", long_text, truncate=True)])
+    # The whole 4-token context stays and the first 33 - 4 = 29 text tokens are scored.
+    assert result.num_tokens == CFG.max_len + 1 - 4
+    (shorter,) = engine([LoglikelihoodRequest("sig:", long_text[:29])])
+    np.testing.assert_allclose(result.logprob, shorter.logprob, rtol=1e-5)
+    (fits,) = engine([LoglikelihoodRequest("sig:", "short", truncate=True)])
+    assert fits.num_tokens == 5  # nothing cut when the text fits
+
+
 def test_encode_pair_follows_the_harness():
     assert loglik.encode_pair(VOCAB, "ab ", "c") == (VOCAB.encode("ab"), VOCAB.encode(" c"))
     # The harness moves all trailing whitespace (str.rstrip()), newlines included.

@@ -140,6 +140,41 @@ def test_load_published_jsonl_with_nulls(tmp_path):
     assert [p.challenging for p in prompts] == [False, True, True]
 
 
+def test_published_continuations_are_loaded(tmp_path):
+    lines = [*PUBLISHED_LINES, {"prompt": {"text": "No continuation here", "toxicity": 0.3}}]
+    prompts = rtp.load_prompts(write_lines(tmp_path / "prompts.jsonl", lines))
+    assert prompts[0].continuation == " prison's problems, according to a report."
+    assert prompts[0].continuation_toxicity == pytest.approx(0.02)
+    # Empty text is kept as it is (steering counts it); a null score is NaN.
+    assert prompts[1].continuation == ""
+    assert math.isnan(prompts[1].continuation_toxicity)
+    assert (prompts[2].continuation, prompts[2].continuation_toxicity) == ("x", 0.1)
+    # No continuation object: None and NaN, as the dataclass defaults.
+    assert prompts[3].continuation is None and math.isnan(prompts[3].continuation_toxicity)
+    default = rtp.Prompt("t", 0.1, False, "0")
+    assert default.continuation is None and math.isnan(default.continuation_toxicity)
+
+
+@pytest.mark.parametrize(
+    "continuation, message",
+    [
+        ({"text": 7, "toxicity": 0.1}, r"line 2: field 'continuation.text' must be text"),
+        ({"text": None}, r"line 2: field 'continuation.text' must be text"),
+        ({"toxicity": 0.1}, r"line 2: missing field 'continuation.text'"),
+        ({"text": "a", "toxicity": "low"}, r"line 2: field 'continuation.toxicity' must be a"),
+        ({"text": "a", "toxicity": True}, r"line 2: field 'continuation.toxicity' must be a"),
+        ("just text", r"line 2: field 'continuation' must be an object"),
+    ],
+)
+def test_malformed_continuation_names_file_line_field(tmp_path, continuation, message):
+    path = tmp_path / "bad.jsonl"
+    record = {"prompt": {"text": "a", "toxicity": 0.1}, "continuation": continuation}
+    path.write_text(json.dumps(PUBLISHED_LINES[0]) + "\n" + json.dumps(record) + "\n")
+    with pytest.raises(ValueError, match=message) as error:
+        rtp.load_prompts_jsonl(str(path))
+    assert str(path) in str(error.value)
+
+
 @pytest.mark.parametrize(
     "line, message",
     [
@@ -169,6 +204,15 @@ def make_prompts(count):
         rtp.Prompt(f"prompt {i}", toxicity=i / count, challenging=i % 3 == 0, id=str(i))
         for i in range(count)
     ]
+
+
+def test_packaged_real_prompts_load_with_continuations():
+    validation, test = rtp.load_prompts("real:validation"), rtp.load_prompts("real:test")
+    assert len(validation) + len(test) == 2396  # DecodingTrust's 1,196 toxic + 1,200 non-toxic
+    assert not {p.id for p in validation} & {p.id for p in test}
+    assert sum(p.continuation is not None for p in test) == len(test)
+    with pytest.raises(ValueError, match="real:validation"):
+        rtp.load_prompts("real:train")
 
 
 def test_select_by_count_seed_and_challenging():
@@ -339,3 +383,5 @@ def test_tfds_missing_scores_are_nan():
         (prompt,) = rtp.load_prompts_tfds()
     assert prompt.text == "Hello there" and prompt.challenging and prompt.id == "f:3-9"
     assert math.isnan(prompt.toxicity)
+    assert prompt.continuation == " friend"  # TFDS bytes are decoded
+    assert math.isnan(prompt.continuation_toxicity)

@@ -7,11 +7,11 @@ import pathlib
 
 import pytest
 
-from configs import demo, study_paper, study_smoke
+from configs import demo, demo_synthetic, study_paper, study_smoke
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops
-from toxjax.study import experiment, reporting
+from toxjax.study import experiment, reporting, runs
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 SUBSETS = ("all", "toxic", "nontoxic", "challenging")
@@ -37,18 +37,53 @@ def test_strategies_parse_tuples_and_command_line_strings():
         experiment.study_strategies(config)
 
 
-def test_strategy_config_is_the_training_config_on_that_strategy_task():
+def test_run_config_is_the_training_config_on_that_run_task():
     config = demo.get_config()
-    run_config = experiment.strategy_config(config, Strategy.MEDA, "toxjax_study_demo_meda")
+    meda = runs.Run(Strategy.MEDA)
+    run_config = experiment.run_config_for(config, meda, "toxjax_study_demo_meda")
     assert "study" not in run_config and "study" in config  # the study config is untouched
     assert run_config.data.task == "toxjax_study_demo_meda"
     assert run_config.eval.model_name == "meda" and run_config.eval.strategy == ""
     assert config.data.task != run_config.data.task
     # Same model, budget and seeds for every strategy: only data.task and the eval name differ.
-    other = experiment.strategy_config(config, Strategy.BASE, "toxjax_study_demo_base")
+    other = experiment.run_config_for(config, runs.Run(Strategy.BASE), "toxjax_study_demo_base")
     assert run_config.model.to_dict() == other.model.to_dict() == config.model.to_dict()
-    assert run_config.train.to_dict() == other.train.to_dict()
+    assert run_config.train.to_dict() == other.train.to_dict() == config.train.to_dict()
     assert run_config.optim.to_dict() == other.optim.to_dict()
+
+
+def test_run_config_of_a_later_seed_moves_both_seeds():
+    config = demo.get_config()
+    config.train.seed, config.data.seed = 10, 20
+    run_config = experiment.run_config_for(config, runs.Run(Strategy.INST, 2), "task")
+    # Init/dropout and data order move together; the run's name labels its report row.
+    assert (run_config.train.seed, run_config.data.seed) == (12, 22)
+    assert run_config.eval.model_name == "inst_seed2"
+    assert (config.train.seed, config.data.seed) == (10, 20)  # the study config is untouched
+    assert run_config.model.to_dict() == config.model.to_dict()
+
+
+def test_run_workdirs_and_finished_evaluations(tmp_path):
+    workdir = str(tmp_path)
+    seed1 = runs.Run(Strategy.INST, 1)
+    variant = runs.Run(Strategy.INST, 0, "threshold_quantile=0.3")
+    assert experiment.run_workdir(workdir, seed1) == os.path.join(workdir, "inst_seed1")
+    assert experiment.run_workdir(workdir, Strategy.MEDA) == os.path.join(workdir, "meda")
+    assert experiment.run_workdir(workdir, "FILTER") == os.path.join(workdir, "filter")
+    assert experiment.eval_json_path(workdir, variant, 3) == os.path.join(
+        workdir, "inst@threshold_quantile=0.3", "eval", "step_3.json"
+    )
+    # Finished: seed1, the variant, and a plain strategy some other job trained ("base"), but
+    # not one at another step ("meda") nor one without results.
+    for run, step in ((seed1, 3), (variant, 3), (runs.Run(Strategy.BASE), 3), (Strategy.MEDA, 2)):
+        path = experiment.eval_json_path(workdir, run, step)
+        os.makedirs(os.path.dirname(path))
+        with open(path, "w") as f:
+            json.dump({"step": step}, f)
+    study_runs = [runs.Run(Strategy.INST), seed1, variant]
+    found = experiment.finished_evaluations(workdir, 3, study_runs)
+    assert list(found) == ["inst_seed1", "inst@threshold_quantile=0.3", "base"]  # run order
+    assert found["base"] == {"step": 3}
 
 
 def test_conditioning_and_vocabulary_settings(tmp_path):
@@ -81,12 +116,22 @@ def test_conditioning_and_vocabulary_settings(tmp_path):
 # ----- shipped configs -----
 
 
-def test_demo_config_runs_offline_on_the_embedded_data():
-    config = demo.get_config()
+def test_synthetic_demo_config_runs_offline_on_the_embedded_data():
+    config = demo_synthetic.get_config()
     assert config.study.corpus == "demo" and config.study.scorer == "offline"
     assert config.eval.scorer == "offline" and config.eval.rtp_prompts == "demo"
     assert tuple(config.eval.utility_tasks) == ("demo_cloze",)
     assert tuple(config.eval.bias_tasks) == ("demo_toxicity_detection",)
+    assert tuple(config.study.strategies) == STRATEGIES
+    assert config.study.vocab_size <= config.model.vocab_size
+    assert config.data.seq_len <= config.model.max_len
+
+
+def test_demo_config_runs_offline_on_the_packaged_real_text():
+    config = demo.get_config()
+    assert config.study.corpus == "real" and config.study.scorer == "offline"
+    assert config.eval.scorer == "offline" and config.eval.real_text == "packaged"
+    assert config.eval.rtp_prompts == "real:test"  # reports use the test prompts only
     assert tuple(config.study.strategies) == STRATEGIES
     assert config.study.vocab_size <= config.model.vocab_size
     assert config.data.seq_len <= config.model.max_len
@@ -113,7 +158,8 @@ def test_paper_configs_for_every_strategy_and_size(strategy, size):
     assert 19.0 <= tokens / params <= 21.5, (size, params, tokens)
     assert config.optim.warmup_steps < config.train.num_steps
     # The study section is what a training run is not: dropping it leaves a training config.
-    run_config = experiment.strategy_config(config, experiment.study_strategies(config)[0], "x")
+    first = runs.Run(experiment.study_strategies(config)[0])
+    run_config = experiment.run_config_for(config, first, "x")
     assert "study" not in run_config and run_config.model.num_layers > 1
 
 
@@ -195,7 +241,7 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     )
     config.eval.rtp.num_samples = 3
     experiment.run_study(config, workdir, progress=False)
-    assert evaluated == [experiment.strategy_workdir(workdir, name) for name in STRATEGIES]
+    assert evaluated == [experiment.run_workdir(workdir, name) for name in STRATEGIES]
 
 
 def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):
@@ -203,7 +249,7 @@ def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch
     config = study_smoke.get_config()
     with pytest.raises(ValueError, match="beyond config.train.num_steps=3"):
         experiment.train_strategy(
-            experiment.strategy_config(config, Strategy.BASE, "t"), str(tmp_path)
+            experiment.run_config_for(config, runs.Run(Strategy.BASE), "t"), str(tmp_path)
         )
 
 
@@ -214,7 +260,7 @@ def test_training_stopped_early_interrupts_the_study(tmp_path, monkeypatch):
     monkeypatch.setattr(
         "toxjax.training.train.train_and_evaluate", lambda config, workdir: StoppedState
     )
-    config = experiment.strategy_config(study_smoke.get_config(), Strategy.BASE, "t")
+    config = experiment.run_config_for(study_smoke.get_config(), runs.Run(Strategy.BASE), "t")
     with pytest.raises(experiment.StudyInterrupted, match="stopped at step 2 of 3"):
         experiment.train_strategy(config, str(tmp_path))
     with open(tmp_path / "config.json") as f:

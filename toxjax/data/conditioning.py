@@ -53,6 +53,8 @@ class ConditioningFormat:
     score_precision: int = 2
     # Score written in the MEDA prefix at inference ("low toxicity").
     meda_inference_score: float = 0.0
+    # Score of MEDA's toxic signal, which the evaluation contrasts with the inference one.
+    meda_toxic_score: float = 1.0
     # INST wording for documents scored above the threshold.
     inst_toxic: str = "The following text is toxic:"
     # INST wording for the rest; also the inference-time instruction.
@@ -138,6 +140,17 @@ class ConditioningFormat:
         if strategy is Strategy.MEDA:
             return self.meda_signal(self.meda_inference_score) + self.separator
         return self.inst_signal(False) + self.separator
+
+    def toxic_prefix(self, strategy: Strategy | str) -> str:
+        """The opposite of `inference_prefix`: the signal of toxic text, for the evaluation's
+        within-model contrasts (steerability, controllability, generative classifier)."""
+        strategy = Strategy.parse(strategy)
+        if strategy in (Strategy.BASE, Strategy.FILTER):
+            return ""
+        self.inference_prefix(strategy)  # the same placement check
+        if strategy is Strategy.MEDA:
+            return self.meda_signal(self.meda_toxic_score) + self.separator
+        return self.inst_signal(True) + self.separator
 
     def signal_strings(self) -> list[str]:
         """Fixed pieces of every signal, for vocabularies that must keep them whole."""

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 
 import sentencepiece as spm
 from absl import logging
@@ -99,6 +99,7 @@ def train_vocabulary(
     *,
     vocab_size: int,
     fmt: ConditioningFormat = ConditioningFormat(),
+    extra_formats: Sequence[ConditioningFormat] = (),
     model_type: str = "unigram",
     max_docs: int | None = None,
     input_sentence_size: int = 2_000_000,
@@ -109,7 +110,8 @@ def train_vocabulary(
     """Trains on `texts`, writes PREFIX.model and PREFIX.vocab (local or gs://).
 
     Returns the .model path, loadable with seqio.SentencePieceVocabulary. SentencePiece keeps
-    a random sample of at most `input_sentence_size` lines in memory.
+    a random sample of at most `input_sentence_size` lines in memory. extra_formats: further
+    formats whose signals must stay whole too (a study's ablation variants).
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -122,7 +124,9 @@ def train_vocabulary(
         model_writer=model,
         vocab_size=vocab_size,
         model_type=model_type,
-        user_defined_symbols=signal_pieces(fmt),
+        user_defined_symbols=list(
+            dict.fromkeys(p for f in (fmt, *extra_formats) for p in signal_pieces(f))
+        ),
         required_chars=_REQUIRED_CHARS,
         split_digits=True,
         byte_fallback=True,

@@ -27,13 +27,14 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
 
 from toxjax import fileio
 from toxjax.data import input_pipeline
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.demo import eval_tasks
-from toxjax.evaluation import bias, loglik, report, rtp, utility_tasks
+from toxjax.evaluation import bias, controllability, loglik, real_text, report, rtp, utility_tasks
 from toxjax.evaluation.requests import LoglikelihoodFn, jsonable
 from toxjax.model import decoder, partitioning, sampling
 from toxjax.training import checkpoints
@@ -41,7 +42,7 @@ from toxjax.training import checkpoints
 EVAL_SUBDIR = "eval"
 TENSORBOARD_SUBDIR = "tensorboard"  # shared with training: eval scalars sit next to train ones
 CHALLENGING = {"any": None, "challenging": True, "not_challenging": False}
-STAGES = ("rtp", "utility", "bias", "perplexity")  # run (and timed) in this order
+STAGES = ("rtp", "real_text", "utility", "bias", "perplexity")  # run (and timed) in this order
 PyTree = Any
 
 
@@ -289,6 +290,7 @@ class Evaluator:
         ev = self.config.eval
         enabled = {
             "rtp": bool(ev.rtp_prompts),
+            "real_text": bool(ev.real_text),
             "utility": bool(_names(ev.utility_tasks)),
             "bias": bool(_names(ev.bias_tasks)),
             "perplexity": int(ev.perplexity_batches) != 0,
@@ -363,7 +365,8 @@ class Evaluator:
     # ----- one method per evaluation -----
 
     def toxicity(self, params: PyTree, step: int) -> dict[str, Any]:
-        """RTP with and without the strategy's prefix: {"rtp": ..., "sampling": ...}."""
+        """RTP with the strategy's prefix, without it and (config.eval.rtp_toxic_signal) with
+        its toxic signal: {"rtp": ..., "rtp_intervals": ..., "controllability": ...}."""
         rtp_config = rtp.RTPConfig.from_dict(self.config.eval.rtp.to_dict())
         generate_fn = self.generate_fn(params, rtp_config)
         output_dir = os.path.join(self.workdir, EVAL_SUBDIR, f"step_{int(step)}")
@@ -377,8 +380,27 @@ class Evaluator:
             output_dir=output_dir if self.is_chief else None,
             progress=self.progress,
         )
+        toxic_prefix = self.fmt.toxic_prefix(self.strategy)
+        if toxic_prefix and self.config.eval.rtp_toxic_signal:
+            runs["toxic_signal"] = rtp.evaluate_rtp(
+                self.prompts,
+                generate_fn,
+                self.scorer(),
+                prefix=toxic_prefix,
+                config=rtp_config,
+                records_path=os.path.join(output_dir, "rtp_toxic_signal.jsonl")
+                if self.is_chief
+                else None,
+                progress=self.progress,
+            )
+        prompt_toxicity = np.array([p.toxicity for p in self.prompts], dtype=np.float64)
         return {
             "rtp": {condition: run.summary() for condition, run in runs.items()},
+            "rtp_intervals": {
+                condition: controllability.run_intervals(run, prompt_toxicity)
+                for condition, run in runs.items()
+            },
+            "controllability": controllability.within_model(runs),
             "sampling": dict(
                 dataclasses.asdict(generate_fn.config),
                 banned_ids=id_ranges(generate_fn.config.banned_ids),
@@ -423,6 +445,23 @@ class Evaluator:
             num_batches=int(ev.perplexity_batches),
             loss_fn=self._loss_fn,
             progress=self.progress,
+        )
+
+    def real_text(self, params: PyTree) -> dict[str, Any]:
+        """Likelihood metrics on real held-out text (toxjax.evaluation.real_text): the same raw
+        documents and prompts for every model, so they compare across strategies and scales."""
+        ev = self.config.eval
+        prompts = (
+            rtp.load_prompts(ev.rtp_prompts, data_dir=self._data_dir) if ev.rtp_prompts else []
+        )
+        return real_text.evaluate_real_text(
+            self.loglikelihood_fn(params),
+            strategy=self.strategy,
+            fmt=self.fmt,
+            prompts=prompts,
+            paths=real_text.data_paths(ev.real_text),
+            limit=_limit(ev.real_text_limit),
+            prompted_config=bias.BiasPromptConfig(num_shots=int(ev.bias_num_shots)),
         )
 
     def _run_stage(self, stage: str, params: PyTree, step: int) -> dict[str, Any]:

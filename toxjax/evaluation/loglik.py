@@ -111,6 +111,8 @@ class LoglikelihoodEngine:
             raise ValueError(
                 f"request {index}: continuation {request.continuation!r} encodes to no tokens"
             )
+        if request.truncate:
+            continuation = continuation[: max(1, self.max_len + 1 - len(context))]
         if len(continuation) > self.max_len:
             raise ValueError(
                 f"request {index}: continuation has {len(continuation)} tokens, more than "

@@ -22,10 +22,16 @@ from toxjax.tf_import import import_tensorflow
 
 @dataclasses.dataclass(frozen=True)
 class LoglikelihoodRequest:
-    """Score `continuation` given `context`; the model sees context + continuation as one text."""
+    """Score `continuation` given `context`; the model sees context + continuation as one text.
+
+    truncate: a continuation longer than the engine's window is cut to the tokens that fit
+    after the whole context (the result's num_tokens says how many were scored) instead of
+    failing; for perplexity-style scoring of documents, never for answers that must be whole.
+    """
 
     context: str
     continuation: str
+    truncate: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

@@ -62,13 +62,20 @@ DEMO_PROMPTS_PATH = os.path.join(
 
 @dataclasses.dataclass(frozen=True)
 class Prompt:
-    """One sentence beginning; `toxicity` is NaN where the dataset has no score."""
+    """One sentence beginning; `toxicity` is NaN where the dataset has no score.
+
+    `continuation` is the human-written rest of the sentence the dataset publishes (None where
+    the record has none) and `continuation_toxicity` its score (NaN where missing): the
+    likelihood metrics in `toxjax.evaluation.steering` score it under each signal.
+    """
 
     text: str
     toxicity: float
     challenging: bool
     id: str
     scores: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    continuation: str | None = None
+    continuation_toxicity: float = math.nan
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +136,29 @@ def _score_or_nan(value: Any, *, source: str, record: int | str, field: str) -> 
     return float(value)
 
 
+def _continuation(
+    record: Mapping[str, Any], *, source: str, where: int | str
+) -> tuple[str | None, float]:
+    """(text, toxicity) of the published continuation; (None, NaN) when the record has none."""
+    continuation = record.get("continuation")
+    if continuation is None:
+        return None, math.nan
+    if not isinstance(continuation, Mapping):
+        raise ValueError(
+            f"{source}: {record_label(where)}: field 'continuation' must be an object or null"
+        )
+    text = as_text(
+        nested_field(record, "continuation.text", source=source, record=where),
+        source=source,
+        record=where,
+        field="continuation.text",
+    )
+    toxicity = continuation.get("toxicity")
+    if isinstance(toxicity, np.ndarray) and toxicity.shape == ():  # a TFDS scalar
+        toxicity = toxicity.item()
+    return text, _score_or_nan(toxicity, source=source, record=where, field="continuation.toxicity")
+
+
 def prompt_from_record(
     record: Mapping[str, Any], *, source: str, index: int, where: str | int | None = None
 ) -> Prompt:
@@ -167,12 +197,15 @@ def prompt_from_record(
         prompt_id = f"{filename}:{record.get('begin')}-{record.get('end')}"
     else:
         prompt_id = f"{os.path.basename(source)}:{index}"
+    continuation, continuation_toxicity = _continuation(record, source=source, where=where)
     return Prompt(
         text=text,
         toxicity=scores.get("toxicity", math.nan),
         challenging=bool(challenging),
         id=prompt_id,
         scores=scores,
+        continuation=continuation,
+        continuation_toxicity=continuation_toxicity,
     )
 
 
@@ -199,9 +232,19 @@ def load_prompts_tfds(
 
 
 def load_prompts(spec: str, *, data_dir: str | None = None) -> list[Prompt]:
-    """spec: "demo" (packaged demo prompts) | "tfds" | "tfds:<split>" | a prompts.jsonl path."""
+    """spec: "demo" (packaged synthetic prompts) | "real:validation" | "real:test" (packaged
+    real RTP prompts, toxjax.demo.real_corpus) | "tfds" | "tfds:<split>" | a prompts.jsonl path."""
     if spec == "demo":
         return load_prompts_jsonl(DEMO_PROMPTS_PATH)
+    if spec.startswith("real:"):
+        from toxjax.demo import real_corpus
+
+        part = spec.partition(":")[2]
+        if part not in real_corpus.RTP_FILES:
+            raise ValueError(
+                f"RTP prompts {spec!r}: expected real:{'|'.join(real_corpus.RTP_FILES)}"
+            )
+        return load_prompts_jsonl(real_corpus.packaged_path(real_corpus.RTP_FILES[part]))
     if spec == "tfds" or spec.startswith("tfds:"):
         split = spec.partition(":")[2] or "train"
         return load_prompts_tfds(split=split, data_dir=data_dir)
@@ -235,7 +278,7 @@ def select_prompts(
 # ----- metrics -----
 
 
-def _passes(values: np.ndarray, threshold: float, comparison: str) -> np.ndarray:
+def passes(values: np.ndarray, threshold: float, comparison: str) -> np.ndarray:
     if comparison not in COMPARISONS:
         raise ValueError(f"comparison must be one of {COMPARISONS}, got {comparison!r}")
     return values > threshold if comparison == ">" else values >= threshold
@@ -271,9 +314,9 @@ def toxicity_metrics(
             f"scores[{bad[0]}, {bad[1]}] is {scores[tuple(bad)]}: every score must be finite"
         )
     max_toxicity = scores.max(axis=1)
-    any_toxic = _passes(max_toxicity, threshold, comparison)
+    any_toxic = passes(max_toxicity, threshold, comparison)
     has_score = ~np.isnan(prompt_toxicity)
-    toxic_prompt = has_score & _passes(
+    toxic_prompt = has_score & passes(
         np.nan_to_num(prompt_toxicity), toxic_prompt_threshold, comparison
     )
     masks = {

@@ -379,7 +379,8 @@ def open_corpus(
     tfds_data_dir: str | None = None,
     tfds_download: bool = False,
 ) -> Corpus:
-    """`demo[:<num_docs>]` | `[jsonl:]<glob>[,<glob>...]` | `tfrecord:<glob>` | `tfds:<...>`.
+    """`demo[:<num_docs>]` | `real` | `[jsonl:]<glob>[,<glob>...]` | `tfrecord:<glob>` |
+    `tfds:<...>`.
 
     Unprefixed globs are JSONL unless every pattern names `.tfrecord` files.
     """
@@ -392,6 +393,13 @@ def open_corpus(
         if body and not body.isdigit():
             raise InputError(f"bad demo input {input_spec!r}: expected 'demo' or 'demo:<num_docs>'")
         return DemoCorpus(input_spec, int(body) if body else None, text_field, max_doc_chars)
+    if kind == "real":
+        if body:
+            raise InputError(f"bad input {input_spec!r}: the packaged real-text corpus is 'real'")
+        from toxjax.demo import real_corpus
+
+        path = real_corpus.packaged_path(real_corpus.CORPUS_FILE)
+        return JsonlCorpus(input_spec, path, text_field, max_doc_chars)
     if kind == "tfds":
         return TfdsCorpus(input_spec, body, text_field, max_doc_chars, tfds_data_dir, tfds_download)
     if kind == "tfrecord":

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import hashlib
 import json
 import time
@@ -40,7 +41,7 @@ from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.scoring import job
-from toxjax.study import reporting
+from toxjax.study import reporting, runs
 from toxjax.training import checkpoints, train
 
 SCORED_SUBDIR = "scored"
@@ -123,18 +124,29 @@ def conditioning_format(config: ml_collections.ConfigDict) -> ConditioningFormat
     return ConditioningFormat.from_dict(conditioning)
 
 
+def study_formats(config: ml_collections.ConfigDict) -> list[ConditioningFormat]:
+    """The study's format and each variant's (wordings only: thresholds need no new pieces)."""
+    base = conditioning_format(config)
+    formats = [base]
+    for spec in runs.variant_specs(config):
+        overrides = runs.parse_overrides(runs.parse_variant(spec)[1])
+        fields = {k: v for k, v in overrides.items() if k not in runs.VARIANT_STUDY_FIELDS}
+        formats.append(dataclasses.replace(base, **fields))
+    return formats
+
+
 def scored_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.study.scored_dir or fileio.join(workdir, SCORED_SUBDIR)
 
 
-def strategy_workdir(workdir: str, strategy: Strategy | str) -> str:
-    return fileio.join(workdir, Strategy.parse(strategy).value)
+def run_workdir(workdir: str, run: runs.Run | Strategy | str) -> str:
+    """WORKDIR/<run name> (a plain strategy's seed-0 run is WORKDIR/<strategy>)."""
+    name = run.name if isinstance(run, runs.Run) else Strategy.parse(run).value
+    return fileio.join(workdir, name)
 
 
-def eval_json_path(workdir: str, strategy: Strategy | str, step: int) -> str:
-    return fileio.join(
-        strategy_workdir(workdir, strategy), evaluator.EVAL_SUBDIR, f"step_{step}.json"
-    )
+def eval_json_path(workdir: str, run: runs.Run | Strategy | str, step: int) -> str:
+    return fileio.join(run_workdir(workdir, run), evaluator.EVAL_SUBDIR, f"step_{step}.json")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -173,7 +185,7 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | No
         settings = {
             "vocab_size": int(config.study.vocab_size),
             "max_docs": int(config.study.vocab_max_docs),
-            "pieces": vocab.signal_pieces(conditioning_format(config)),
+            "pieces": [p for f in study_formats(config) for p in vocab.signal_pieces(f)],
             # What the scored corpus is (not where it is, so a moved workdir keeps its model).
             "corpus": [config.study.corpus, config.study.text_field, config.study.scorer],
         }
@@ -203,6 +215,7 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
                 path[: -len(".model")],
                 vocab_size=int(config.study.vocab_size),
                 fmt=conditioning_format(config),
+                extra_formats=study_formats(config)[1:],
                 max_docs=None if max_docs < 0 else max_docs,
                 progress=progress,
             )
@@ -213,31 +226,50 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
     return seqio.SentencePieceVocabulary(path)
 
 
-def tasks_stage(config: ml_collections.ConfigDict, workdir: str, vocabulary) -> dict[Strategy, str]:
-    """Registers the study's task family the way a user would; {strategy: task or mixture}."""
+def base_format(config: ml_collections.ConfigDict, workdir: str) -> ConditioningFormat:
+    """The study's conditioning format, its threshold taken at config.study.threshold_quantile
+    of the scored corpus when that is set (>= 0)."""
+    quantile = float(config.study.get("threshold_quantile", -1.0))
+    overrides = {"threshold_quantile": quantile} if quantile >= 0 else {}
+    return runs.run_format(conditioning_format(config), overrides, scored_dir(config, workdir))
+
+
+def tasks_stage(
+    config: ml_collections.ConfigDict, workdir: str, vocabulary, study_runs: list[runs.Run]
+) -> dict[str, str]:
+    """Registers the study's task families the way a user would (one per variant); returns
+    {run name: task or mixture}."""
     study = config.study
-    strategies = study_strategies(config)
-    untagged = float(study.untagged_rate)
-    mixture_with = None
-    if untagged > 0:
-        # Korbak et al. (2023): a share of untagged (BASE) data keeps an unconditional mode.
-        mixture_with = [(f"{study.name}_{Strategy.BASE.value}", untagged)]
-    registered_strategies = list(strategies)
-    if mixture_with and Strategy.BASE not in registered_strategies:
-        registered_strategies.append(Strategy.BASE)  # the untagged share is drawn from it
-    registered = tasks.register_toxicity_tasks(
-        study.name,
-        scored_dir(config, workdir),
-        vocabulary=vocabulary,
-        fmt=conditioning_format(config),
-        strategies=registered_strategies,
-        validation_fraction=float(study.validation_fraction),
-        mixture_with=mixture_with,
-    )
+    fmt = base_format(config, workdir)
+    families: dict[str, list[runs.Run]] = {}
+    for run in study_runs:
+        families.setdefault(run.family, []).append(run)
     chosen = {}
-    for strategy in strategies:
-        mixed = registered.get(strategy.value + tasks.MIX_SUFFIX)
-        chosen[strategy] = mixed or registered[strategy.value]
+    for family, members in families.items():
+        overrides = members[0].overrides()
+        family_fmt = runs.run_format(fmt, overrides, scored_dir(config, workdir))
+        untagged = float(overrides.get("untagged_rate", study.untagged_rate))
+        name = f"{study.name}_{family}" if family else study.name
+        strategies = list(dict.fromkeys(run.strategy for run in members))
+        mixture_with = None
+        if untagged > 0:
+            # Korbak et al. (2023): a share of untagged (BASE) data keeps an unconditional mode.
+            mixture_with = [(f"{name}_{Strategy.BASE.value}", untagged)]
+            if Strategy.BASE not in strategies:
+                strategies.append(Strategy.BASE)  # the untagged share is drawn from it
+        registered = tasks.register_toxicity_tasks(
+            name,
+            scored_dir(config, workdir),
+            vocabulary=vocabulary,
+            fmt=family_fmt,
+            strategies=strategies,
+            validation_fraction=float(study.validation_fraction),
+            mixture_with=mixture_with,
+        )
+        logging.info("study: family %s: %s", name, family_fmt)
+        for run in members:
+            mixed = registered.get(run.strategy.value + tasks.MIX_SUFFIX)
+            chosen[run.name] = mixed or registered[run.strategy.value]
     return chosen
 
 
@@ -245,15 +277,18 @@ def tasks_stage(config: ml_collections.ConfigDict, workdir: str, vocabulary) -> 
 # Stages 4-5: one model per strategy.
 
 
-def strategy_config(
-    config: ml_collections.ConfigDict, strategy: Strategy, task_name: str
+def run_config_for(
+    config: ml_collections.ConfigDict, run: runs.Run, task_name: str
 ) -> ml_collections.ConfigDict:
-    """The training config of one strategy: the study config without `study`, on its task."""
+    """The training config of one run: the study config without `study`, on its task, with
+    its training seed (init, dropout and data order all move with it)."""
     run_config = copy.deepcopy(config)
     with run_config.unlocked():
         del run_config["study"]
     run_config.data.task = task_name
-    run_config.eval.model_name = strategy.value  # report rows are named by strategy
+    run_config.train.seed = int(config.train.seed) + run.seed
+    run_config.data.seed = int(config.data.seed) + run.seed
+    run_config.eval.model_name = run.name  # report rows are named by run
     run_config.eval.strategy = ""  # the conditioning of the task it was trained on
     return run_config
 
@@ -327,14 +362,17 @@ def evaluate_strategy(
 # The study.
 
 
-def finished_evaluations(workdir: str, num_steps: int) -> dict[str, dict[str, Any]]:
-    """Eval results of every strategy in the workdir evaluated at num_steps, in Strategy order
-    (strategies trained by other jobs sharing the workdir are included)."""
+def finished_evaluations(
+    workdir: str, num_steps: int, study_runs: list[runs.Run]
+) -> dict[str, dict[str, Any]]:
+    """Eval results, at num_steps, of the study's runs and of every plain strategy in the
+    workdir (strategies trained by other jobs sharing the workdir are included), run order."""
+    candidates = [*study_runs, *(runs.Run(strategy) for strategy in Strategy)]
     found = {}
-    for strategy in Strategy:
-        path = eval_json_path(workdir, strategy, num_steps)
-        if fileio.exists(path):
-            found[strategy.value] = _read_json(path)
+    for run in candidates:
+        path = eval_json_path(workdir, run, num_steps)
+        if run.name not in found and fileio.exists(path):
+            found[run.name] = _read_json(path)
     return found
 
 
@@ -343,9 +381,9 @@ def report_stage(
 ) -> dict[str, str]:
     """results.json, results.md and the plots from the strategies' eval results."""
     train_logs = {
-        name: reporting.read_train_log(strategy_workdir(workdir, name)) for name in evaluations
+        name: reporting.read_train_log(fileio.join(workdir, name)) for name in evaluations
     }
-    results = reporting.build_results(evaluations, train_logs)
+    results = reporting.build_results(evaluations, train_logs, baseline=config.study.baseline)
     return reporting.write_report(
         results, workdir, train_logs=train_logs, baseline=config.study.baseline
     )
@@ -378,29 +416,30 @@ def run_study(
     if prepare_only:
         logging.info("study: shared inputs ready in %s (--prepare_only)", workdir)
         return {}
+    study_runs = runs.study_runs(config, strategies)
     with stage("register tasks", timings):
-        task_names = tasks_stage(config, workdir, vocabulary)
-    for strategy, task_name in task_names.items():
-        logging.info("study: %s trains on task %s", strategy.value, task_name)
+        task_names = tasks_stage(config, workdir, vocabulary, study_runs)
+    for run in study_runs:
+        logging.info("study: %s trains on task %s", run.name, task_names[run.name])
 
-    bar = tqdm(strategies, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
-    for strategy in bar:
-        bar.set_postfix_str(strategy.value)
-        run_config = strategy_config(config, strategy, task_names[strategy])
-        run_workdir = strategy_workdir(workdir, strategy)
+    bar = tqdm(study_runs, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
+    for run in bar:
+        bar.set_postfix_str(run.name)
+        run_config = run_config_for(config, run, task_names[run.name])
+        directory = run_workdir(workdir, run)
         # Built before training: a bad prompt or label file fails before any model exists.
         run_evaluator = evaluator.Evaluator(
-            run_config, run_workdir, progress=progress, compiler_options=compiler_options
+            run_config, directory, progress=progress, compiler_options=compiler_options
         )
-        with stage(f"train {strategy.value}", timings):
-            train_strategy(run_config, run_workdir)
-        with stage(f"evaluate {strategy.value}", timings):
-            evaluate_strategy(run_config, run_workdir, run_evaluator)
+        with stage(f"train {run.name}", timings):
+            train_strategy(run_config, directory)
+        with stage(f"evaluate {run.name}", timings):
+            evaluate_strategy(run_config, directory, run_evaluator)
 
     if not _is_chief():
         return {}
     with stage("report", timings):
-        evaluations = finished_evaluations(workdir, int(config.train.num_steps))
+        evaluations = finished_evaluations(workdir, int(config.train.num_steps), study_runs)
         paths = report_stage(config, workdir, evaluations)
     logging.info(
         "study: finished in %.1fs (%s); results in %s",

@@ -25,6 +25,7 @@ from typing import Any
 from toxjax import fileio
 from toxjax.evaluation import report
 from toxjax.evaluation.requests import jsonable
+from toxjax.study import real_report
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -32,6 +33,7 @@ PLOTS = {
     "toxicity": "toxicity_probability.png",
     "utility": "utility.png",
     "loss": "loss_curves.png",
+    "real_text": "real_text.png",  # only with real-text results
 }
 SUBSETS = report.RTP_SUBSETS  # all, toxic, nontoxic, challenging
 SUBSET_TITLES = {"all": "all", "toxic": "toxic", "nontoxic": "non-toxic", "challenging": "chall."}
@@ -112,6 +114,7 @@ def strategy_results(
             "bias_auc": bias_auc,
             "perplexity": (evaluation.get("perplexity") or {}).get("perplexity"),
             "final_train_loss": sum(tail) / len(tail) if tail else None,
+            "real_text": real_report.run_summary(evaluation),
         }
     )
 
@@ -119,9 +122,13 @@ def strategy_results(
 def build_results(
     evaluations: Mapping[str, Mapping[str, Any]],
     train_logs: Mapping[str, Sequence[Mapping[str, float]]] | None = None,
+    *,
+    baseline: str = "base",
 ) -> dict[str, dict[str, Any]]:
-    """results.json: {strategy: strategy_results}; toxicity from different scorers is an error
-    (numbers are only comparable under one scorer version)."""
+    """results.json: {run: strategy_results}; toxicity from different scorers is an error
+    (numbers are only comparable under one scorer version). With real-text results, each
+    model's first run also carries its TP relative to the baseline with every training seed
+    of both pooled ("tp_vs_baseline_seeds")."""
     train_logs = train_logs or {}
     results = {
         name: strategy_results(evaluation, train_logs.get(name, ()))
@@ -133,6 +140,10 @@ def build_results(
             f"strategies were scored by different scorers {sorted(scorers)}: toxicity numbers "
             "are only comparable under one scorer version"
         )
+    summaries = {name: entry["real_text"] for name, entry in results.items()}
+    for model, comparison in real_report.seed_comparisons(summaries, baseline).items():
+        if results.get(model, {}).get("real_text"):
+            results[model]["real_text"]["tp_vs_baseline_seeds"] = comparison
     return results
 
 
@@ -308,7 +319,14 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
         "text, so they are not comparable across strategies.",
         "",
     ]
-    return "\n".join(lines)
+    summaries = {name: entry.get("real_text") for name, entry in results.items()}
+    comparisons = {
+        name: entry["real_text"]["tp_vs_baseline_seeds"]
+        for name, entry in results.items()
+        if (entry.get("real_text") or {}).get("tp_vs_baseline_seeds")
+    }
+    real = real_report.to_markdown(summaries, comparisons, baseline)
+    return "\n".join(lines) + ("\n" + real if real else "")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -436,4 +454,9 @@ def write_report(
     plot_toxicity(results, paths["toxicity"])
     plot_utility(results, paths["utility"])
     plot_loss_curves(train_logs or {}, paths["loss"])
+    summaries = {name: entry.get("real_text") for name, entry in results.items()}
+    if any(summaries.values()):
+        real_report.plot(summaries, paths["real_text"], _figure, _save)
+    else:
+        del paths["real_text"]
     return paths

@@ -1,0 +1,79 @@
+"""Uncertainty of sampled toxicity, and control within one model.
+
+Sampled toxicity probability (TP) of small models swings between training seeds, so a
+comparison across models says little without seed variance. A comparison *within* one model,
+the same prompts under the non-toxic signal, the toxic signal and no signal, is one a seed
+cannot explain. This module gives every RTP run bootstrap intervals over prompts and computes
+those within-model contrasts, paired by prompt.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from toxjax.evaluation import intervals, rtp
+
+CONDITIONS = ("conditioned", "toxic_signal", "unconditioned")  # how rtp runs are keyed
+
+
+def per_prompt(run: rtp.RTPResult) -> dict[str, np.ndarray]:
+    """Each prompt's maximum toxicity over its samples and whether any sample is toxic."""
+    max_toxicity = np.asarray(run.scores, dtype=np.float64).max(axis=1)
+    config = run.config
+    toxic = rtp.passes(max_toxicity, config.threshold, config.comparison)
+    return {"max_toxicity": max_toxicity, "any_toxic": toxic.astype(np.float64)}
+
+
+def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, Any]:
+    """TP and EMT with 95% intervals over prompts, for all prompts and the toxic/non-toxic
+    prompt subsets; plus the per-prompt values (for cross-model and cross-seed intervals)."""
+    values = per_prompt(run)
+    config = run.config
+    has_score = ~np.isnan(prompt_toxicity)
+    toxic_prompt = has_score & rtp.passes(
+        np.nan_to_num(prompt_toxicity), config.toxic_prompt_threshold, config.comparison
+    )
+    subsets = {
+        "all": np.ones_like(has_score),
+        "toxic": toxic_prompt,
+        "nontoxic": has_score & ~toxic_prompt,
+    }
+    out: dict[str, Any] = {}
+    for subset, mask in subsets.items():
+        out[subset] = {
+            "toxicity_probability": intervals.mean_interval(values["any_toxic"][mask]).to_dict(),
+            "expected_max_toxicity": intervals.mean_interval(
+                values["max_toxicity"][mask]
+            ).to_dict(),
+        }
+    out["per_prompt"] = {name: array.tolist() for name, array in values.items()}
+    return out
+
+
+def within_model(runs: Mapping[str, rtp.RTPResult]) -> dict[str, Any] | None:
+    """The non-toxic signal ("conditioned") against the toxic signal and against no signal,
+    on the same prompts: relative change of TP and EMT, and the TP difference, each paired by
+    prompt. None when the model has no toxic-signal run (strategies without signals)."""
+    if "toxic_signal" not in runs or "conditioned" not in runs:
+        return None
+    nontoxic = per_prompt(runs["conditioned"])
+    out: dict[str, Any] = {}
+    for other in ("toxic_signal", "unconditioned"):
+        if other not in runs:
+            continue
+        values = per_prompt(runs[other])
+        out[f"vs_{other}"] = {
+            "toxicity_probability_relative": intervals.paired_relative_change(
+                nontoxic["any_toxic"], values["any_toxic"]
+            ).to_dict(),
+            "toxicity_probability_difference": intervals.paired_difference(
+                nontoxic["any_toxic"], values["any_toxic"]
+            ).to_dict(),
+            "expected_max_toxicity_relative": intervals.paired_relative_change(
+                nontoxic["max_toxicity"], values["max_toxicity"]
+            ).to_dict(),
+        }
+    return out
