@@ -61,4 +61,7 @@ def study_section(
     # share of documents counts as toxic, whatever the scorer's calibration); < 0: use
     # conditioning.threshold as given.
     study.threshold_quantile = -1.0
+    # Signal-free cooldown of MEDA/INST runs (MeCo): the last fraction of training steps draws
+    # untagged BASE data (config.data.cooldown_*); 0 = none.
+    study.cooldown_fraction = 0.0
     return study

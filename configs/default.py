@@ -73,6 +73,10 @@ def get_config() -> ml_collections.ConfigDict:
     data.seed = 0  # fixes the example order: batch(step) depends only on (seed, step)
     data.num_cached_examples = -1  # packed examples materialised for indexing; -1 = all
     data.cache_dir = ""  # where packed arrays are cached; "" = WORKDIR/data_cache
+    # Signal-free cooldown (MeCo): the last cooldown_fraction of train.num_steps draw their
+    # batches from cooldown_task (e.g. the study's untagged BASE task); 0 = none.
+    data.cooldown_fraction = 0.0
+    data.cooldown_task = ""
 
     # ---------------- optimizer: AdamW, warmup then cosine ----------------
     config.optim = optim = ml_collections.ConfigDict()

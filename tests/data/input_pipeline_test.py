@@ -222,3 +222,37 @@ def test_cache_dir_is_local_even_for_a_gcs_workdir(tmp_path):
     data.cache_dir = "gs://bucket/cache"
     with pytest.raises(ValueError, match="config.data.cache_dir='gs://bucket/cache'.*local"):
         input_pipeline.resolve_cache_dir(data, str(tmp_path))
+
+
+def test_cooldown_switches_streams_at_its_step_and_stays_step_indexed(cache):
+    """The last batches come from the cooldown stream, indexed from its own step 0, so a
+    fresh pipeline (a resumed run) gives every step's batch again, across the switch."""
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    layout = input_pipeline.get_data_layout(sharding, global_batch_size=4, seq_len=SEQ_LEN)
+    assert input_pipeline.cooldown_start(10, 0.2) == 8  # data steps 8 and 9 of 0..9
+    with pytest.raises(ValueError, match="cooldown_fraction"):
+        input_pipeline.cooldown_start(10, 1.0)
+
+    def pipeline():
+        main = input_pipeline.StepIndexedBatches(cache, 4, seed=0)
+        cool = input_pipeline.StepIndexedBatches(cache, 4, seed=7)  # another order: tellable
+        return (
+            main,
+            cool,
+            input_pipeline.TrainPipeline(main, layout, sharding, SEQ_LEN, cooldown=(8, cool)),
+        )
+
+    main, cool, first = pipeline()
+    tokens = "decoder_target_tokens"
+    np.testing.assert_array_equal(first.local_batch(7)[tokens], main.batch(7)[tokens])
+    np.testing.assert_array_equal(first.local_batch(8)[tokens], cool.batch(0)[tokens])
+    np.testing.assert_array_equal(first.local_batch(9)[tokens], cool.batch(1)[tokens])
+    assert not np.array_equal(first.local_batch(8)[tokens], main.batch(8)[tokens])
+    _, _, resumed = pipeline()
+    for step in (6, 8, 9):
+        np.testing.assert_array_equal(
+            np.asarray(resumed(step)[tokens]), np.asarray(first(step)[tokens])
+        )
+    assert first.position(9)["cooldown_start"] == 8
+    assert first.position(9)["cooldown_rows_consumed_this_host"] == 4

@@ -63,6 +63,19 @@ def test_run_config_of_a_later_seed_moves_both_seeds():
     assert run_config.model.to_dict() == config.model.to_dict()
 
 
+def test_cooldown_variant_ends_conditioned_runs_on_their_family_base_task():
+    config = demo.get_config()
+    variant = runs.Run(Strategy.INST, 0, "cooldown_fraction=0.1")
+    run_config = experiment.run_config_for(config, variant, "family_inst")
+    assert run_config.data.cooldown_fraction == 0.1
+    assert run_config.data.cooldown_task == f"{config.study.name}_{variant.family}_base"
+    base = experiment.run_config_for(config, runs.Run(Strategy.BASE), "t")
+    assert base.data.cooldown_fraction == 0.0  # nothing to cool down from
+    config.study.cooldown_fraction = 0.2  # the study-wide setting applies to plain runs
+    plain = experiment.run_config_for(config, runs.Run(Strategy.MEDA), "t")
+    assert plain.data.cooldown_task == f"{config.study.name}_base"
+
+
 def test_run_workdirs_and_finished_evaluations(tmp_path):
     workdir = str(tmp_path)
     seed1 = runs.Run(Strategy.INST, 1)

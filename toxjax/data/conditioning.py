@@ -67,6 +67,9 @@ class ConditioningFormat:
     position: str = "prefix"
     # Seed of the per-document augmentation draw.
     seed: int = 0
+    # Training only: signal tokens are input but not target (zero loss weight), as MeCo masks
+    # its metadata (toxjax.data.signal_mask; needs the study's SentencePiece vocabulary).
+    mask_signal_loss: bool = False
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:

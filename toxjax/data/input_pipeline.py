@@ -19,7 +19,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
 import ml_collections
@@ -315,7 +315,13 @@ class StepIndexedBatches:
 
 
 class TrainPipeline:
-    """Global, sharded batches for a step, assembled from every host's local rows."""
+    """Global, sharded batches for a step, assembled from every host's local rows.
+
+    transform: applied to this host's rows of the main stream (e.g. the signal loss mask).
+    cooldown: (first step, batches) of a signal-free cooldown (MeCo): from that step on, rows
+    come from the cooldown stream, indexed from its own step 0, so batch(step) stays a pure
+    function of the step and exact resume holds across the switch.
+    """
 
     def __init__(
         self,
@@ -323,28 +329,43 @@ class TrainPipeline:
         layout: DataLayout,
         batch_sharding: jax.sharding.Sharding,
         seq_len: int,
+        transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
+        cooldown: tuple[int, StepIndexedBatches] | None = None,
     ):
         self.batches = batches
+        self.transform = transform
+        self.cooldown = cooldown
         self.layout = layout
         self.batch_sharding = batch_sharding
         self.global_shape = (layout.global_batch_size, seq_len)
 
-    def __call__(self, step: int) -> dict[str, jax.Array]:
+    def local_batch(self, step: int) -> dict[str, np.ndarray]:
+        """This host's rows of `step`."""
+        if self.cooldown is not None and step >= self.cooldown[0]:
+            return self.cooldown[1].batch(step - self.cooldown[0])
         local = self.batches.batch(step)
+        return local if self.transform is None else self.transform(local)
+
+    def __call__(self, step: int) -> dict[str, jax.Array]:
         return {
             name: jax.make_array_from_process_local_data(
                 self.batch_sharding, value, self.global_shape
             )
-            for name, value in local.items()
+            for name, value in self.local_batch(step).items()
         }
 
     def position(self, step: int) -> dict[str, int]:
-        return {
+        position = {
             **self.batches.position(step),
             "shard_index": self.layout.shard_index,
             "num_shards": self.layout.num_shards,
             "seed": self.batches.seed,
         }
+        if self.cooldown is not None:
+            start, batches = self.cooldown
+            position["cooldown_start"] = start
+            position["cooldown_rows_consumed_this_host"] = max(step - start, 0) * batches.batch_size
+        return position
 
 
 def resolve_cache_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
@@ -378,16 +399,68 @@ def create_train_pipeline(
     layout = get_data_layout(batch_sharding, int(data.global_batch_size), int(data.seq_len))
     total_rows = int(data.num_cached_examples)
     rows_per_shard = -1 if total_rows < 0 else -(-total_rows // layout.num_shards)
-    cache = materialize(
-        data.task,
-        data.split,
+
+    def step_batches(task: str) -> StepIndexedBatches:
+        cache = materialize(
+            task,
+            data.split,
+            int(data.seq_len),
+            int(data.seed),
+            resolve_cache_dir(data, workdir),
+            shard_index=layout.shard_index,
+            num_shards=layout.num_shards,
+            max_rows=rows_per_shard,
+            progress=progress,
+        )
+        return StepIndexedBatches(
+            cache, layout.local_batch_size, int(data.seed), layout.shard_index
+        )
+
+    return TrainPipeline(
+        step_batches(data.task),
+        layout,
+        batch_sharding,
         int(data.seq_len),
-        int(data.seed),
-        resolve_cache_dir(data, workdir),
-        shard_index=layout.shard_index,
-        num_shards=layout.num_shards,
-        max_rows=rows_per_shard,
-        progress=progress,
+        transform=loss_transform(data.task),
+        cooldown=_cooldown(config, step_batches),
     )
-    batches = StepIndexedBatches(cache, layout.local_batch_size, int(data.seed), layout.shard_index)
-    return TrainPipeline(batches, layout, batch_sharding, int(data.seq_len))
+
+
+def cooldown_start(num_steps: int, fraction: float) -> int:
+    """First data step (0-based, as pipeline(step) is called) of a cooldown over the last
+    `fraction` of num_steps batches."""
+    if not 0.0 <= fraction < 1.0:
+        raise ValueError(f"config.data.cooldown_fraction must be in [0, 1), got {fraction}")
+    return num_steps - int(round(fraction * num_steps))
+
+
+def _cooldown(config: ml_collections.ConfigDict, step_batches) -> tuple | None:
+    fraction = float(config.data.get("cooldown_fraction", 0.0))
+    if fraction == 0.0:
+        return None
+    task = config.data.get("cooldown_task", "")
+    if not task:
+        raise ValueError("config.data.cooldown_fraction > 0 needs config.data.cooldown_task")
+    start = cooldown_start(int(config.train.num_steps), fraction)
+    logging.info(
+        "cooldown: the last %d batches draw from %s", int(config.train.num_steps) - start, task
+    )
+    return start, step_batches(task)
+
+
+def loss_transform(task_name: str):
+    """The task's signal loss mask when its conditioning asks for one, else None."""
+    from toxjax.data import signal_mask, tasks
+
+    try:
+        _, fmt = tasks.conditioning_for(task_name)
+    except ValueError:  # not a toxjax conditioned task: nothing to mask
+        return None
+    if not fmt.mask_signal_loss:
+        return None
+    vocabulary = get_task(task_name).output_features["targets"].vocabulary
+    start_ids, separator_id = signal_mask.signal_piece_ids(vocabulary, fmt)
+    logging.info(
+        "task %s: signal tokens %s..%d masked out of the loss", task_name, start_ids, separator_id
+    )
+    return signal_mask.SignalLossMask(start_ids, separator_id)

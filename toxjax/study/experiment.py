@@ -234,6 +234,16 @@ def base_format(config: ml_collections.ConfigDict, workdir: str) -> Conditioning
     return runs.run_format(conditioning_format(config), overrides, scored_dir(config, workdir))
 
 
+def family_name(config: ml_collections.ConfigDict, run: runs.Run) -> str:
+    """The SeqIO task family a run trains on: the study's, or its variant's."""
+    return f"{config.study.name}_{run.family}" if run.family else config.study.name
+
+
+def cooldown_fraction(config: ml_collections.ConfigDict, run: runs.Run) -> float:
+    """The run's signal-free cooldown share (a variant's, else config.study.cooldown_fraction)."""
+    return float(run.overrides().get("cooldown_fraction", config.study.get("cooldown_fraction", 0)))
+
+
 def tasks_stage(
     config: ml_collections.ConfigDict, workdir: str, vocabulary, study_runs: list[runs.Run]
 ) -> dict[str, str]:
@@ -245,12 +255,14 @@ def tasks_stage(
     for run in study_runs:
         families.setdefault(run.family, []).append(run)
     chosen = {}
-    for family, members in families.items():
+    for members in families.values():
         overrides = members[0].overrides()
         family_fmt = runs.run_format(fmt, overrides, scored_dir(config, workdir))
         untagged = float(overrides.get("untagged_rate", study.untagged_rate))
-        name = f"{study.name}_{family}" if family else study.name
+        name = family_name(config, members[0])
         strategies = list(dict.fromkeys(run.strategy for run in members))
+        if cooldown_fraction(config, members[0]) > 0 and Strategy.BASE not in strategies:
+            strategies.append(Strategy.BASE)  # the cooldown draws from it
         mixture_with = None
         if untagged > 0:
             # Korbak et al. (2023): a share of untagged (BASE) data keeps an unconditional mode.
@@ -286,6 +298,10 @@ def run_config_for(
     with run_config.unlocked():
         del run_config["study"]
     run_config.data.task = task_name
+    cooldown = cooldown_fraction(config, run)
+    if cooldown > 0 and run.strategy in (Strategy.MEDA, Strategy.INST):
+        run_config.data.cooldown_fraction = cooldown  # MeCo: end on untagged text
+        run_config.data.cooldown_task = f"{family_name(config, run)}_{Strategy.BASE.value}"
     run_config.train.seed = int(config.train.seed) + run.seed
     run_config.data.seed = int(config.data.seed) + run.seed
     run_config.eval.model_name = run.name  # report rows are named by run

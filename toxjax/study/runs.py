@@ -26,7 +26,7 @@ from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 
 # Study fields a variant may set besides the conditioning format.
-VARIANT_STUDY_FIELDS = ("untagged_rate", "threshold_quantile")
+VARIANT_STUDY_FIELDS = ("untagged_rate", "threshold_quantile", "cooldown_fraction")
 _SAFE = re.compile(r"[^\w.=@+-]+")
 
 
