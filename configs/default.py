@@ -76,7 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
     # Signal-free cooldown (MeCo): the last cooldown_fraction of train.num_steps draw their
     # batches from cooldown_task (e.g. the study's untagged BASE task); 0 = none.
     data.cooldown_fraction = 0.0
-    data.cooldown_task = ""
+    data.cooldown_task = ""  # the untagged task of the cooldown ("" with no cooldown)
 
     # ---------------- optimizer: AdamW, warmup then cosine ----------------
     config.optim = optim = ml_collections.ConfigDict()
