@@ -277,6 +277,26 @@ BAD_FILES = {
 }
 
 
+def test_bad_real_text_files_fail_before_any_model(tmp_path, monkeypatch):
+    import shutil
+
+    from toxjax.demo import real_corpus
+
+    directory = tmp_path / "real"
+    shutil.copytree(real_corpus.PACKAGED_DIR, directory)
+    config = small_config()
+    config.eval.real_text = str(directory)
+    monkeypatch.setattr(  # building a model or engine here would be too late
+        "toxjax.model.decoder.Decoder.__init__", lambda *a, **k: pytest.fail("model built")
+    )
+    (directory / "detection_tweets.jsonl").write_text('{"text": "ok", "label": 1}\n{broken\n')
+    with pytest.raises(ValueError, match=r"detection_tweets\.jsonl:2: invalid JSON"):
+        Evaluator(config, str(tmp_path / "run"))
+    (directory / "cloze.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match="cloze.jsonl"):
+        Evaluator(config, str(tmp_path / "run"))
+
+
 @pytest.mark.parametrize("case", sorted(BAD_FILES))
 def test_bad_prompt_file_fails_naming_it_before_any_model(tmp_path, monkeypatch, case):
     content, message = BAD_FILES[case]

@@ -242,6 +242,8 @@ class Evaluator:
         # (naming the file and line) before any model is built or trained.
         self.prompts = self._load_prompts() if "rtp" in self.stages() else []
         self._check_task_inputs()
+        if "real_text" in self.stages():
+            real_text.check_inputs(config.eval.real_text)
 
     def _load_prompts(self) -> list[rtp.Prompt]:
         ev = self.config.eval

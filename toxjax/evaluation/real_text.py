@@ -51,6 +51,18 @@ def data_paths(spec: str) -> dict[str, str]:
     return paths
 
 
+def check_inputs(spec: str) -> dict[str, str]:
+    """Reads every file of config.eval.real_text once, so a missing or malformed one fails
+    (naming the file and line) before any model is trained; returns data_paths(spec)."""
+    paths = data_paths(spec)
+    read_texts(paths["heldout_clean"])
+    read_cloze(paths["cloze"])
+    for name, path in paths.items():
+        if name.startswith("detection_"):
+            read_labelled(path)
+    return paths
+
+
 def _report_skips(path: str, skipped: Counter[str]) -> dict[str, int]:
     for reason, count in skipped.items():
         logging.warning("%s: skipped %d records: %s", path, count, reason)
