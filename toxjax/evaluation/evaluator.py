@@ -242,8 +242,16 @@ class Evaluator:
         # (naming the file and line) before any model is built or trained.
         self.prompts = self._load_prompts() if "rtp" in self.stages() else []
         self._check_task_inputs()
+        # Every prompt with its continuation, for steerability (the RTP stage samples a subset);
+        # read once here, like the real-text files (which fail now if missing or malformed).
+        self.steering_prompts: list[rtp.Prompt] = []
+        self.real_text_paths: dict[str, str] = {}
         if "real_text" in self.stages():
-            real_text.check_inputs(config.eval.real_text)
+            self.real_text_paths = real_text.check_inputs(config.eval.real_text)
+            if config.eval.rtp_prompts:
+                self.steering_prompts = rtp.load_prompts(
+                    config.eval.rtp_prompts, data_dir=self._data_dir
+                )
 
     def _load_prompts(self) -> list[rtp.Prompt]:
         ev = self.config.eval
@@ -453,15 +461,12 @@ class Evaluator:
         """Likelihood metrics on real held-out text (toxjax.evaluation.real_text): the same raw
         documents and prompts for every model, so they compare across strategies and scales."""
         ev = self.config.eval
-        prompts = (
-            rtp.load_prompts(ev.rtp_prompts, data_dir=self._data_dir) if ev.rtp_prompts else []
-        )
         return real_text.evaluate_real_text(
             self.loglikelihood_fn(params),
             strategy=self.strategy,
             fmt=self.fmt,
-            prompts=prompts,
-            paths=real_text.data_paths(ev.real_text),
+            prompts=self.steering_prompts,
+            paths=self.real_text_paths,
             limit=_limit(ev.real_text_limit),
             prompted_config=bias.BiasPromptConfig(num_shots=int(ev.bias_num_shots)),
         )

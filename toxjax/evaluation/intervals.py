@@ -271,18 +271,21 @@ def auc_interval(
     return dataclasses.replace(interval, estimate=estimate)
 
 
+def _vectorized(samples: list[np.ndarray], statistic, *, paired: bool, **options) -> Interval:
+    return bootstrap(samples, statistic, paired=paired, vectorized=True, **options)
+
+
 def mean_difference_interval(
     a: Any, b: Any, *, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Interval:
     """mean(a) - mean(b) for independent groups (each resampled on its own)."""
-    return bootstrap(
+    return _vectorized(
         [_vector(a, "a"), _vector(b, "b")],
         lambda x, y: _means(x) - _means(y),
         paired=False,
         n_resamples=n_resamples,
         confidence=confidence,
         seed=seed,
-        vectorized=True,
     )
 
 
@@ -290,29 +293,20 @@ def paired_difference(
     a: Any, b: Any, *, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Interval:
     """mean(a - b) over the same units (e.g. one prompt's score under two conditions)."""
-    return bootstrap(
-        list(_pair(a, b)),
-        lambda x, y: _means(x - y),
-        paired=True,
-        n_resamples=n_resamples,
-        confidence=confidence,
-        seed=seed,
-        vectorized=True,
-    )
+    options = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    return _vectorized(list(_pair(a, b)), lambda x, y: _means(x - y), paired=True, **options)
 
 
 def paired_relative_change(
     a: Any, b: Any, *, n_resamples: int = N_RESAMPLES, confidence: float = CONFIDENCE, seed: int = 0
 ) -> Interval:
     """mean(a) / mean(b) - 1 over the same units; NaN when mean(b) is 0."""
-    return bootstrap(
+    options = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    return _vectorized(
         list(_pair(a, b)),
         lambda x, y: _ratio_minus_one(_means(x), _means(y)),
         paired=True,
-        n_resamples=n_resamples,
-        confidence=confidence,
-        seed=seed,
-        vectorized=True,
+        **options,
     )
 
 
