@@ -1,4 +1,5 @@
-"""Scoring throughput: toxjax's Detoxify wrapper against naive `Detoxify.predict`, and offline.
+"""Scoring throughput: toxjax's Detoxify backends (torch wrapper, JAX port) against naive
+`Detoxify.predict`, and the offline scorer.
 
 Prints one JSON line. All scorers see the same deterministic, mixed-length documents (mostly
 short, some up to ~400 tokens), the shape of web text. The Detoxify models are random-weight
@@ -24,12 +25,13 @@ from collections.abc import Callable, Sequence
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+import jax
 import numpy as np
 import torch
 import transformers
 from detoxify import Detoxify
 
-from toxjax.scoring import scorers
+from toxjax.scoring import detoxify_jax, scorers
 from toxjax.testing import detoxify_checkpoint
 
 BLOCK = 20  # Each block of 20 documents holds exactly `long_per_block` long ones, so any
@@ -98,21 +100,28 @@ def wrapper_scores(scorer: scorers.Scorer) -> Callable[[list[str]], np.ndarray]:
 def compare_detoxify(
     name: str, checkpoint: str, docs: list[str], args: argparse.Namespace
 ) -> dict[str, float]:
-    """Wrapper vs naive throughput on one checkpoint; also checks both give the same scores."""
+    """Wrapper, JAX port and naive throughput on one checkpoint; also checks all three give
+    the same scores. The JAX scorer's first pass over the documents compiles its few bucket
+    shapes; it is timed apart (`jax_first_pass_s`) and the steady state is what is compared."""
     logging.info("%s: %d docs", name, len(docs))
     wrapper = scorers.DetoxifyScorer(checkpoint, batch_size=args.batch_size)
     naive = naive_predict(Detoxify(checkpoint=checkpoint), args.batch_size)
-    wrapped = wrapper_scores(wrapper)
+    jax_scorer = detoxify_jax.DetoxifyJaxScorer(checkpoint, batch_tokens=args.jax_batch_tokens)
+    wrapped, jax_scores = wrapper_scores(wrapper), wrapper_scores(jax_scorer)
     warmup = docs[: min(len(docs), 8)]
     wrapped(warmup), naive(warmup)
-    results, outputs = {}, {}
-    for label, score in (("wrapper", wrapped), ("naive", naive)):
+    start = time.perf_counter()
+    jax_scores(docs)
+    results: dict[str, float] = {"jax_first_pass_s": time.perf_counter() - start}
+    outputs = {}
+    for label, score in (("wrapper", wrapped), ("jax", jax_scores), ("naive", naive)):
         start = time.perf_counter()
         results[label], outputs[label] = docs_per_second(score, docs, args.min_seconds)
         elapsed = time.perf_counter() - start
         logging.info("%s %s: %.2f docs/s (%.1f s)", name, label, results[label], elapsed)
     # Documents stay under 512 tokens, so both must give the same scores.
     results["max_abs_diff"] = float(np.abs(outputs["wrapper"] - outputs["naive"]).max())
+    results["max_abs_diff_jax"] = float(np.abs(outputs["jax"] - outputs["naive"]).max())
     return results
 
 
@@ -135,7 +144,9 @@ def save_chart(path: str, docs_per_s: dict[str, float]) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 3.2))
     names = list(docs_per_s)
-    colors = ["tab:gray" if "naive" in n else "tab:blue" for n in names]
+    colors = [
+        "tab:gray" if "naive" in n else "tab:orange" if "jax" in n else "tab:blue" for n in names
+    ]
     ax.barh(names, [docs_per_s[n] for n in names], color=colors)
     ax.set_xscale("log")
     ax.set_xlabel(f"documents / second ({torch.get_num_threads()} CPU threads, log scale)")
@@ -160,6 +171,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # batch to ~400 tokens): 96 docs in batches of 16 keeps the naive BERT-base run near a
     # minute on 2 quiet cores. padded_tokens gives the load-independent view of the ratio.
     parser.add_argument("--batch_size", type=int, default=16, help="wrapper batch = naive chunk")
+    parser.add_argument(
+        "--jax_batch_tokens", type=int, default=8192, help="JAX scorer: padded tokens per batch"
+    )
     parser.add_argument("--bert_hidden", type=int, default=768)
     parser.add_argument("--bert_layers", type=int, default=12)
     parser.add_argument("--bert_heads", type=int, default=12)
@@ -215,12 +229,28 @@ def main(argv: Sequence[str] | None = None) -> dict:
         detoxify_naive_tiny=tiny["naive"],
         detoxify_wrapper_bert_base=base["wrapper"],
         detoxify_naive_bert_base=base["naive"],
+        detoxify_jax_tiny=tiny["jax"],
+        detoxify_jax_bert_base=base["jax"],
     )
     result = {
         "benchmark": "score_throughput",
         "docs_per_s": {k: round(v, 2) for k, v in docs_per_s.items()},
         "ratio_vs_naive": round(base["wrapper"] / base["naive"], 2),
         "ratio_vs_naive_tiny": round(tiny["wrapper"] / tiny["naive"], 2),
+        # The JAX port against both torch paths, same documents, same machine, same run.
+        "jax_vs_wrapper": {
+            "tiny": round(tiny["jax"] / tiny["wrapper"], 2),
+            "bert_base": round(base["jax"] / base["wrapper"], 2),
+        },
+        "jax_vs_naive": {
+            "tiny": round(tiny["jax"] / tiny["naive"], 2),
+            "bert_base": round(base["jax"] / base["naive"], 2),
+        },
+        "jax_first_pass_s": {
+            "tiny": round(tiny["jax_first_pass_s"], 1),
+            "bert_base": round(base["jax_first_pass_s"], 1),
+        },
+        "jax_devices": [str(d) for d in jax.devices()],
         "num_docs": args.num_docs,
         "num_docs_bert_base": args.num_docs_bert_base,
         "doc_tokens": {
@@ -238,6 +268,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "max_abs_diff_wrapper_vs_naive": {
             "tiny": tiny["max_abs_diff"],
             "bert_base": base["max_abs_diff"],
+        },
+        "max_abs_diff_jax_vs_naive": {
+            "tiny": tiny["max_abs_diff_jax"],
+            "bert_base": base["max_abs_diff_jax"],
         },
         "torch_threads": torch.get_num_threads(),
         "wall_s": round(time.perf_counter() - total_start, 1),

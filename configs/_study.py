@@ -27,7 +27,7 @@ def study_section(
     # "tfrecord:<glob>" (gs:// too).
     study.corpus = corpus
     study.text_field = "text"  # field holding the document text in JSONL/TFRecord/TFDS records
-    study.scorer = scorer  # toxjax.scoring.scorers.make_scorer spec for the pretraining corpus
+    study.scorer = scorer  # toxjax.scoring.scorer_specs.make_scorer spec for the pretraining corpus
     # Scored directory; "" = WORKDIR/scored. Point it at a corpus scored beforehand (e.g. by
     # `python -m toxjax.scoring --runner=DataflowRunner`) to skip scoring; an incomplete one
     # resumes.

@@ -114,7 +114,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Conditioning of the RTP prefix: "" = the strategy config.data.task was trained with;
     # else "base" | "meda" | "inst" | "filter" (with the default conditioning format).
     ev.strategy = ""
-    ev.scorer = "offline"  # toxjax.scoring.scorers.make_scorer spec, e.g. "detoxify:original"
+    # toxjax.scoring.scorer_specs.make_scorer spec: "offline" | "detoxify:<model>" (torch)
+    # | "detoxify-jax:<model>" (Flax, sharded over the mesh); <model> a type or a .ckpt path.
+    ev.scorer = "offline"
     ev.seed = 0  # sampling seed: same seed and prompt -> same continuations
     # RealToxicityPrompts: "demo" (packaged) | "tfds" | "tfds:<split>" | a prompts.jsonl path;
     # "" skips the stage.

@@ -53,7 +53,7 @@ def test_challenging_prompts_stop_before_an_insult():
 
 
 def test_toxicity_comes_from_the_recorded_scorer(packaged):
-    from toxjax.scoring.scorers import make_scorer
+    from toxjax.scoring.scorer_specs import make_scorer
 
     scorer = make_scorer("offline")
     sample = packaged[:40]

@@ -342,3 +342,20 @@ def test_unknown_task_names_fail_when_the_evaluator_is_built(tmp_path):
     config.eval.bias_tasks = ("toxigen",)
     with pytest.raises(ValueError, match="bias task 'toxigen' needs task=path"):
         Evaluator(config, str(tmp_path / "run"))
+
+
+def test_the_jax_scorer_shards_over_the_evaluation_mesh(tmp_path):
+    from toxjax.scoring import detoxify_jax
+    from toxjax.testing import detoxify_checkpoint
+
+    config = small_config()
+    config.eval.scorer = (
+        f"detoxify-jax:{detoxify_checkpoint.build_tiny_detoxify_checkpoint(str(tmp_path))}"
+    )
+    setup = train.create_setup(config)
+    scorer = Evaluator(config, "/unused", mesh=setup.mesh, rules=setup.rules).scorer()
+    assert isinstance(scorer, detoxify_jax.DetoxifyJaxScorer) and scorer.mesh is setup.mesh
+    batch_axes = [a for a in setup.mesh.axis_names if a in ("data", "fsdp")]
+    assert scorer.data_shards == int(np.prod([setup.mesh.shape[a] for a in batch_axes]))
+    scores = scorer.score(["you idiot", "a calm river"])["toxicity"]
+    assert scores.shape == (2,) and np.all((scores > 0) & (scores < 1))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from toxjax.demo import template_corpus
-from toxjax.scoring import job, run_manifest, scorers
+from toxjax.scoring import job, run_manifest, scorer_specs, scorers
 from toxjax.scoring.corpora import BadRecordError
 
 
@@ -52,7 +52,7 @@ class InterruptAfter(LengthScorer):
 
 @pytest.fixture(scope="module")
 def offline():
-    return scorers.make_scorer("offline")
+    return scorer_specs.make_scorer("offline")
 
 
 RUNTIME_KEYS = {"seconds", "scoring_seconds", "docs_per_second"}
@@ -399,15 +399,25 @@ def _wait_for_shards(manifest_path: str, at_least: int, proc: subprocess.Popen) 
 
 
 @pytest.mark.slow
-def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(tmp_path, offline):
+@pytest.mark.parametrize(
+    "backend, input_spec, records_per_shard, kills",
+    [("offline", "demo", 100, (3, 15)), ("detoxify-jax", "demo:1200", 50, (3, 10))],
+)
+def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(
+    tmp_path, checkpoint_path, backend, input_spec, records_per_shard, kills
+):
+    spec = "offline" if backend == "offline" else f"{backend}:{checkpoint_path}"
+    scorer = scorer_specs.make_scorer(spec)  # also writes the Flax cache the children read
     out = str(tmp_path / "killed")
     command = [
-        sys.executable, "-m", "toxjax.scoring", "--input=demo", f"--output_dir={out}",
-        "--records_per_shard=100", "--shard_delay_s=0.1", "--noprogress",
+        sys.executable, "-m", "toxjax.scoring", f"--input={input_spec}", f"--output_dir={out}",
+        f"--records_per_shard={records_per_shard}", "--shard_delay_s=0.1", "--noprogress",
+        f"--scorer={spec}",
     ]  # fmt: skip
+    num_shards = -(-int(input_spec.partition(":")[2] or 4000) // records_per_shard)
     manifest_path = os.path.join(out, "manifest.json")
     first_shards: dict[str, int] = {}
-    for kill_at in (3, 15):
+    for kill_at in kills:
         proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             _wait_for_shards(manifest_path, kill_at, proc)
@@ -416,19 +426,33 @@ def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(tmp_path, offline)
             proc.kill()
             proc.wait()
         manifest = run_manifest.load_manifest(out)
-        assert manifest["complete"] is False and len(manifest["shards"]) < 40
+        assert manifest["complete"] is False and len(manifest["shards"]) < num_shards
+        assert manifest["scorer"] == scorer.scorer_id
         if not first_shards:
             first_shards = {
                 e["path"]: os.stat(os.path.join(out, e["path"])).st_mtime_ns
                 for e in manifest["shards"]
             }
     # The rerun (same arguments, in this process to save a start-up) finishes the job.
-    job.score_corpus("demo", out, offline, job.ScoreOptions(records_per_shard=100), progress=False)
+    options = job.ScoreOptions(records_per_shard=records_per_shard)
+    job.score_corpus(input_spec, out, scorer, options, progress=False)
     reference = str(tmp_path / "reference")
-    job.score_corpus(
-        "demo", reference, offline, job.ScoreOptions(records_per_shard=100), progress=False
-    )
+    job.score_corpus(input_spec, reference, scorer, options, progress=False)
     assert snapshot(out) == snapshot(reference)
     assert leftover_temp_files(out) == []
     # Shards finished before the first kill were never scored (or written) again.
     assert {p: os.stat(os.path.join(out, p)).st_mtime_ns for p in first_shards} == first_shards
+
+
+def test_a_rerun_with_the_other_backend_is_refused(tmp_path, checkpoint_path):
+    out = str(tmp_path / "out")
+    options = job.ScoreOptions(records_per_shard=20)
+    torch_run = job.score_corpus(
+        "demo:40", out, f"detoxify:{checkpoint_path}", options, progress=False
+    )
+    with pytest.raises(run_manifest.OutputConflictError) as raised:
+        job.score_corpus("demo:40", out, f"detoxify-jax:{checkpoint_path}", options)
+    message = str(raised.value)
+    assert torch_run["scorer"].endswith(":torch") and torch_run["scorer"] in message
+    assert torch_run["scorer"].replace(":torch", ":jax") in message and "never mixed" in message
+    assert run_manifest.load_manifest(out)["scorer"] == torch_run["scorer"]  # left untouched

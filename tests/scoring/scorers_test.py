@@ -12,7 +12,7 @@ import pytest
 import torch
 from detoxify import detoxify as detoxify_module
 
-from toxjax.scoring import scorers
+from toxjax.scoring import scorer_specs, scorers
 from toxjax.testing import detoxify_checkpoint
 
 ORIGINAL_ATTRIBUTES = (
@@ -37,18 +37,6 @@ TOLERANCE = {"rtol": 1e-5, "atol": 1e-6}
 
 
 @pytest.fixture(scope="session")
-def checkpoint_path(tmp_path_factory) -> str:
-    return detoxify_checkpoint.build_tiny_detoxify_checkpoint(
-        str(tmp_path_factory.mktemp("detoxify"))
-    )
-
-
-@pytest.fixture(scope="session")
-def reference(checkpoint_path) -> detoxify_module.Detoxify:
-    return detoxify_module.Detoxify(checkpoint=checkpoint_path)
-
-
-@pytest.fixture(scope="session")
 def scorer(checkpoint_path) -> scorers.DetoxifyScorer:
     return scorers.DetoxifyScorer(checkpoint_path, batch_size=3)
 
@@ -68,7 +56,7 @@ def words_text(num_tokens: int, seed: int) -> tuple[str, list[str]]:
 
 
 def test_offline_scorer_separates_offensive_from_neutral():
-    offline = scorers.make_scorer("offline")
+    offline = scorer_specs.make_scorer("offline")
     offensive = ["you are a fucking idiot", "shut up you stupid bitch", "this is shit"]
     neutral = ["the weather is lovely today", "we planted tomatoes in the garden"]
     result = offline.score(offensive + neutral)
@@ -98,12 +86,6 @@ def test_scorers_reject_non_string_texts():
         offline.score(["fine", None])
     with pytest.raises(TypeError, match="one str"):
         offline.score("not a list")
-
-
-@pytest.mark.parametrize("spec", ["bogus", "detoxify:", "perspective"])
-def test_make_scorer_rejects_unknown_specs(spec):
-    with pytest.raises(ValueError, match="scorer spec|names no model"):
-        scorers.make_scorer(spec)
 
 
 # --- DetoxifyScorer: equality with Detoxify.predict -----------------------------------------
@@ -218,7 +200,7 @@ def test_bad_window_settings_are_rejected(checkpoint_path, kwargs, message):
 
 
 def test_cpu_device(checkpoint_path):
-    on_cpu = scorers.make_scorer(f"detoxify:{checkpoint_path}", device="cpu")
+    on_cpu = scorer_specs.make_scorer(f"detoxify:{checkpoint_path}", device="cpu")
     assert on_cpu.device == torch.device("cpu")
     assert next(on_cpu.model.parameters()).device.type == "cpu"
 
@@ -237,11 +219,14 @@ def test_cuda_without_gpu_gives_clear_error(checkpoint_path):
 
 def test_checkpoint_scorer_id_has_digest_and_settings(checkpoint_path):
     version = importlib.metadata.version("detoxify")
-    default = scorers.make_scorer(f"detoxify:{checkpoint_path}")
-    assert re.fullmatch(rf"detoxify-ckpt-[0-9a-f]{{12}}@{re.escape(version)}", default.scorer_id)
+    default = scorer_specs.make_scorer(f"detoxify:{checkpoint_path}")
+    pattern = rf"detoxify-ckpt-[0-9a-f]{{12}}@{re.escape(version)}:torch"
+    assert re.fullmatch(pattern, default.scorer_id)
     custom = scorers.DetoxifyScorer(checkpoint_path, max_length=64, aggregate="mean")
     digest = default.name.removeprefix("detoxify-ckpt-")
-    assert custom.scorer_id == (f"detoxify-ckpt-{digest}+max_length=64+aggregate=mean@{version}")
+    assert (
+        custom.scorer_id == f"detoxify-ckpt-{digest}+max_length=64+aggregate=mean@{version}:torch"
+    )
 
 
 def test_model_type_scorer_id_and_loading(monkeypatch, reference):
@@ -252,9 +237,10 @@ def test_model_type_scorer_id_and_loading(monkeypatch, reference):
         return reference.model, reference.tokenizer, list(reference.class_names)
 
     monkeypatch.setattr(detoxify_module, "load_checkpoint", fake_load_checkpoint)
-    unbiased = scorers.make_scorer("detoxify:unbiased-small")
+    unbiased = scorer_specs.make_scorer("detoxify:unbiased-small")
     assert calls == [("unbiased-small", None, "cpu")]
-    assert unbiased.scorer_id == f"detoxify-unbiased-small@{importlib.metadata.version('detoxify')}"
+    version = importlib.metadata.version("detoxify")
+    assert unbiased.scorer_id == f"detoxify-unbiased-small@{version}:torch"
 
 
 def test_missing_weights_error_names_both_ways_out(monkeypatch):
@@ -263,7 +249,7 @@ def test_missing_weights_error_names_both_ways_out(monkeypatch):
 
     monkeypatch.setattr(detoxify_module.torch.hub, "load_state_dict_from_url", no_network)
     with pytest.raises(RuntimeError) as raised:
-        scorers.make_scorer("detoxify:original")
+        scorer_specs.make_scorer("detoxify:original")
     message = str(raised.value)
     assert "'original'" in message and "name resolution" in message
     assert "detoxify:/path/to/model.ckpt" in message
@@ -275,7 +261,7 @@ def test_unknown_model_and_missing_file_errors(tmp_path):
         scorers.DetoxifyScorer("originall")
     missing = str(tmp_path / "nope.ckpt")
     with pytest.raises(FileNotFoundError, match="nope.ckpt"):
-        scorers.make_scorer(f"detoxify:{missing}")
+        scorer_specs.make_scorer(f"detoxify:{missing}")
 
 
 def test_unloadable_checkpoint_error_names_file_and_offline_scorer(tmp_path):

@@ -155,7 +155,7 @@ def build_demo_prompts(
 def write_demo_prompts(path: str, scorer: Any = "offline", **kwargs: Any) -> int:
     """Writes the demo prompts file; `scorer` is a Scorer or a `make_scorer` spec."""
     if isinstance(scorer, str):
-        from toxjax.scoring.scorers import make_scorer
+        from toxjax.scoring.scorer_specs import make_scorer
 
         scorer = make_scorer(scorer)
     return write_jsonl(path, build_demo_prompts(scorer, **kwargs))

@@ -10,7 +10,7 @@ from toxjax.commands import run_command
 from toxjax.demo import prompt_file
 
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the JSONL file.")
-_SCORER = flags.DEFINE_string("scorer", "offline", "toxjax.scoring.scorers.make_scorer spec.")
+_SCORER = flags.DEFINE_string("scorer", "offline", "toxjax.scoring.scorer_specs.make_scorer spec.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", prompt_file.DEFAULT_NUM_PROMPTS, "Prompts.")
 _SEED = flags.DEFINE_integer("seed", prompt_file.PROMPT_SEED, "Held-out corpus seed.")
 flags.mark_flags_as_required(["output"])

@@ -367,9 +367,14 @@ class Evaluator:
     def scorer(self) -> Any:
         """The toxicity scorer, loaded on first use (Detoxify loads a model)."""
         if self._scorer is None:
-            from toxjax.scoring import scorers
+            from toxjax.scoring import scorer_specs
 
-            self._scorer = scorers.make_scorer(self.config.eval.scorer)
+            spec = self.config.eval.scorer
+            # The JAX scorer shards its batches over the evaluation's own mesh.
+            on_mesh = spec.startswith(scorer_specs.DETOXIFY_JAX_PREFIX)
+            self._scorer = scorer_specs.make_scorer(
+                spec, **({"mesh": self.mesh} if on_mesh else {})
+            )
         return self._scorer
 
     # ----- one method per evaluation -----

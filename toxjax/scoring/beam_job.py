@@ -51,9 +51,9 @@ class ScoreShardFn(beam.DoFn):
         self.skipped = beam.metrics.Metrics.counter(_METRICS_NAMESPACE, "docs_skipped")
 
     def setup(self) -> None:
-        from toxjax.scoring import scorers
+        from toxjax.scoring import scorer_specs
 
-        self._scorer = scorers.make_scorer(self.scorer_spec, **self.scorer_kwargs)
+        self._scorer = scorer_specs.make_scorer(self.scorer_spec, **self.scorer_kwargs)
         if self._scorer.scorer_id != self.header["scorer"]:
             raise RuntimeError(
                 f"worker scorer {self._scorer.scorer_id} differs from the launcher's "
@@ -124,13 +124,13 @@ def score_corpus_beam(
 
     scorer must be a make_scorer spec (workers build their own scorer from it);
     """
-    from toxjax.scoring import scorers
+    from toxjax.scoring import scorer_specs
 
     if not isinstance(scorer, str):
         raise TypeError("score_corpus_beam needs a scorer spec string that workers can rebuild")
     options = options or job.ScoreOptions()
     scorer_kwargs = dict(scorer_kwargs or {})
-    launcher_scorer = scorers.make_scorer(scorer, **scorer_kwargs)
+    launcher_scorer = scorer_specs.make_scorer(scorer, **scorer_kwargs)
     run = job.start_run(input_spec, output_dir, launcher_scorer, options, overwrite=overwrite)
     run.corpus.close()
     if not run.pending:

@@ -25,7 +25,7 @@ from absl import logging
 
 from toxjax import fileio
 from toxjax.fileio import AtomicFile, write_atomic
-from toxjax.scoring import corpora, corpus_summary, readers, scorers
+from toxjax.scoring import corpora, corpus_summary, readers, scorer_specs
 from toxjax.scoring.corpora import BadRecordError, Corpus, InputError, ShardSpec
 from toxjax.scoring.run_manifest import (
     FORMAT_VERSION,
@@ -301,11 +301,11 @@ def score_corpus(
 ) -> dict:
     """Scores `input_spec` into `output_dir` in this process; returns the final manifest.
 
-    scorer: a Scorer or a toxjax.scoring.scorers.make_scorer spec ("offline", "detoxify:original").
+    scorer: a Scorer or a scorer_specs.make_scorer spec ("offline", "detoxify-jax:original").
     overwrite discards an existing output of a different run instead of refusing it.
     """
     options = options or ScoreOptions()
-    scorer = scorers.make_scorer(scorer) if isinstance(scorer, str) else scorer
+    scorer = scorer_specs.make_scorer(scorer) if isinstance(scorer, str) else scorer
     run = start_run(input_spec, output_dir, scorer, options, overwrite=overwrite, progress=progress)
     pending = run.pending
     if not pending:

@@ -107,9 +107,15 @@ def prepare_output(output_dir: str, header: dict[str, Any], *, overwrite: bool) 
             details = "; ".join(
                 f"{key}: {_short(existing.get(key))} -> {_short(header[key])}" for key in changed
             )
+            mixed = (
+                " Scores of two scorers, or of two backends of one model (torch, jax), are "
+                "never mixed in one output."
+                if "scorer" in changed
+                else ""
+            )
             raise OutputConflictError(
-                f"{output_dir} holds another scoring run ({details}). Use a new output_dir, "
-                "or pass --overwrite to discard the existing output"
+                f"{output_dir} holds another scoring run ({details}).{mixed} Use a new "
+                "output_dir, or pass --overwrite to discard the existing output"
             )
     fileio.make_dirs(shards_dir)
     for directory in (output_dir, shards_dir):

@@ -27,7 +27,9 @@ _OUTPUT_DIR = flags.DEFINE_string(
     "output_dir", None, "Directory (local or gs://) for shards and manifest."
 )
 _SCORER = flags.DEFINE_string(
-    "scorer", "offline", "offline | detoxify:<model type or checkpoint path>."
+    "scorer",
+    "offline",
+    "offline | detoxify:<model type or .ckpt> (torch) | detoxify-jax:<the same> (Flax).",
 )
 _RUNNER = flags.DEFINE_enum(
     "runner", "local", job.RUNNERS, "local (this process) or an Apache Beam runner."

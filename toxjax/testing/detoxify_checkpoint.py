@@ -54,6 +54,15 @@ def build_vocab() -> list[str]:
     return vocab
 
 
+# architecture -> (transformers model class, its config class), as Detoxify's models use them.
+ARCHITECTURES = {
+    "bert": ("BertForSequenceClassification", "BertConfig"),
+    "roberta": ("RobertaForSequenceClassification", "RobertaConfig"),
+    "xlm-roberta": ("XLMRobertaForSequenceClassification", "XLMRobertaConfig"),
+    "albert": ("AlbertForSequenceClassification", "AlbertConfig"),
+}
+
+
 def build_tiny_detoxify_checkpoint(
     out_dir: str,
     *,
@@ -65,16 +74,21 @@ def build_tiny_detoxify_checkpoint(
     seed: int = 0,
     classes: tuple[str, ...] = ORIGINAL_CLASSES,
     model_type_name: str = "tiny-bert",
+    architecture: str = "bert",
 ) -> str:
-    """Writes a random BERT classifier in Detoxify's checkpoint format; returns the .ckpt path.
+    """Writes a random classifier in Detoxify's checkpoint format; returns the .ckpt path.
 
     `out_dir/<model_type_name>/` holds config.json and the tokenizer files; the checkpoint
     (`out_dir/<model_type_name>.ckpt`) names that folder as its `model_type`, which is what
     lets `Detoxify(checkpoint=path)` load with HF_HUB_OFFLINE=1. hidden=768, layers=12,
     heads=12 gives a BERT-base-sized network (with a small vocabulary) for benchmarks.
+    `architecture` picks the transformers class of Detoxify's model families (bert: original,
+    roberta: unbiased, xlm-roberta: multilingual, albert: the -small ones); every one uses the
+    WordPiece tokenizer above, since the encoders are what differ.
     """
     if hidden % heads:
         raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+    model_name, config_name = ARCHITECTURES[architecture]
     model_dir = os.path.abspath(os.path.join(out_dir, model_type_name))
     os.makedirs(model_dir, exist_ok=True)
 
@@ -87,23 +101,34 @@ def build_tiny_detoxify_checkpoint(
     )
     tokenizer.save_pretrained(model_dir)
 
-    config = transformers.BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=heads,
-        intermediate_size=intermediate or 4 * hidden,
-        max_position_embeddings=max_position_embeddings,
-        num_labels=len(classes),
-        # BERT's default std of 0.02 is tuned for hidden=768; at tiny widths it leaves the
-        # [CLS] state nearly independent of the text, so every text would score the same.
-        initializer_range=hidden**-0.5,
+    extra = {}
+    if architecture in ("roberta", "xlm-roberta"):
+        # RoBERTa numbers positions from pad + 1: two more rows hold a full 512-token window.
+        extra = {"pad_token_id": tokenizer.pad_token_id, "type_vocab_size": 1}
+        extra["max_position_embeddings"] = max_position_embeddings + tokenizer.pad_token_id + 1
+    elif architecture == "albert":
+        extra = {"embedding_size": max(heads, hidden // 2), "hidden_act": "gelu_new"}
+    config = getattr(transformers, config_name)(
+        **{
+            "vocab_size": len(vocab),
+            "hidden_size": hidden,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+            "intermediate_size": intermediate or 4 * hidden,
+            "max_position_embeddings": max_position_embeddings,
+            "num_labels": len(classes),
+            # BERT's default std of 0.02 is tuned for hidden=768; at tiny widths it leaves the
+            # [CLS] state nearly independent of the text, so every text would score the same.
+            "initializer_range": hidden**-0.5,
+            **extra,
+        }
     )
     torch.manual_seed(seed)
-    model = transformers.BertForSequenceClassification(config)
+    model = getattr(transformers, model_name)(config)
     # A wider head spreads scores over (0, 1), so ordering and aggregation bugs show up.
+    head = model.classifier.out_proj if architecture.endswith("roberta") else model.classifier
     with torch.no_grad():
-        model.classifier.weight.normal_(0.0, 2.0 * hidden**-0.5)
+        head.weight.normal_(0.0, 2.0 * hidden**-0.5)
     config.save_pretrained(model_dir)
 
     checkpoint = {
@@ -113,7 +138,7 @@ def build_tiny_detoxify_checkpoint(
                 "type": "detoxify",
                 "args": {
                     "model_type": model_dir,
-                    "model_name": "BertForSequenceClassification",
+                    "model_name": model_name,
                     "tokenizer_name": "BertTokenizer",
                     "num_classes": len(classes),
                 },
