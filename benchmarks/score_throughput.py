@@ -122,6 +122,11 @@ def compare_detoxify(
     # Documents stay under 512 tokens, so both must give the same scores.
     results["max_abs_diff"] = float(np.abs(outputs["wrapper"] - outputs["naive"]).max())
     results["max_abs_diff_jax"] = float(np.abs(outputs["jax"] - outputs["naive"]).max())
+    lengths = np.asarray([len(ids) for ids in jax_scorer.windows(docs)[0]["input_ids"]])
+    results["jax_padded_tokens"] = sum(
+        jax_scorer.batch_rows(bucket, len(rows)) * bucket
+        for bucket, rows in jax_scorer.batches(lengths)
+    )
     return results
 
 
@@ -259,7 +264,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
             "max": int(lengths.max()),
         },
         "batch_size": args.batch_size,
-        "padded_tokens": {"tiny": padding(tiny_docs), "bert_base": padding(base_docs)},
+        "padded_tokens": {
+            "tiny": {**padding(tiny_docs), "jax": tiny["jax_padded_tokens"]},
+            "bert_base": {**padding(base_docs), "jax": base["jax_padded_tokens"]},
+        },
         "bert_base": {
             "hidden": args.bert_hidden,
             "layers": args.bert_layers,

@@ -60,7 +60,8 @@ def gpt_config(
     # Evaluation at scale (the paper's protocol) instead of the offline demo stages.
     ev = config.eval
     ev.rtp_prompts = "tfds"  # RealToxicityPrompts from TFDS (all 99,442 prompts)
-    ev.scorer = "detoxify:original"  # Detoxify stands in for the Perspective API
+    # Detoxify stands in for the Perspective API; its Flax port scores on the run's own mesh.
+    ev.scorer = "detoxify-jax:original"
     ev.utility_tasks = UTILITY_TASKS  # zero-shot log-likelihood tasks
     ev.bias_tasks = BIAS_TASKS  # toxicity-detection AUC
     ev.generate_batch_size = 2048  # decoded rows per call: fills an accelerator slice

@@ -69,7 +69,7 @@ def get_config(config_string: str = "") -> ml_collections.ConfigDict:
     config.train.num_steps = num_steps  # Chinchilla budget, see the table above
     config.optim.warmup_steps = min(2000, num_steps // 10)  # at most 10% of a short run
 
-    # Evaluation as the GPT configs set it: the corpus's scorer (detoxify:original) on the full
+    # Evaluation as the GPT configs set it: the corpus's scorer (detoxify-jax:original) on the full
     # RealToxicityPrompts (TFDS, all ~99.4K prompts; --config.eval.rtp_num_prompts for a seeded
     # sample) with Gehman et al.'s (2020) 25 samples of 20 tokens, top-p 0.9, T 1.0; UTILITY_TASKS
     # and BIAS_TASKS. Changed here: how much of each task is evaluated, and the batch sizes.
@@ -83,7 +83,7 @@ def get_config(config_string: str = "") -> ml_collections.ConfigDict:
     config.study = _study.study_section(
         name="c4_noclean_study",
         corpus=f"tfds:c4/en.noclean:{corpus_slice}",
-        scorer="detoxify:original",
+        scorer="detoxify-jax:original",  # Detoxify's model on the TPUs the study trains on
         strategies=strategies,
         vocabulary="spm",  # trained on the scored corpus; GPT-2-sized, every signal one piece
         vocab_size=config.model.vocab_size,  # 51200

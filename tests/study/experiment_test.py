@@ -158,7 +158,7 @@ def test_paper_configs_for_every_strategy_and_size(strategy, size):
     assert tuple(config.study.strategies) == expected
     assert [s.value for s in experiment.study_strategies(config)] == list(expected)
     assert config.study.corpus.startswith("tfds:c4/en.noclean:train[:")
-    assert config.study.scorer == config.eval.scorer == "detoxify:original"
+    assert config.study.scorer == config.eval.scorer == "detoxify-jax:original"
     assert config.study.vocabulary == "spm" and config.study.vocab_size == config.model.vocab_size
     assert config.eval.rtp_prompts == "tfds" and config.eval.rtp.num_samples == 25
     assert config.eval.rtp.max_new_tokens == 20 and config.eval.rtp.top_p == 0.9
