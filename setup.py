@@ -15,6 +15,10 @@ INSTALL_REQUIRES = [
     # 0.2.2+ ships protobuf-7 generated code; Beam needs protobuf<7.
     "sentencepiece>=0.2.0,<0.2.2",
     "detoxify>=0.5.4,<0.6",
+    # The JAX Detoxify scorer caches converted weights as safetensors.
+    "safetensors>=0.4.3",
+    # Sentence segments for per-segment scores (the SEGMENT strategy).
+    "sentencex>=1.0.32,<2",
     "absl-py>=2.1",
     "ml-collections>=1.0",
     "alt-profanity-check>=1.9.1,<2",

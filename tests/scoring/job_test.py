@@ -400,11 +400,15 @@ def _wait_for_shards(manifest_path: str, at_least: int, proc: subprocess.Popen) 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "backend, input_spec, records_per_shard, kills",
-    [("offline", "demo", 100, (3, 15)), ("detoxify-jax", "demo:1200", 50, (3, 10))],
+    "backend, input_spec, records_per_shard, kills, segment",
+    [
+        ("offline", "demo", 100, (3, 15), ""),
+        ("detoxify-jax", "demo:1200", 50, (3, 10), ""),
+        ("offline", "demo:1200", 50, (3, 10), "sentence"),  # segment scores too
+    ],
 )
 def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(
-    tmp_path, checkpoint_path, backend, input_spec, records_per_shard, kills
+    tmp_path, checkpoint_path, backend, input_spec, records_per_shard, kills, segment
 ):
     spec = "offline" if backend == "offline" else f"{backend}:{checkpoint_path}"
     scorer = scorer_specs.make_scorer(spec)  # also writes the Flax cache the children read
@@ -412,7 +416,7 @@ def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(
     command = [
         sys.executable, "-m", "toxjax.scoring", f"--input={input_spec}", f"--output_dir={out}",
         f"--records_per_shard={records_per_shard}", "--shard_delay_s=0.1", "--noprogress",
-        f"--scorer={spec}",
+        f"--scorer={spec}", f"--segment={segment}",
     ]  # fmt: skip
     num_shards = -(-int(input_spec.partition(":")[2] or 4000) // records_per_shard)
     manifest_path = os.path.join(out, "manifest.json")
@@ -434,7 +438,7 @@ def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(
                 for e in manifest["shards"]
             }
     # The rerun (same arguments, in this process to save a start-up) finishes the job.
-    options = job.ScoreOptions(records_per_shard=records_per_shard)
+    options = job.ScoreOptions(records_per_shard=records_per_shard, segment=segment)
     job.score_corpus(input_spec, out, scorer, options, progress=False)
     reference = str(tmp_path / "reference")
     job.score_corpus(input_spec, reference, scorer, options, progress=False)
@@ -456,3 +460,27 @@ def test_a_rerun_with_the_other_backend_is_refused(tmp_path, checkpoint_path):
     assert torch_run["scorer"].endswith(":torch") and torch_run["scorer"] in message
     assert torch_run["scorer"].replace(":torch", ":jax") in message and "never mixed" in message
     assert run_manifest.load_manifest(out)["scorer"] == torch_run["scorer"]  # left untouched
+
+
+def test_segment_scores_cover_each_document(tmp_path):
+    path = tmp_path / "in.jsonl"
+    texts = ["You are a stupid idiot. The garden is lovely today.", "One sentence only", "x"]
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    out = str(tmp_path / "out")
+    scorer = LengthScorer()
+    options = job.ScoreOptions(segment="sentence", score_batch_size=2)
+    manifest = job.score_corpus(str(path), out, scorer, options, progress=False)
+    assert manifest["segment"] == "sentence"
+    records = _records(out, manifest)
+    assert [r["segment_ends"] for r in records] == [[24, 51], [17], [1]]
+    first = records[0]
+    pieces = [texts[0][:24], texts[0][24:]]
+    expected = scorer.score(pieces)
+    for attribute in ("toxicity", "insult"):
+        assert first["segment_scores"][attribute] == [float(str(v)) for v in expected[attribute]]
+        assert first["scores"][attribute] == float(str(scorer.score(texts[:1])[attribute][0]))
+    # Another segmentation is another run: refused, not mixed.
+    with pytest.raises(run_manifest.OutputConflictError, match="segment"):
+        job.score_corpus(str(path), out, scorer, job.ScoreOptions(segment="chunk:10"))
+    with pytest.raises(job.ConfigError, match="chunk:<chars>"):
+        job.ScoreOptions(segment="paragraph")

@@ -38,6 +38,7 @@ from toxjax.scoring.run_manifest import (
     shard_path,
     write_manifest,
 )
+from toxjax.scoring.segments import Segmenter, split_at
 
 ON_BAD_RECORD = ("error", "skip")
 RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
@@ -60,6 +61,8 @@ class ScoreOptions:
     attribute: str = "toxicity"
     tfds_data_dir: str | None = None
     tfds_download: bool = False
+    # "" (documents only) | "sentence" | "chunk:<chars>": also score each segment (SEGMENT).
+    segment: str = ""
     shard_delay_s: float = 0.0  # testing only: a pause before each shard is committed
 
     def __post_init__(self):
@@ -71,6 +74,11 @@ class ScoreOptions:
             raise ConfigError(f"score_batch_size must be >= 1, got {self.score_batch_size}")
         if self.records_per_shard < 1:
             raise ConfigError(f"records_per_shard must be >= 1, got {self.records_per_shard}")
+        if self.segment:
+            try:
+                Segmenter.parse(self.segment)
+            except ValueError as error:
+                raise ConfigError(str(error)) from None
 
     def open_corpus(self, input_spec: str) -> Corpus:
         return readers.open_corpus(
@@ -88,6 +96,8 @@ class ScoreOptions:
 
 def run_header(plan: corpora.ShardPlan, scorer, options: ScoreOptions) -> dict[str, Any]:
     """What identifies a run: rerunning into the same directory must match it exactly."""
+    # Only segmented runs name their segmentation, so older outputs keep their identity.
+    segment = {"segment": options.segment} if options.segment else {}
     return {
         "format_version": FORMAT_VERSION,
         "scorer": scorer.scorer_id,
@@ -99,6 +109,7 @@ def run_header(plan: corpora.ShardPlan, scorer, options: ScoreOptions) -> dict[s
         "max_doc_chars": options.max_doc_chars,
         "records_per_shard": plan.records_per_shard,
         "num_shards": len(plan.shards),
+        **segment,
     }
 
 
@@ -111,24 +122,46 @@ def _float32_values(values: np.ndarray) -> list[float]:
     return [float(str(value)) for value in np.asarray(values, np.float32)]
 
 
-def _scored_lines(batch: list[corpora.Document], scorer) -> tuple[bytes, dict[str, np.ndarray]]:
-    """Scores one batch; returns its output lines and the scores (checked for shape, NaN)."""
-    raw_scores = scorer.score([doc.text for doc in batch])
+def _checked_scores(scorer, texts: list[str], where: corpora.Document) -> dict[str, np.ndarray]:
+    """One scorer call, its output checked for shape and NaN (a bad scorer names the batch)."""
+    raw_scores = scorer.score(texts)
     scores = {}
     for attribute in scorer.attributes:
         values = np.asarray(raw_scores.get(attribute, ()), np.float32)
-        if values.shape != (len(batch),) or not np.all(np.isfinite(values)):
+        if values.shape != (len(texts),) or not np.all(np.isfinite(values)):
             raise RuntimeError(
                 f"scorer {scorer.scorer_id} returned bad {attribute!r} scores (shape "
-                f"{values.shape}) for the batch starting at {batch[0].source}:{batch[0].line}"
+                f"{values.shape}) for the batch starting at {where.source}:{where.line}"
             )
         scores[attribute] = values
+    return scores
+
+
+def _scored_lines(
+    batch: list[corpora.Document], scorer, segmenter: Segmenter | None = None
+) -> tuple[bytes, dict[str, np.ndarray]]:
+    """Scores one batch (and its segments); returns its output lines and the document scores."""
+    scores = _checked_scores(scorer, [doc.text for doc in batch], batch[0])
     columns = {a: _float32_values(values) for a, values in scores.items()}
+    if segmenter is not None:
+        ends = [segmenter.ends(doc.text) for doc in batch]
+        pieces = [
+            piece for doc, e in zip(batch, ends, strict=True) for piece in split_at(doc.text, e)
+        ]
+        segment_columns = {
+            a: _float32_values(v) for a, v in _checked_scores(scorer, pieces, batch[0]).items()
+        }
+        bounds = np.cumsum([0, *(len(e) for e in ends)])
     lines = []
     for i, doc in enumerate(batch):
         # The original fields in their order, then ours (a rescored input's are replaced).
         record = dict(doc.fields)
         record["scores"] = {a: column[i] for a, column in columns.items()}
+        if segmenter is not None:
+            record["segment_ends"] = ends[i]
+            record["segment_scores"] = {
+                a: column[bounds[i] : bounds[i + 1]] for a, column in segment_columns.items()
+            }
         record["scorer"] = scorer.scorer_id
         lines.append(json_bytes(record))
     return b"".join(lines), scores
@@ -150,6 +183,7 @@ def score_shard(
     started = time.perf_counter()
     relative = shard_path(shard.index)
     stats = corpus_summary.ShardStats(scorer.attributes, options.threshold)
+    segmenter = Segmenter.parse(options.segment) if options.segment else None
     skipped: Counter[str] = Counter()
     examples: list[dict[str, Any]] = []
     digest = hashlib.sha256()
@@ -167,7 +201,7 @@ def score_shard(
                 if len(examples) < corpus_summary.MAX_SKIPPED_EXAMPLES:
                     examples.append(e.to_json())
             if len(batch) == options.score_batch_size or (num_read == shard.num_records and batch):
-                data, scores = _scored_lines(batch, scorer)
+                data, scores = _scored_lines(batch, scorer, segmenter)
                 out.write(data)
                 digest.update(data)
                 stats.add(scores)

@@ -43,6 +43,9 @@ flags.DEFINE_float("threshold", 0.5, "The summary's 'toxic' threshold (score > t
 flags.DEFINE_string("attribute", "toxicity", "The summary's main attribute.")
 flags.DEFINE_string("tfds_data_dir", None, "TFDS data_dir for tfds: inputs.")
 flags.DEFINE_bool("tfds_download", False, "Let TFDS download and prepare a tfds: input.")
+flags.DEFINE_string(
+    "segment", "", "Also score segments: '' (no) | sentence | chunk:<chars> (SEGMENT strategy)."
+)
 flags.DEFINE_float("shard_delay_s", 0.0, "Testing only: pause before committing each shard.")
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing output of a different run.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
