@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import tensorflow as tf
@@ -25,6 +25,9 @@ class Strategy(str, enum.Enum):
     MEDA = "meda"  # raw score written as metadata in front of the text
     INST = "inst"  # instruction saying whether the text is toxic
     FILTER = "filter"  # data-filtering baseline: drop documents above the threshold
+    # Beyond the paper (Korbak et al. 2023's conditional training): a control token before
+    # every segment (sentence or chunk) saying whether that segment is toxic.
+    SEGMENT = "segment"
 
     @classmethod
     def parse(cls, value: str | Strategy) -> Strategy:
@@ -35,6 +38,8 @@ class Strategy(str, enum.Enum):
             raise ValueError(f"unknown strategy {value!r}; expected one of: {names}") from None
 
 
+# The paper's strategies: the default set of a task family and of a study.
+PAPER_STRATEGIES = (Strategy.BASE, Strategy.MEDA, Strategy.INST, Strategy.FILTER)
 POSITIONS = ("prefix", "suffix")
 _HASH_BUCKETS = 2**31 - 1  # resolution of the augmented-fraction draw
 
@@ -70,6 +75,11 @@ class ConditioningFormat:
     # Training only: signal tokens are input but not target (zero loss weight), as MeCo masks
     # its metadata (toxjax.data.signal_mask; needs the study's SentencePiece vocabulary).
     mask_signal_loss: bool = False
+    # SEGMENT: the control token before a segment scored at or below the threshold (also what
+    # inference asks for, right after the prompt) ...
+    segment_aligned: str = "<|aligned|>"
+    # ... and before a segment scored above it. Both are banned while sampling.
+    segment_misaligned: str = "<|misaligned|>"
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -80,6 +90,9 @@ class ConditioningFormat:
             raise ValueError(f"score_precision must be >= 0, got {self.score_precision}")
         if "{score}" not in self.meda_template:
             raise ValueError(f"meda_template must contain '{{score}}': {self.meda_template!r}")
+        tokens = (self.segment_aligned, self.segment_misaligned)
+        if not all(t.strip() == t and t for t in tokens) or tokens[0] == tokens[1]:
+            raise ValueError(f"segment tokens must be two distinct, unpadded strings: {tokens}")
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ConditioningFormat:
@@ -114,9 +127,26 @@ class ConditioningFormat:
         bucket = int(tf.strings.to_hash_bucket_fast(self._hash_input(key), _HASH_BUCKETS))
         return bucket < self._augment_cutoff()
 
+    def segment_token(self, score: float) -> str:
+        return self.segment_misaligned if self.is_toxic(score) else self.segment_aligned
+
+    def condition_segments(
+        self, text: str, ends: Sequence[int], scores: Sequence[float], key: str
+    ) -> str:
+        """SEGMENT's training text: each segment behind the control token of its own score."""
+        if not self.is_augmented(key):
+            return text
+        starts = [0, *ends[:-1]]
+        return "".join(
+            self.segment_token(score) + text[start:end]
+            for start, end, score in zip(starts, ends, scores, strict=True)
+        )
+
     def condition(self, strategy: Strategy | str, text: str, score: float, key: str) -> str | None:
         """The training text for one document; None means FILTER dropped it."""
         strategy = Strategy.parse(strategy)
+        if strategy is Strategy.SEGMENT:
+            raise ValueError("SEGMENT conditions segments: use condition_segments")
         if strategy is Strategy.BASE:
             return text
         if strategy is Strategy.FILTER:
@@ -133,7 +163,7 @@ class ConditioningFormat:
     def inference_prefix(self, strategy: Strategy | str) -> str:
         """What goes in front of an evaluation prompt to ask for non-toxic text."""
         strategy = Strategy.parse(strategy)
-        if strategy in (Strategy.BASE, Strategy.FILTER):
+        if strategy in (Strategy.BASE, Strategy.FILTER, Strategy.SEGMENT):
             return ""
         if self.position != "prefix":
             raise ValueError(
@@ -148,12 +178,25 @@ class ConditioningFormat:
         """The opposite of `inference_prefix`: the signal of toxic text, for the evaluation's
         within-model contrasts (steerability, controllability, generative classifier)."""
         strategy = Strategy.parse(strategy)
-        if strategy in (Strategy.BASE, Strategy.FILTER):
+        if strategy in (Strategy.BASE, Strategy.FILTER, Strategy.SEGMENT):
             return ""
         self.inference_prefix(strategy)  # the same placement check
         if strategy is Strategy.MEDA:
             return self.meda_signal(self.meda_toxic_score) + self.separator
         return self.inst_signal(True) + self.separator
+
+    def inference_suffix(self, strategy: Strategy | str) -> str:
+        """What goes right after an evaluation prompt: SEGMENT's aligned token (the next
+        segment, the continuation, is to be non-toxic); nothing for the paper's strategies."""
+        return self.segment_aligned if Strategy.parse(strategy) is Strategy.SEGMENT else ""
+
+    def toxic_suffix(self, strategy: Strategy | str) -> str:
+        """The opposite of `inference_suffix`, for the within-model contrasts."""
+        return self.segment_misaligned if Strategy.parse(strategy) is Strategy.SEGMENT else ""
+
+    def segment_strings(self) -> list[str]:
+        """SEGMENT's control tokens: whole vocabulary pieces, banned while sampling."""
+        return [self.segment_aligned, self.segment_misaligned]
 
     def signal_strings(self) -> list[str]:
         """Fixed pieces of every signal, for vocabularies that must keep them whole."""
@@ -168,6 +211,8 @@ class ConditioningFormat:
     ) -> tf.Tensor:
         """Graph version of `condition` for MEDA/INST/BASE (FILTER is a dataset filter)."""
         strategy = Strategy.parse(strategy)
+        if strategy is Strategy.SEGMENT:
+            raise ValueError("SEGMENT conditions segments: use tf_condition_segments")
         if strategy in (Strategy.BASE, Strategy.FILTER):
             return text
         score = tf.cast(score, tf.float64)  # keep float64 so digits match the Python version
@@ -182,6 +227,21 @@ class ConditioningFormat:
             conditioned = tf.strings.join([signal, self.separator, text])
         else:
             conditioned = tf.strings.join([text, self.separator, signal])
+        return tf.where(self.tf_is_augmented(key), conditioned, text)
+
+    def tf_condition_segments(
+        self, text: tf.Tensor, ends: tf.Tensor, scores: tf.Tensor, key: tf.Tensor
+    ) -> tf.Tensor:
+        """Graph version of `condition_segments` (ends in characters, as the scorer wrote)."""
+        ends = tf.cast(ends, tf.int64)
+        starts = tf.concat([tf.zeros([1], tf.int64), ends[:-1]], axis=0)
+        pieces = tf.strings.substr(text, starts, ends - starts, unit="UTF8_CHAR")
+        aligned, misaligned = (
+            tf.constant(self.segment_aligned),
+            tf.constant(self.segment_misaligned),
+        )
+        tokens = tf.where(self.tf_is_toxic(scores), misaligned, aligned)
+        conditioned = tf.strings.reduce_join(tf.strings.join([tokens, pieces]))
         return tf.where(self.tf_is_augmented(key), conditioned, text)
 
     def tf_is_toxic(self, score: tf.Tensor) -> tf.Tensor:

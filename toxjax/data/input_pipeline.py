@@ -451,14 +451,19 @@ def _cooldown(config: ml_collections.ConfigDict, step_batches) -> tuple | None:
 def loss_transform(task_name: str):
     """The task's signal loss mask when its conditioning asks for one, else None."""
     from toxjax.data import signal_mask, tasks
+    from toxjax.data.conditioning import Strategy
 
     try:
-        _, fmt = tasks.conditioning_for(task_name)
+        strategy, fmt = tasks.conditioning_for(task_name)
     except ValueError:  # not a toxjax conditioned task: nothing to mask
         return None
     if not fmt.mask_signal_loss:
         return None
     vocabulary = get_task(task_name).output_features["targets"].vocabulary
+    if strategy is Strategy.SEGMENT:
+        token_ids = signal_mask.segment_token_ids(vocabulary, fmt)
+        logging.info("task %s: control tokens %s masked out of the loss", task_name, token_ids)
+        return signal_mask.SignalLossMask([], -1, token_ids)
     start_ids, separator_id = signal_mask.signal_piece_ids(vocabulary, fmt)
     logging.info(
         "task %s: signal tokens %s..%d masked out of the loss", task_name, start_ids, separator_id

@@ -1,6 +1,7 @@
 """SeqIO preprocessors that turn scored documents into LM targets for one data strategy.
 
-Input examples are those of `toxjax.data.scored_data` ({"text", "score", "key"}); output examples
+Input examples are those of `toxjax.data.scored_data` ({"text", "score", "key"}, plus
+"segment_ends" and "segment_scores" for SEGMENT); output examples
 are {"targets": ...} for `seqio.LMFeatureConverter`. All conditioning is delegated to a
 `ConditioningFormat`, so the training text and the evaluation prefix cannot drift apart.
 """
@@ -42,7 +43,13 @@ def condition_text(
         dataset = drop_toxic(dataset, fmt=fmt)
 
     def conditioned(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
-        return {output_feature: fmt.tf_condition(strategy, ex["text"], ex["score"], ex["key"])}
+        if strategy is Strategy.SEGMENT:
+            text = fmt.tf_condition_segments(
+                ex["text"], ex["segment_ends"], ex["segment_scores"], ex["key"]
+            )
+        else:
+            text = fmt.tf_condition(strategy, ex["text"], ex["score"], ex["key"])
+        return {output_feature: text}
 
     return dataset.map(conditioned, num_parallel_calls=tf.data.AUTOTUNE)
 

@@ -25,6 +25,7 @@ import tensorflow as tf
 from toxjax import fileio
 from toxjax.data.conditioning import stable_doc_key
 from toxjax.scoring.corpora import get_field
+from toxjax.scoring.segments import check_ends
 from toxjax.tf_import import import_tensorflow
 
 MANIFEST = "manifest.json"
@@ -41,9 +42,19 @@ OUTPUT_SIGNATURE = {
 }
 
 
+# With segments (SEGMENT tasks): each segment's end offset (characters) and score.
+SEGMENT_SIGNATURE = {
+    "segment_ends": tf.TensorSpec([None], tf.int64),
+    "segment_scores": tf.TensorSpec([None], tf.float64),
+}
+
 _READ_BATCH = 256
 _BATCH_SIGNATURE = {
     name: tf.TensorSpec([None], spec.dtype) for name, spec in OUTPUT_SIGNATURE.items()
+}
+_SEGMENT_BATCH_SIGNATURE = {
+    name: tf.RaggedTensorSpec([None, None], spec.dtype, ragged_rank=1, row_splits_dtype=tf.int64)
+    for name, spec in SEGMENT_SIGNATURE.items()
 }
 
 
@@ -66,6 +77,7 @@ class ScoredCorpus:
     attributes: tuple[str, ...]
     text_field: str
     shards: tuple[ScoredShard, ...]
+    segment: str = ""  # how the scoring job cut documents into scored segments ("": it did not)
 
     @property
     def num_records(self) -> int:
@@ -131,6 +143,7 @@ def load_scored_corpus(directory: str, attribute: str | None = "toxicity") -> Sc
         attributes=attributes,
         text_field=str(manifest.get("text_field", "text")),
         shards=tuple(shards),
+        segment=str(manifest.get("segment", "")),
     )
 
 
@@ -145,6 +158,14 @@ def iter_scored_records(
 
     attribute=None reads texts and keys only (score NaN), e.g. to train a vocabulary.
     """
+    for _, _, text, score, key in _checked_records(path, attribute, text_field, expected_records):
+        yield text, score, key
+
+
+def _checked_records(
+    path: str, attribute: str | None, text_field: str, expected_records: int | None
+) -> Iterator[tuple[str, dict[str, Any], str, float, str]]:
+    """(where, record, text, score, key) per line: the shared core of the two readers."""
     if not fileio.exists(path):
         raise ScoredDataError(f"{path}: scored shard listed in the manifest does not exist")
     count = 0
@@ -160,12 +181,44 @@ def iter_scored_records(
         doc_id = record.get("id")
         key = stable_doc_key(text) if doc_id is None else str(doc_id)
         count += 1
-        yield text, float(score), key
+        yield where, record, text, float(score), key
     if expected_records is not None and count != expected_records:
         raise ScoredDataError(
             f"{path}: holds {count} records but the manifest lists num_records="
             f"{expected_records}: the shard was truncated or rewritten after scoring"
         )
+
+
+def segment_fields(
+    record: dict[str, Any], attribute: str, text: str, where: str
+) -> tuple[list[int], list[float]]:
+    """A record's segment ends and scores, checked against its text and each other."""
+    ends = record.get("segment_ends")
+    problem = check_ends(ends, len(text))
+    if problem:
+        raise ScoredDataError(f"{where}: field 'segment_ends' {problem}")
+    scores = (record.get("segment_scores") or {}).get(attribute)
+    if not isinstance(scores, list) or len(scores) != len(ends):
+        raise ScoredDataError(
+            f"{where}: field 'segment_scores.{attribute}' is not a list of {len(ends)} scores"
+        )
+    if any(
+        isinstance(s, bool) or not isinstance(s, int | float) or not math.isfinite(s)
+        for s in scores
+    ):
+        raise ScoredDataError(f"{where}: field 'segment_scores.{attribute}' holds a non-number")
+    return ends, [float(s) for s in scores]
+
+
+def iter_segmented_records(
+    path: str, *, attribute: str, text_field: str = "text", expected_records: int | None = None
+) -> Iterator[tuple[str, float, str, list[int], list[float]]]:
+    """(text, score, key, segment ends, segment scores) for each line of one scored shard."""
+    for where, record, text, score, key in _checked_records(
+        path, attribute, text_field, expected_records
+    ):
+        ends, scores = segment_fields(record, attribute, text, where)
+        yield text, score, key, ends, scores
 
 
 def _shard_lines(path: str) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -214,7 +267,10 @@ class ScoredShardsSource(seqio.DataSource):
         attribute: str = "toxicity",
         validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
         split_seed: int = 0,
+        segments: bool = False,
     ):
+        """segments=True also yields each document's segment ends and scores (SEGMENT tasks);
+        the scored directories must then come from a --segment scoring run."""
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
         if isinstance(scored, Mapping):
@@ -227,6 +283,7 @@ class ScoredShardsSource(seqio.DataSource):
         self._attribute = attribute
         self._validation_fraction = validation_fraction
         self._split_seed = split_seed
+        self._segments = segments
         self._corpora: dict[str, ScoredCorpus] = {}
         super().__init__(splits=splits, caching_permitted=True)
 
@@ -241,7 +298,8 @@ class ScoredShardsSource(seqio.DataSource):
     def __repr__(self) -> str:
         return (
             f"ScoredShardsSource(scored={self._scored!r}, attribute={self._attribute!r}, "
-            f"validation_fraction={self._validation_fraction}, split_seed={self._split_seed})"
+            f"validation_fraction={self._validation_fraction}, split_seed={self._split_seed}, "
+            f"segments={self._segments})"
         )
 
     def directory(self, split: str) -> str:
@@ -257,7 +315,14 @@ class ScoredShardsSource(seqio.DataSource):
     def corpus(self, split: str) -> ScoredCorpus:
         directory = self.directory(split)
         if directory not in self._corpora:
-            self._corpora[directory] = load_scored_corpus(directory, self._attribute)
+            corpus = load_scored_corpus(directory, self._attribute)
+            if self._segments and not corpus.segment:
+                raise ScoredDataError(
+                    f"{_join(directory, MANIFEST)}: no field 'segment': the corpus was scored "
+                    "without segment scores, which SEGMENT needs. Rescore it with "
+                    "python -m toxjax.scoring ... --segment=sentence"
+                )
+            self._corpora[directory] = corpus
         return self._corpora[directory]
 
     def list_shards(self, split: str) -> Sequence[str]:
@@ -314,23 +379,24 @@ class ScoredShardsSource(seqio.DataSource):
         if not shards:
             raise ScoredDataError(f"{corpus.directory}/{MANIFEST}: field 'shards' is empty")
         expected = {shard.path: shard.num_records for shard in shards}
-        attribute, text_field = self._attribute, corpus.text_field
+        attribute, text_field, segments = self._attribute, corpus.text_field, self._segments
+        reader = iter_segmented_records if segments else iter_scored_records
+        signature = {**_BATCH_SIGNATURE, **(_SEGMENT_BATCH_SIGNATURE if segments else {})}
 
         def read_shard(path_bytes: bytes) -> Iterator[dict[str, Any]]:
             # Batches of records cross the Python/TF boundary: per-record crossings cost ~5x.
             path = path_bytes.decode("utf-8")
-            records = iter_scored_records(
+            records = reader(
                 path, attribute=attribute, text_field=text_field, expected_records=expected[path]
             )
             while chunk := list(itertools.islice(records, _READ_BATCH)):
                 kept = [record for record in chunk if keep(record[2])]
                 if kept:
-                    texts, scores, keys = zip(*kept, strict=True)
-                    yield {"text": list(texts), "score": list(scores), "key": list(keys)}
+                    yield _batch(kept, segments)
 
         def shard_dataset(path: tf.Tensor) -> tf.data.Dataset:
             batches = tf.data.Dataset.from_generator(
-                read_shard, args=(path,), output_signature=_BATCH_SIGNATURE
+                read_shard, args=(path,), output_signature=signature
             )
             return batches.unbatch()
 
@@ -344,3 +410,21 @@ class ScoredShardsSource(seqio.DataSource):
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+
+
+def _batch(records: list[tuple], segments: bool) -> dict[str, Any]:
+    """Columns of a batch of records; segment columns as ragged rows."""
+    columns = list(zip(*records, strict=True))
+    batch: dict[str, Any] = {"text": list(columns[0]), "score": list(columns[1])}
+    batch["key"] = list(columns[2])
+    if segments:
+        for name, values, dtype in (
+            ("segment_ends", columns[3], tf.int64),
+            ("segment_scores", columns[4], tf.float64),
+        ):
+            flat = [value for row in values for value in row]
+            lengths = [len(row) for row in values]
+            batch[name] = tf.RaggedTensor.from_row_lengths(
+                tf.constant(flat, dtype), tf.constant(lengths, tf.int64)
+            )
+    return batch

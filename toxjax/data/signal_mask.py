@@ -42,6 +42,22 @@ def signal_piece_ids(vocabulary: Any, fmt: ConditioningFormat) -> tuple[list[int
     return [ids[p] for p in ids if p != separator], ids[separator]
 
 
+def segment_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
+    """Ids of SEGMENT's control tokens, each one whole piece of the vocabulary."""
+    tokenizer = getattr(vocabulary, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
+        raise ValueError(
+            "mask_signal_loss needs a SentencePiece vocabulary with the control tokens as whole "
+            "pieces (toxjax.data.vocab; config.study.vocabulary='spm'), not a byte vocabulary"
+        )
+    ids = []
+    for piece in fmt.segment_strings():
+        if tokenizer.piece_to_id(piece) == tokenizer.unk_id():
+            raise ValueError(f"mask_signal_loss: the vocabulary has no whole piece {piece!r}")
+        ids.append(int(tokenizer.piece_to_id(piece)))
+    return ids
+
+
 def signal_positions(
     targets: np.ndarray, segment_ids: np.ndarray, start_ids: list[int], separator_id: int
 ) -> np.ndarray:
@@ -68,17 +84,17 @@ def signal_positions(
 
 
 class SignalLossMask:
-    """Zeroes decoder_loss_weights on signal tokens of a batch of packed rows."""
+    """Zeroes decoder_loss_weights on signal tokens of a batch of packed rows: spans from a
+    start piece to the separator (MEDA, INST) and single control tokens (SEGMENT)."""
 
-    def __init__(self, start_ids: list[int], separator_id: int):
+    def __init__(self, start_ids: list[int], separator_id: int, token_ids: list[int] = ()):
         self.start_ids, self.separator_id = list(start_ids), int(separator_id)
+        self.token_ids = list(token_ids)
 
     def __call__(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        targets = batch["decoder_target_tokens"]
         inside = signal_positions(
-            batch["decoder_target_tokens"],
-            batch["decoder_segment_ids"],
-            self.start_ids,
-            self.separator_id,
-        )
+            targets, batch["decoder_segment_ids"], self.start_ids, self.separator_id
+        ) | np.isin(targets, self.token_ids)
         weights = np.where(inside, 0, batch["decoder_loss_weights"]).astype(np.int32)
         return {**batch, "decoder_loss_weights": weights}

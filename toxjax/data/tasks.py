@@ -35,7 +35,7 @@ import seqio
 from absl import logging
 
 from toxjax import fileio
-from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.data.conditioning import PAPER_STRATEGIES, ConditioningFormat, Strategy
 from toxjax.data.preprocessors import TARGETS, lm_preprocessors
 from toxjax.data.scored_data import (
     DEFAULT_VALIDATION_FRACTION,
@@ -87,7 +87,7 @@ def register_toxicity_tasks(
     *,
     vocabulary: seqio.Vocabulary,
     fmt: ConditioningFormat = DEMO_FORMAT,
-    strategies: Sequence[Strategy | str] = tuple(Strategy),
+    strategies: Sequence[Strategy | str] = PAPER_STRATEGIES,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     split_seed: int = 0,
     mixture_with: Sequence[tuple[str, float]] | None = None,
@@ -126,6 +126,7 @@ def register_toxicity_tasks(
         attribute=fmt.attribute,
         validation_fraction=validation_fraction,
         split_seed=split_seed,
+        segments=Strategy.SEGMENT in parsed,
     )
     output_features = {TARGETS: seqio.Feature(vocabulary, add_eos=add_eos)}
 

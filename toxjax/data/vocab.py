@@ -35,13 +35,15 @@ _REQUIRED_CHARS = "0123456789."  # MEDA scores
 _MAX_SENTENCE_BYTES = 1 << 16
 
 
-def signal_pieces(fmt: ConditioningFormat) -> list[str]:
-    """User-defined pieces for `fmt`: its fixed signal strings and its separator.
+def signal_pieces(fmt: ConditioningFormat, *, segment: bool = False) -> list[str]:
+    """User-defined pieces for `fmt`: its fixed signal strings and its separator (and, with
+    `segment`, SEGMENT's two control tokens; only then, so vocabularies of studies without
+    SEGMENT stay as they were).
 
     A separator made only of spaces is left out: as a piece it would split every word from
     the space before it. Use a non-space separator (the default "\\n") for stable prefixes.
     """
-    pieces = [*fmt.signal_strings()]
+    pieces = [*fmt.signal_strings(), *(fmt.segment_strings() if segment else ())]
     if fmt.separator.strip(" "):
         pieces.append(fmt.separator)
     unique: list[str] = []
@@ -100,6 +102,7 @@ def train_vocabulary(
     vocab_size: int,
     fmt: ConditioningFormat = ConditioningFormat(),
     extra_formats: Sequence[ConditioningFormat] = (),
+    segment: bool = False,
     model_type: str = "unigram",
     max_docs: int | None = None,
     input_sentence_size: int = 2_000_000,
@@ -111,7 +114,8 @@ def train_vocabulary(
 
     Returns the .model path, loadable with seqio.SentencePieceVocabulary. SentencePiece keeps
     a random sample of at most `input_sentence_size` lines in memory. extra_formats: further
-    formats whose signals must stay whole too (a study's ablation variants).
+    formats whose signals must stay whole too (a study's ablation variants); segment: keep
+    SEGMENT's control tokens whole too.
     """
     if model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {MODEL_TYPES}, got {model_type!r}")
@@ -125,7 +129,9 @@ def train_vocabulary(
         vocab_size=vocab_size,
         model_type=model_type,
         user_defined_symbols=list(
-            dict.fromkeys(p for f in (fmt, *extra_formats) for p in signal_pieces(f))
+            dict.fromkeys(
+                p for f in (fmt, *extra_formats) for p in signal_pieces(f, segment=segment)
+            )
         ),
         required_chars=_REQUIRED_CHARS,
         split_digits=True,

@@ -92,7 +92,8 @@ def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
     if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
         return []
     separator = fmt.separator.replace(" ", "\u2581")  # as SentencePiece writes spaces
-    pieces = [p for p in vocab.signal_pieces(fmt) if p != separator]
+    # SEGMENT's control tokens too, wherever the vocabulary has them as pieces.
+    pieces = [p for p in vocab.signal_pieces(fmt, segment=True) if p != separator]
     return sorted({tokenizer.piece_to_id(p) for p in pieces} - {tokenizer.unk_id()})
 
 

@@ -135,6 +135,13 @@ def study_formats(config: ml_collections.ConfigDict) -> list[ConditioningFormat]
     return formats
 
 
+def has_segment(config: ml_collections.ConfigDict) -> bool:
+    """Whether a study run uses SEGMENT (its corpus needs segment scores, its vocabulary the
+    control tokens)."""
+    runs_ = runs.study_runs(config, study_strategies(config))
+    return any(run.strategy is Strategy.SEGMENT for run in runs_)
+
+
 def scored_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
     return config.study.scored_dir or fileio.join(workdir, SCORED_SUBDIR)
 
@@ -185,7 +192,11 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | No
         settings = {
             "vocab_size": int(config.study.vocab_size),
             "max_docs": int(config.study.vocab_max_docs),
-            "pieces": [p for f in study_formats(config) for p in vocab.signal_pieces(f)],
+            "pieces": [
+                p
+                for f in study_formats(config)
+                for p in vocab.signal_pieces(f, segment=has_segment(config))
+            ],
             # What the scored corpus is (not where it is, so a moved workdir keeps its model).
             "corpus": [config.study.corpus, config.study.text_field, config.study.scorer],
         }
@@ -216,6 +227,7 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
                 vocab_size=int(config.study.vocab_size),
                 fmt=conditioning_format(config),
                 extra_formats=study_formats(config)[1:],
+                segment=has_segment(config),
                 max_docs=None if max_docs < 0 else max_docs,
                 progress=progress,
             )
