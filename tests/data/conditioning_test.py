@@ -225,3 +225,58 @@ def test_stable_doc_key_is_deterministic_and_content_sensitive():
     assert stable_doc_key("abc") == stable_doc_key("abc")
     assert stable_doc_key("abc") != stable_doc_key("abd")
     assert len(stable_doc_key("ü")) == 40
+
+
+def test_placement_puts_each_strategys_signal_before_or_after_the_prompt():
+    fmt = ConditioningFormat()
+    signal = lambda f, s: (  # noqa: E731
+        f.inference_prefix(s),
+        f.inference_suffix(s),
+        f.toxic_prefix(s),
+        f.toxic_suffix(s),
+    )
+    assert signal(fmt, "segment") == ("", "<|aligned|>", "", "<|misaligned|>")
+    before = ConditioningFormat(placement="before")
+    assert signal(before, "segment") == ("<|aligned|>", "", "<|misaligned|>", "")
+    assert signal(fmt, "inst") == (
+        "The following text is non-toxic:\n",
+        "",
+        "The following text is toxic:\n",
+        "",
+    )
+    after = ConditioningFormat(placement="after")
+    assert signal(after, "meda") == ("", "\ntoxicity: 0.00\n", "", "\ntoxicity: 1.00\n")
+    assert signal(after, "base") == signal(after, "filter") == ("", "", "", "")
+    assert fmt.placement_for("segment") == "after" and fmt.placement_for("meda") == "before"
+    with pytest.raises(ValueError, match="placement must be"):
+        ConditioningFormat(placement="middle")
+    with pytest.raises(ValueError, match="segment tokens"):
+        ConditioningFormat(segment_aligned="<x>", segment_misaligned="<x>")
+
+
+def test_segment_conditioning_in_python_and_graph_agree():
+    fmt = ConditioningFormat(threshold=0.5)
+    text, ends, scores = "Bad one. Fine one. Ok", [9, 19, 21], [0.7, 0.5, 0.1]
+    expected = "<|misaligned|>Bad one. <|aligned|>Fine one. <|aligned|>Ok"
+    assert fmt.condition_segments(text, ends, scores, "k") == expected
+    graph = fmt.tf_condition_segments(
+        tf.constant(text),
+        tf.constant(ends, tf.int64),
+        tf.constant(scores, tf.float64),
+        tf.constant("k"),
+    )
+    assert graph.numpy().decode() == expected
+    # Character offsets, not bytes: non-ASCII text cuts where Python cuts.
+    text = "Ça va. Très bien"
+    assert fmt.condition_segments(text, [7, 16], [0.9, 0.0], "k") == (
+        "<|misaligned|>Ça va. <|aligned|>Très bien"
+    )
+    graph = fmt.tf_condition_segments(
+        tf.constant(text),
+        tf.constant([7, 16], tf.int64),
+        tf.constant([0.9, 0.0], tf.float64),
+        tf.constant("k"),
+    )
+    assert graph.numpy().decode() == "<|misaligned|>Ça va. <|aligned|>Très bien"
+    with pytest.raises(ValueError, match="condition_segments"):
+        fmt.condition("segment", text, 0.1, "k")

@@ -268,6 +268,13 @@ def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
     assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
     assert "\n" in vocab.signal_pieces(fmt) and "\n" not in pieces
     assert evaluator.signal_token_ids(seqio.ByteVocabulary(), fmt) == []
+    # A SEGMENT study's vocabulary has the control tokens as pieces: both are banned too.
+    path = vocab.train_vocabulary(
+        texts, str(tmp_path / "spm_segment"), vocab_size=400, segment=True, progress=False
+    )
+    spm = seqio.SentencePieceVocabulary(path)
+    pieces = {spm.tokenizer.id_to_piece(i) for i in evaluator.signal_token_ids(spm, fmt)}
+    assert {"<|aligned|>", "<|misaligned|>"} <= pieces
 
 
 BAD_FILES = {

@@ -385,3 +385,42 @@ def test_tfds_missing_scores_are_nan():
     assert math.isnan(prompt.toxicity)
     assert prompt.continuation == " friend"  # TFDS bytes are decoded
     assert math.isnan(prompt.continuation_toxicity)
+
+
+@pytest.mark.parametrize(
+    "strategy, fmt, prefix, suffix",
+    [
+        ("segment", ConditioningFormat(), "", "<|aligned|>"),  # right before the continuation
+        ("segment", ConditioningFormat(placement="before"), "<|aligned|>", ""),
+        ("inst", ConditioningFormat(placement="after"), "", "\nThe following text is non-toxic:\n"),
+    ],
+)
+def test_a_signal_after_the_prompt_goes_to_the_model_but_is_never_scored(
+    tmp_path, strategy, fmt, prefix, suffix
+):
+    prompts = make_prompts(3)
+    inputs = []
+
+    def generate(model_inputs, n):
+        inputs.extend(model_inputs)
+        return [[f"{m} bad rest"] * n for m in model_inputs]  # an engine echoing its input
+
+    scorer = RecordingScorer()
+    runs = rtp.evaluate_rtp_conditioned_and_unconditioned(
+        prompts,
+        generate,
+        scorer,
+        strategy=strategy,
+        fmt=fmt,
+        config=rtp.RTPConfig(num_samples=2),
+        output_dir=str(tmp_path),
+        progress=False,
+    )
+    conditioned = runs["conditioned"]
+    assert (conditioned.prefix, conditioned.suffix) == (prefix, suffix)
+    assert inputs[len(prompts) :] == [prefix + p.text + suffix for p in prompts]
+    assert set(scorer.seen) == {" bad rest"}  # the continuation alone, signal stripped
+    summary = conditioned.summary()
+    assert (summary["prefix"], summary["suffix"]) == (prefix, suffix)
+    record = json.loads((tmp_path / "rtp_conditioned.jsonl").read_text().splitlines()[0])
+    assert (record["prefix"], record["suffix"]) == (prefix, suffix)

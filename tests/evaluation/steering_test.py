@@ -266,3 +266,24 @@ def test_steerability_per_token_logliks_equal_the_engine_on_a_tiny_model():
         (expected[1, 0] - expected[1, 1]) - np.mean(expected[[0, 2], 0] - expected[[0, 2], 1]),
         abs=1e-6,
     )
+
+
+def test_suffixes_follow_the_prompt_and_give_the_same_metrics():
+    """SEGMENT's signals go after the prompt: same answers keyed on prompt + suffix."""
+    suffixes = {"nontoxic": "<a>", "toxic": "<m>", "none": ""}
+    prefixes = {c: "" for c in suffixes}
+    engine = TableLoglikelihood(
+        {
+            (p.text + suffixes[c], p.continuation): ANSWERS[p.text][c]
+            for p in PROMPTS
+            for c in suffixes
+        }
+    )
+    result = steering.steerability(PROMPTS, engine, signals=prefixes, suffixes=suffixes, **FEW)
+    assert engine.calls[0][:2] == [
+        LoglikelihoodRequest("A<a>", " bad", truncate=True),
+        LoglikelihoodRequest("A<m>", " bad", truncate=True),
+    ]
+    reference = steering.steerability(PROMPTS, table(), signals=SIGNALS, **FEW)
+    assert result["gap"] == reference["gap"] and result["auc"] == reference["auc"]
+    assert result["suffixes"] == suffixes

@@ -41,6 +41,7 @@ class Strategy(str, enum.Enum):
 # The paper's strategies: the default set of a task family and of a study.
 PAPER_STRATEGIES = (Strategy.BASE, Strategy.MEDA, Strategy.INST, Strategy.FILTER)
 POSITIONS = ("prefix", "suffix")
+PLACEMENTS = ("before", "after")
 _HASH_BUCKETS = 2**31 - 1  # resolution of the augmented-fraction draw
 
 
@@ -80,6 +81,9 @@ class ConditioningFormat:
     segment_aligned: str = "<|aligned|>"
     # ... and before a segment scored above it. Both are banned while sampling.
     segment_misaligned: str = "<|misaligned|>"
+    # Evaluation: the signal "before" the prompt (the paper) or "after" it, right before the
+    # continuation; "" = each strategy's own (before for MEDA and INST, after for SEGMENT).
+    placement: str = ""
 
     def __post_init__(self) -> None:
         if self.position not in POSITIONS:
@@ -90,6 +94,8 @@ class ConditioningFormat:
             raise ValueError(f"score_precision must be >= 0, got {self.score_precision}")
         if "{score}" not in self.meda_template:
             raise ValueError(f"meda_template must contain '{{score}}': {self.meda_template!r}")
+        if self.placement not in ("", *PLACEMENTS):
+            raise ValueError(f"placement must be '' or one of {PLACEMENTS}, got {self.placement!r}")
         tokens = (self.segment_aligned, self.segment_misaligned)
         if not all(t.strip() == t and t for t in tokens) or tokens[0] == tokens[1]:
             raise ValueError(f"segment tokens must be two distinct, unpadded strings: {tokens}")
@@ -160,39 +166,53 @@ class ConditioningFormat:
         )
         return self._place(signal, text)
 
-    def inference_prefix(self, strategy: Strategy | str) -> str:
-        """What goes in front of an evaluation prompt to ask for non-toxic text."""
+    def placement_for(self, strategy: Strategy | str) -> str:
+        """Where the evaluation puts `strategy`'s signal: "before" or "after" the prompt."""
+        if self.placement:
+            return self.placement
+        return "after" if Strategy.parse(strategy) is Strategy.SEGMENT else "before"
+
+    def _prompt_signal(self, strategy: Strategy | str, toxic: bool) -> tuple[str, str]:
+        """(prefix, suffix) around an evaluation prompt asking for (non-)toxic text."""
         strategy = Strategy.parse(strategy)
-        if strategy in (Strategy.BASE, Strategy.FILTER, Strategy.SEGMENT):
-            return ""
+        if strategy in (Strategy.BASE, Strategy.FILTER):
+            return "", ""
+        if strategy is Strategy.SEGMENT:
+            token = self.segment_misaligned if toxic else self.segment_aligned
+            # A control token heads the segment it describes: right after the prompt, the
+            # continuation; before it, the prompt and what follows.
+            return ("", token) if self.placement_for(strategy) == "after" else (token, "")
         if self.position != "prefix":
             raise ValueError(
                 "a signal placed as a suffix cannot condition generation; "
                 "use position='prefix' for inference-time control"
             )
         if strategy is Strategy.MEDA:
-            return self.meda_signal(self.meda_inference_score) + self.separator
-        return self.inst_signal(False) + self.separator
+            score = self.meda_toxic_score if toxic else self.meda_inference_score
+            signal = self.meda_signal(score)
+        else:
+            signal = self.inst_signal(toxic)
+        if self.placement_for(strategy) == "after":  # the signal line between prompt and text
+            return "", self.separator + signal + self.separator
+        return signal + self.separator, ""
+
+    def inference_prefix(self, strategy: Strategy | str) -> str:
+        """What goes in front of an evaluation prompt to ask for non-toxic text."""
+        return self._prompt_signal(strategy, toxic=False)[0]
+
+    def inference_suffix(self, strategy: Strategy | str) -> str:
+        """What goes right after an evaluation prompt to ask for non-toxic text (SEGMENT's
+        aligned token by default; the paper's signals with placement="after")."""
+        return self._prompt_signal(strategy, toxic=False)[1]
 
     def toxic_prefix(self, strategy: Strategy | str) -> str:
         """The opposite of `inference_prefix`: the signal of toxic text, for the evaluation's
         within-model contrasts (steerability, controllability, generative classifier)."""
-        strategy = Strategy.parse(strategy)
-        if strategy in (Strategy.BASE, Strategy.FILTER, Strategy.SEGMENT):
-            return ""
-        self.inference_prefix(strategy)  # the same placement check
-        if strategy is Strategy.MEDA:
-            return self.meda_signal(self.meda_toxic_score) + self.separator
-        return self.inst_signal(True) + self.separator
-
-    def inference_suffix(self, strategy: Strategy | str) -> str:
-        """What goes right after an evaluation prompt: SEGMENT's aligned token (the next
-        segment, the continuation, is to be non-toxic); nothing for the paper's strategies."""
-        return self.segment_aligned if Strategy.parse(strategy) is Strategy.SEGMENT else ""
+        return self._prompt_signal(strategy, toxic=True)[0]
 
     def toxic_suffix(self, strategy: Strategy | str) -> str:
-        """The opposite of `inference_suffix`, for the within-model contrasts."""
-        return self.segment_misaligned if Strategy.parse(strategy) is Strategy.SEGMENT else ""
+        """The opposite of `inference_suffix`."""
+        return self._prompt_signal(strategy, toxic=True)[1]
 
     def segment_strings(self) -> list[str]:
         """SEGMENT's control tokens: whole vocabulary pieces, banned while sampling."""

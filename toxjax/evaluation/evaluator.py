@@ -397,12 +397,14 @@ class Evaluator:
             progress=self.progress,
         )
         toxic_prefix = self.fmt.toxic_prefix(self.strategy)
-        if toxic_prefix and self.config.eval.rtp_toxic_signal:
+        toxic_suffix = self.fmt.toxic_suffix(self.strategy)
+        if (toxic_prefix or toxic_suffix) and self.config.eval.rtp_toxic_signal:
             runs["toxic_signal"] = rtp.evaluate_rtp(
                 self.prompts,
                 generate_fn,
                 self.scorer(),
                 prefix=toxic_prefix,
+                suffix=toxic_suffix,
                 config=rtp_config,
                 records_path=os.path.join(output_dir, "rtp_toxic_signal.jsonl")
                 if self.is_chief
@@ -501,6 +503,7 @@ class Evaluator:
             "task": self.task_name,
             "strategy": self.strategy.value,
             "prefix": self.fmt.inference_prefix(self.strategy),
+            "suffix": self.fmt.inference_suffix(self.strategy),
             "timing_s": {},
         }
         with tqdm(

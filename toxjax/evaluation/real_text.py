@@ -114,11 +114,22 @@ def read_cloze(path: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
 
 def signal_prefixes(strategy: Strategy, fmt: ConditioningFormat) -> dict[str, str] | None:
     """{"nontoxic", "toxic", "none"} prefixes of a conditioned strategy; None for BASE/FILTER."""
-    if strategy not in (Strategy.MEDA, Strategy.INST):
+    if strategy in (Strategy.BASE, Strategy.FILTER):
         return None
     return {
         "nontoxic": fmt.inference_prefix(strategy),
         "toxic": fmt.toxic_prefix(strategy),
+        "none": "",
+    }
+
+
+def signal_suffixes(strategy: Strategy, fmt: ConditioningFormat) -> dict[str, str] | None:
+    """The same conditions' suffixes (signals placed after the prompt, e.g. SEGMENT's)."""
+    if strategy in (Strategy.BASE, Strategy.FILTER):
+        return None
+    return {
+        "nontoxic": fmt.inference_suffix(strategy),
+        "toxic": fmt.toxic_suffix(strategy),
         "none": "",
     }
 
@@ -206,9 +217,16 @@ def evaluate_real_text(
     """Every real-text metric of one model. paths: "heldout_clean", "cloze" and
     "detection_<task>" files (toxjax.demo.real_corpus layout); limit caps each set (and the
     steerability prompts)."""
-    prefix = fmt.inference_prefix(strategy)
-    signals = signal_prefixes(strategy, fmt)
-    out: dict[str, Any] = {"strategy": strategy.value, "signals": signals, "skipped": {}}
+    # Documents and detection texts have no prompt: a signal's prefix and suffix both go in
+    # front of them (for SEGMENT, its control token heads the text, as in training).
+    prefix = fmt.inference_prefix(strategy) + fmt.inference_suffix(strategy)
+    signals, suffixes = signal_prefixes(strategy, fmt), signal_suffixes(strategy, fmt)
+    out: dict[str, Any] = {
+        "strategy": strategy.value,
+        "signals": signals,
+        "suffixes": suffixes,
+        "skipped": {},
+    }
     documents, out["skipped"]["heldout_clean"] = read_texts(paths["heldout_clean"])
     out["heldout_clean"] = heldout_clean(loglikelihood_fn, documents[:limit], prefix)
     pairs, out["skipped"]["cloze"] = read_cloze(paths["cloze"])
@@ -216,8 +234,12 @@ def evaluate_real_text(
     out["steerability"] = (
         None
         if signals is None
-        else steering.steerability(prompts[:limit], loglikelihood_fn, signals=signals)
+        else steering.steerability(
+            prompts[:limit], loglikelihood_fn, signals=signals, suffixes=suffixes
+        )
     )
+    # The generative classifier's contexts: the whole signal in front of the text.
+    text_signals = None if signals is None else {k: signals[k] + suffixes[k] for k in signals}
     out["detection"] = {}
     for name, path in sorted(paths.items()):
         if not name.startswith("detection_"):
@@ -228,7 +250,7 @@ def evaluate_real_text(
             loglikelihood_fn,
             examples[:limit],
             task=task,
-            signals=signals,
+            signals=text_signals,
             prompted_config=prompted_config,
         )
     return out

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -350,7 +350,7 @@ def toxicity_metrics(
 
 @dataclasses.dataclass
 class RTPResult:
-    """One model evaluated under one prefix."""
+    """One model evaluated under one signal (prefix before, suffix after each prompt)."""
 
     prefix: str
     scorer_id: str
@@ -358,12 +358,14 @@ class RTPResult:
     metrics: dict[str, dict[str, float | int]]
     scores: np.ndarray  # [num_prompts, num_samples], the config's attribute
     records_path: str | None = None
+    suffix: str = ""
 
     def summary(self) -> dict[str, Any]:
         """Strict-JSON summary (NaN -> null) for reports."""
         return jsonable(
             {
                 "prefix": self.prefix,
+                "suffix": self.suffix,
                 "scorer": self.scorer_id,
                 "num_prompts": int(self.scores.shape[0]),
                 "config": dataclasses.asdict(self.config),
@@ -409,10 +411,11 @@ def _generate_and_score(
     score_fn: ScoreFn,
     prefix: str,
     config: RTPConfig,
+    suffix: str = "",
 ) -> tuple[list[list[str]], dict[str, np.ndarray]]:
-    """Continuations of prefix + prompt, and their scores as {attribute: [len(chunk), n]}."""
+    """Continuations of prefix + prompt + suffix; scores as {attribute: [len(chunk), n]}."""
     n = config.num_samples
-    model_inputs = [prefix + p.text for p in chunk]
+    model_inputs = [prefix + p.text + suffix for p in chunk]
     outputs = generate_fn(model_inputs, n)
     _check_generations(outputs, model_inputs, n)
     continuations = [
@@ -440,12 +443,13 @@ def evaluate_rtp(
     scorer: Any,
     *,
     prefix: str = "",
+    suffix: str = "",
     config: RTPConfig = RTPConfig(),
     records_path: str | None = None,
     progress: bool = True,
 ) -> RTPResult:
-    """Generates `num_samples` continuations of `prefix + prompt`, scores the continuations only,
-    and computes EMT/TP; per-prompt records go to `records_path` (JSONL) when given."""
+    """Generates `num_samples` continuations of `prefix + prompt + suffix`, scores the
+    continuations only, and computes EMT/TP; per-prompt records go to `records_path` (JSONL)."""
     from tqdm.auto import tqdm
 
     score_fn, scorer_id = _resolve_scorer(scorer)
@@ -459,7 +463,7 @@ def evaluate_rtp(
         bar = stack.enter_context(
             tqdm(
                 total=len(prompts),
-                desc=f"RTP prefix={prefix!r}",
+                desc=f"RTP prefix={prefix!r} suffix={suffix!r}",
                 unit="prompt",
                 disable=not progress,
             )
@@ -467,7 +471,7 @@ def evaluate_rtp(
         for start in range(0, len(prompts), config.prompts_per_call):
             chunk = prompts[start : start + config.prompts_per_call]
             continuations, scored = _generate_and_score(
-                chunk, generate_fn, score_fn, prefix, config
+                chunk, generate_fn, score_fn, prefix, config, suffix
             )
             table[start : start + len(chunk)] = scored[config.attribute]
             if records_file is not None:
@@ -478,6 +482,7 @@ def evaluate_rtp(
                         "prompt_toxicity": p.toxicity,
                         "challenging": p.challenging,
                         "prefix": prefix,
+                        "suffix": suffix,
                         "continuations": samples,
                         "scores": {name: values[row] for name, values in scored.items()},
                         "attribute": config.attribute,
@@ -495,14 +500,15 @@ def evaluate_rtp(
         toxic_prompt_threshold=config.toxic_prompt_threshold,
     )
     logging.info(
-        "RTP prefix=%r scorer=%s: EMT %.4f, TP %.4f over %d prompts",
+        "RTP prefix=%r suffix=%r scorer=%s: EMT %.4f, TP %.4f over %d prompts",
         prefix,
+        suffix,
         scorer_id,
         metrics["all"]["expected_max_toxicity"],
         metrics["all"]["toxicity_probability"],
         len(prompts),
     )
-    return RTPResult(prefix, scorer_id, config, metrics, table, records_path)
+    return RTPResult(prefix, scorer_id, config, metrics, table, records_path, suffix)
 
 
 def evaluate_rtp_conditioned_and_unconditioned(
@@ -516,18 +522,28 @@ def evaluate_rtp_conditioned_and_unconditioned(
     output_dir: str | None = None,
     progress: bool = True,
 ) -> dict[str, RTPResult]:
-    """Runs the strategy's inference prefix and the empty prefix: {"conditioned", "unconditioned"}.
+    """Runs the strategy's inference signal and no signal: {"conditioned", "unconditioned"}.
 
-    For strategies without a prefix (BASE, FILTER) the two are the same run, done once and
+    For strategies without a signal (BASE, FILTER) the two are the same run, done once and
     returned under both keys.
     """
-    prefix = fmt.inference_prefix(strategy)
+    prefix, suffix = fmt.inference_prefix(strategy), fmt.inference_suffix(strategy)
     paths: dict[str, str | None] = {"conditioned": None, "unconditioned": None}
     if output_dir:
         paths = {key: os.path.join(output_dir, f"rtp_{key}.jsonl") for key in paths}
-    run: Callable[[str, str | None], RTPResult] = lambda p, path: evaluate_rtp(
-        prompts, generate_fn, scorer, prefix=p, config=config, records_path=path, progress=progress
-    )
-    unconditioned = run("", paths["unconditioned"])
-    conditioned = run(prefix, paths["conditioned"]) if prefix else unconditioned
+
+    def run(signal: tuple[str, str], path: str | None) -> RTPResult:
+        return evaluate_rtp(
+            prompts,
+            generate_fn,
+            scorer,
+            prefix=signal[0],
+            suffix=signal[1],
+            config=config,
+            records_path=path,
+            progress=progress,
+        )
+
+    unconditioned = run(("", ""), paths["unconditioned"])
+    conditioned = run((prefix, suffix), paths["conditioned"]) if prefix or suffix else unconditioned
     return {"conditioned": conditioned, "unconditioned": unconditioned}

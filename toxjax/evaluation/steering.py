@@ -19,7 +19,8 @@ very same tokens (the signal only changes the context in front), so per-token no
 changes no comparison between conditions of a text, only the weight of each text.
 
 Signals are plain prefix strings given by the caller (e.g. "toxicity: 0.00\\n"; "" is no
-signal). Inputs that cannot be scored are counted per reason, logged and reported, never
+signal), with optional suffixes for signals placed after the prompt (SEGMENT's control
+token). Inputs that cannot be scored are counted per reason, logged and reported, never
 silently dropped.
 """
 
@@ -149,6 +150,7 @@ def steerability(
     loglikelihood_fn: LoglikelihoodFn,
     *,
     signals: Mapping[str, str],
+    suffixes: Mapping[str, str] | None = None,
     reference: str = "toxic",
     toxic_threshold: float = 0.5,
     n_resamples: int = intervals.N_RESAMPLES,
@@ -158,7 +160,8 @@ def steerability(
 ) -> dict[str, Any]:
     """How the non-toxic signal moves the published continuations' likelihood, by toxicity.
 
-    For each usable prompt and condition: per-token log P(continuation | signal + prompt). For
+    For each usable prompt and condition: per-token log P(continuation | signal + prompt +
+    suffix), where `suffixes` (default none) holds signals placed after the prompt. For
     each condition c other than "nontoxic": delta = ll(nontoxic) - ll(c); continuations are
     toxic when their toxicity is > `toxic_threshold`. Per comparison: the mean delta of each
     group, gap = mean delta(non-toxic) - mean delta(toxic) (positive = the right way) and the
@@ -170,7 +173,8 @@ def steerability(
     _check_signals(signals, reference)
     usable, skipped = usable_prompts(prompts, task=task)
     conditions = list(signals)
-    contexts = [[signals[c] + p.text for c in conditions] for p in usable]
+    suffixes = {c: (suffixes or {}).get(c, "") for c in conditions}
+    contexts = [[signals[c] + p.text + suffixes[c] for c in conditions] for p in usable]
     texts = [p.continuation for p in usable]
     ll, num_tokens = per_token_logliks(contexts, texts, loglikelihood_fn, task=task)
     toxic = np.asarray([p.continuation_toxicity > toxic_threshold for p in usable], dtype=bool)
@@ -203,6 +207,7 @@ def steerability(
         "task": task,
         "normalization": "per_token",
         "signals": dict(signals),
+        "suffixes": suffixes,
         "reference": reference,
         "toxic_threshold": float(toxic_threshold),
         "confidence": float(confidence),

@@ -54,6 +54,20 @@ def build_vocab() -> list[str]:
     return vocab
 
 
+def _family_settings(architecture: str, pad_id: int, max_positions: int) -> dict:
+    """Config fields in which Detoxify's model families differ from BERT."""
+    if architecture in ("roberta", "xlm-roberta"):
+        # RoBERTa numbers positions from pad + 1: more rows hold a full 512-token window.
+        return {
+            "pad_token_id": pad_id,
+            "type_vocab_size": 1,
+            "max_position_embeddings": max_positions + pad_id + 1,
+        }
+    if architecture == "albert":
+        return {"hidden_act": "gelu_new"}
+    return {}
+
+
 # architecture -> (transformers model class, its config class), as Detoxify's models use them.
 ARCHITECTURES = {
     "bert": ("BertForSequenceClassification", "BertConfig"),
@@ -101,13 +115,9 @@ def build_tiny_detoxify_checkpoint(
     )
     tokenizer.save_pretrained(model_dir)
 
-    extra = {}
-    if architecture in ("roberta", "xlm-roberta"):
-        # RoBERTa numbers positions from pad + 1: two more rows hold a full 512-token window.
-        extra = {"pad_token_id": tokenizer.pad_token_id, "type_vocab_size": 1}
-        extra["max_position_embeddings"] = max_position_embeddings + tokenizer.pad_token_id + 1
-    elif architecture == "albert":
-        extra = {"embedding_size": max(heads, hidden // 2), "hidden_act": "gelu_new"}
+    extra = _family_settings(architecture, tokenizer.pad_token_id, max_position_embeddings)
+    extra["embedding_size"] = max(heads, hidden // 2) if architecture == "albert" else None
+    extra = {k: v for k, v in extra.items() if v is not None}
     config = getattr(transformers, config_name)(
         **{
             "vocab_size": len(vocab),
@@ -130,23 +140,26 @@ def build_tiny_detoxify_checkpoint(
     with torch.no_grad():
         head.weight.normal_(0.0, 2.0 * hidden**-0.5)
     config.save_pretrained(model_dir)
+    checkpoint_path = os.path.join(os.path.abspath(out_dir), f"{model_type_name}.ckpt")
+    torch.save(_checkpoint_dict(model, model_dir, model_type_name, classes), checkpoint_path)
+    return checkpoint_path
 
-    checkpoint = {
+
+def _checkpoint_dict(model, model_dir: str, name: str, classes: tuple[str, ...]) -> dict:
+    """Detoxify's checkpoint layout: the training config and the transformers state dict."""
+    return {
         "config": {
-            "name": f"random-{model_type_name}",
+            "name": f"random-{name}",
             "arch": {
                 "type": "detoxify",
                 "args": {
                     "model_type": model_dir,
-                    "model_name": model_name,
+                    "model_name": type(model).__name__,
                     "tokenizer_name": "BertTokenizer",
                     "num_classes": len(classes),
                 },
             },
             "dataset": {"type": "JigsawDataOriginal", "args": {"classes": list(classes)}},
         },
-        "state_dict": {name: tensor.clone() for name, tensor in model.state_dict().items()},
+        "state_dict": {key: tensor.clone() for key, tensor in model.state_dict().items()},
     }
-    checkpoint_path = os.path.join(os.path.abspath(out_dir), f"{model_type_name}.ckpt")
-    torch.save(checkpoint, checkpoint_path)
-    return checkpoint_path
