@@ -35,8 +35,12 @@ def study_section(
     study.records_per_shard = 1000  # scored records per output shard (the resume unit)
     study.on_bad_record = "error"  # "error" | "skip" a record without usable text
     study.tfds_data_dir = ""  # TFDS data_dir of a tfds: corpus; "" = the TFDS default
-    # Strategies trained, in this order; any of base, meda, inst, filter.
+    # Strategies trained, in this order; any of base, meda, inst, filter (the paper's) and
+    # segment (a control token per scored segment, Korbak et al. 2023).
     study.strategies = strategies
+    # With segment among the strategies: how the scoring job cuts documents into scored
+    # segments, "sentence" | "chunk:<chars>" (toxjax.scoring.segments); else unused.
+    study.segment = "sentence"
     study.baseline = "base"  # the row the report compares every other strategy with
     # Conditioning format (toxjax.data.conditioning.ConditioningFormat fields). The defaults are OUR
     # RECONSTRUCTION of the paper's: its exact MEDA string, INST wording and threshold are not
@@ -61,7 +65,7 @@ def study_section(
     # share of documents counts as toxic, whatever the scorer's calibration); < 0: use
     # conditioning.threshold as given.
     study.threshold_quantile = -1.0
-    # Signal-free cooldown of MEDA/INST runs (MeCo): the last fraction of training steps draws
+    # Signal-free cooldown of MEDA/INST/SEGMENT runs (MeCo): the last fraction of steps draws
     # untagged BASE data (config.data.cooldown_*); 0 = none.
     study.cooldown_fraction = 0.0
     return study

@@ -49,4 +49,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.study.corpus = "demo:300"  # the first 300 documents of the embedded corpus
     config.study.records_per_shard = 100  # scored records per output shard
     config.study.vocab_size = 320  # pieces of the trained SentencePiece vocabulary
+    # The paper's four and SEGMENT (sentence scores, control tokens after the prompt).
+    config.study.strategies = ("base", "meda", "inst", "filter", "segment")
     return config

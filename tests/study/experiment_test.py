@@ -194,12 +194,13 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     config = study_smoke.get_config()
     workdir = str(tmp_path / "study")
     results = experiment.run_study(config, workdir, progress=False, compiler_options=FAST_COMPILE)
+    strategies = (*STRATEGIES, "segment")
 
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f) == results
-    assert list(results) == list(STRATEGIES)
+    assert list(results) == list(strategies)
     for name, entry in results.items():
-        mixed = "_mix" if name in ("meda", "inst") else ""  # untagged share (untagged_rate)
+        mixed = "_mix" if name in ("meda", "inst", "segment") else ""  # untagged share
         assert entry["task"] == f"toxjax_study_smoke_{name}{mixed}"
         assert entry["step"] == config.train.num_steps
         for field in ("toxicity", "toxicity_unconditioned"):
@@ -215,21 +216,28 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     assert results["inst"]["prefix"] == "The following text is non-toxic:\n"
     assert results["meda"]["prefix"] == "toxicity: 0.00\n"
     assert results["base"]["prefix"] == results["filter"]["prefix"] == ""
+    with open(os.path.join(workdir, "segment", "eval", "step_3.json")) as f:
+        segment_eval = json.load(f)
+    assert (segment_eval["prefix"], segment_eval["suffix"]) == ("", "<|aligned|>")
+    records = os.path.join(workdir, "segment", "eval", "step_3", "rtp_conditioned.jsonl")
+    with open(records) as f:
+        assert all(json.loads(line)["suffix"] == "<|aligned|>" for line in f)
     with open(os.path.join(workdir, "results.md")) as f:
         table = f.read()
-    for name in STRATEGIES:
+    for name in strategies:
         assert f"| {name} |" in table
     for plot in reporting.PLOTS.values():
         with open(os.path.join(workdir, plot), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert os.path.exists(os.path.join(workdir, "scored", "manifest.json"))
+    with open(os.path.join(workdir, "scored-sentence", "manifest.json")) as f:
+        assert json.load(f)["segment"] == "sentence"  # the corpus carries segment scores
     assert os.listdir(os.path.join(workdir, "vocab"))  # the SentencePiece model was trained
     with open(os.path.join(workdir, "inst", "config.json")) as f:
         assert json.load(f)["data"]["task"] == "toxjax_study_smoke_inst_mix"  # untagged share
 
     # Rerun: nothing trains or evaluates again, the report is rebuilt.
-    train_logs = [os.path.join(workdir, name, "train_log.jsonl") for name in STRATEGIES]
-    eval_files = [experiment.eval_json_path(workdir, name, 3) for name in STRATEGIES]
+    train_logs = [os.path.join(workdir, name, "train_log.jsonl") for name in strategies]
+    eval_files = [experiment.eval_json_path(workdir, name, 3) for name in strategies]
     before = _mtimes(train_logs + eval_files)
     logs_before = [pathlib.Path(path).read_text() for path in train_logs]
     os.remove(os.path.join(workdir, "results.md"))
@@ -254,7 +262,7 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     )
     config.eval.rtp.num_samples = 3
     experiment.run_study(config, workdir, progress=False)
-    assert evaluated == [experiment.run_workdir(workdir, name) for name in STRATEGIES]
+    assert evaluated == [experiment.run_workdir(workdir, name) for name in strategies]
 
 
 def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):

@@ -104,7 +104,7 @@ def register_toxicity_tasks(
     mixture_with: (task or mixture name, rate) pairs; for each strategy in `mix_strategies`, a
         mixture draws each example from those with the given rates and from the strategy task
         with the rest (1 - sum of rates). Names of this family (e.g. f"{name}_base") may be used.
-        mix_strategies defaults to those of MEDA and INST that are in `strategies`.
+        mix_strategies defaults to those of MEDA, INST and SEGMENT that are in `strategies`.
     Returns {strategy: task name} plus {f"{strategy}_mix": mixture name}.
 
     Registering a family name again replaces all of its previous tasks and mixtures (so
@@ -237,7 +237,8 @@ def _plan_mixtures(
             "must leave a positive share (1 - sum) for the conditioned task"
         )
     if mix_strategies is None:
-        mix_strategies = [s for s in (Strategy.MEDA, Strategy.INST) if s in strategies]
+        conditioned = (Strategy.MEDA, Strategy.INST, Strategy.SEGMENT)
+        mix_strategies = [s for s in conditioned if s in strategies]
     plans = {}
     for strategy in _unique_strategies(mix_strategies, "mix_strategies"):
         if strategy not in strategies:

@@ -142,8 +142,19 @@ def has_segment(config: ml_collections.ConfigDict) -> bool:
     return any(run.strategy is Strategy.SEGMENT for run in runs_)
 
 
+def segment_spec(config: ml_collections.ConfigDict) -> str:
+    """The scoring job's --segment for this study: "" unless a run uses SEGMENT."""
+    return str(config.study.get("segment", "sentence")) if has_segment(config) else ""
+
+
 def scored_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    return config.study.scored_dir or fileio.join(workdir, SCORED_SUBDIR)
+    """WORKDIR/scored, or WORKDIR/scored-<segmentation> for a study with SEGMENT (another
+    scoring run: the same documents and scores plus segment scores)."""
+    if config.study.scored_dir:
+        return config.study.scored_dir
+    segment = segment_spec(config)
+    name = f"{SCORED_SUBDIR}-{segment.replace(':', '')}" if segment else SCORED_SUBDIR
+    return fileio.join(workdir, name)
 
 
 def run_workdir(workdir: str, run: runs.Run | Strategy | str) -> str:
@@ -176,6 +187,7 @@ def score_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
             threshold=fmt.threshold,
             attribute=fmt.attribute,
             tfds_data_dir=study.tfds_data_dir or None,
+            segment=segment_spec(config),
         ),
         progress=progress,
     )
@@ -311,7 +323,7 @@ def run_config_for(
         del run_config["study"]
     run_config.data.task = task_name
     cooldown = cooldown_fraction(config, run)
-    if cooldown > 0 and run.strategy in (Strategy.MEDA, Strategy.INST):
+    if cooldown > 0 and run.strategy in (Strategy.MEDA, Strategy.INST, Strategy.SEGMENT):
         run_config.data.cooldown_fraction = cooldown  # MeCo: end on untagged text
         run_config.data.cooldown_task = f"{family_name(config, run)}_{Strategy.BASE.value}"
     run_config.train.seed = int(config.train.seed) + run.seed
