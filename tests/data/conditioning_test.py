@@ -280,3 +280,42 @@ def test_segment_conditioning_in_python_and_graph_agree():
     assert graph.numpy().decode() == "<|misaligned|>Ça va. <|aligned|>Très bien"
     with pytest.raises(ValueError, match="condition_segments"):
         fmt.condition("segment", text, 0.1, "k")
+
+
+def test_meda_score_bins_in_python_and_graph():
+    fmt = ConditioningFormat(score_bins=4)
+    scores = [0.0, 0.24, 0.25, 0.5, 0.74, 0.99, 1.0]
+    expected = ["0.00", "0.00", "0.25", "0.50", "0.50", "0.75", "0.75"]
+    assert [fmt.meda_signal(s) for s in scores] == [f"toxicity: {e}" for e in expected]
+    graph = [
+        fmt.tf_condition("meda", tf.constant("t"), tf.constant(s, tf.float64), tf.constant("k"))
+        for s in scores
+    ]
+    assert [g.numpy().decode() for g in graph] == [f"toxicity: {e}\nt" for e in expected]
+    # Inference asks for the lowest bin, the toxic contrast for the highest.
+    assert fmt.inference_prefix("meda") == "toxicity: 0.00\n"
+    assert fmt.toxic_prefix("meda") == "toxicity: 0.75\n"
+    with pytest.raises(ValueError, match="score_bins"):
+        ConditioningFormat(score_bins=1)
+
+
+def test_inst_levels_in_python_and_graph():
+    levels = ["Clean text:", "Somewhat rude text:", "Toxic text:"]
+    fmt = ConditioningFormat(inst_levels=levels, inst_level_thresholds=[0.2, 0.6])
+    assert fmt.inst_levels == tuple(levels)  # lists from configs become tuples
+    for score, level in [(0.0, 0), (0.2, 0), (0.21, 1), (0.6, 1), (0.61, 2), (1.0, 2)]:
+        assert fmt.condition("inst", "t", score, "k") == f"{levels[level]}\nt"
+        graph = fmt.tf_condition(
+            "inst", tf.constant("t"), tf.constant(score, tf.float64), tf.constant("k")
+        )
+        assert graph.numpy().decode() == f"{levels[level]}\nt"
+    assert fmt.inference_prefix("inst") == "Clean text:\n"
+    assert fmt.toxic_prefix("inst") == "Toxic text:\n"
+    assert set(levels) <= set(fmt.signal_strings())  # every level stays a whole piece
+    for bad in (
+        {"inst_levels": ["a"], "inst_level_thresholds": []},
+        {"inst_levels": ["a", "b"], "inst_level_thresholds": [0.1, 0.2]},
+        {"inst_levels": ["a", "b", "c"], "inst_level_thresholds": [0.5, 0.2]},
+    ):
+        with pytest.raises(ValueError, match="inst_levels"):
+            ConditioningFormat(**bad)

@@ -169,3 +169,17 @@ def test_run_format_applies_format_fields_and_threshold_quantile(scored, tmp_pat
     missing = str(tmp_path / "nowhere")
     assert runs.run_format(base, {"threshold": 0.2}, missing).threshold == 0.2
     assert runs.run_format(base, {"threshold_quantile": -1.0}, missing) == base
+
+
+def test_bin_and_level_variants_parse_to_format_fields():
+    overrides = runs.parse_overrides(
+        'inst_levels=["Clean:","Rude:","Toxic:"];inst_level_thresholds=[0.2,0.6];score_bins=4'
+    )
+    assert overrides == {
+        "inst_levels": ["Clean:", "Rude:", "Toxic:"],
+        "inst_level_thresholds": [0.2, 0.6],
+        "score_bins": 4,
+    }
+    fmt = runs.run_format(ConditioningFormat(), overrides, "/unused")
+    assert fmt.inst_levels == ("Clean:", "Rude:", "Toxic:") and fmt.score_bins == 4
+    assert runs.parse_variant("segment:placement=before") == (Strategy.SEGMENT, "placement=before")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -57,6 +58,9 @@ class ConditioningFormat:
     meda_template: str = "{attribute}: {score}"
     # Decimal places of the MEDA score.
     score_precision: int = 2
+    # MEDA score bins: 0 = the score itself (quantized only by score_precision); k >= 2 = the
+    # lower edge of its bin among k equal-width bins of [0, 1] (k=4: 0.00, 0.25, 0.50, 0.75).
+    score_bins: int = 0
     # Score written in the MEDA prefix at inference ("low toxicity").
     meda_inference_score: float = 0.0
     # Score of MEDA's toxic signal, which the evaluation contrasts with the inference one.
@@ -65,6 +69,11 @@ class ConditioningFormat:
     inst_toxic: str = "The following text is toxic:"
     # INST wording for the rest; also the inference-time instruction.
     inst_nontoxic: str = "The following text is non-toxic:"
+    # INST with k >= 2 levels instead of two: wordings from least to most toxic (inference
+    # asks for the first, the toxic contrast uses the last) ...
+    inst_levels: tuple[str, ...] = ()
+    # ... and the k - 1 increasing score cut points between them (score > cut: next level).
+    inst_level_thresholds: tuple[float, ...] = ()
     # Goes between the signal and the text.
     separator: str = "\n"
     # Fraction of documents that receive the signal; the rest stay raw (Korbak et al. leave 1%).
@@ -92,6 +101,21 @@ class ConditioningFormat:
             raise ValueError(f"augment_fraction must be in [0, 1], got {self.augment_fraction}")
         if self.score_precision < 0:
             raise ValueError(f"score_precision must be >= 0, got {self.score_precision}")
+        if self.score_bins == 1 or self.score_bins < 0:
+            raise ValueError(f"score_bins must be 0 (no bins) or >= 2, got {self.score_bins}")
+        # Variants and configs give lists: keep tuples, so formats stay hashable.
+        object.__setattr__(self, "inst_levels", tuple(self.inst_levels))
+        object.__setattr__(self, "inst_level_thresholds", tuple(self.inst_level_thresholds))
+        levels, cuts = self.inst_levels, self.inst_level_thresholds
+        if (levels or cuts) and (
+            len(levels) < 2
+            or len(cuts) != len(levels) - 1
+            or any(b <= a for a, b in zip(cuts, cuts[1:], strict=False))
+        ):
+            raise ValueError(
+                f"inst_levels needs >= 2 wordings and inst_level_thresholds one fewer, "
+                f"increasing cut points; got {len(levels)} wordings and cuts {list(cuts)}"
+            )
         if "{score}" not in self.meda_template:
             raise ValueError(f"meda_template must contain '{{score}}': {self.meda_template!r}")
         if self.placement not in ("", *PLACEMENTS):
@@ -115,11 +139,29 @@ class ConditioningFormat:
     def format_score(self, score: float) -> str:
         return f"{float(score):.{self.score_precision}f}"
 
+    def meda_value(self, score: float) -> float:
+        """The number MEDA writes: the score, or the lower edge of its bin."""
+        if not self.score_bins:
+            return float(score)
+        k = self.score_bins
+        return min(math.floor(float(score) * k), k - 1) / k
+
     def meda_signal(self, score: float) -> str:
-        return self._meda_parts()[0] + self.format_score(score) + self._meda_parts()[1]
+        before, after = self._meda_parts()
+        return before + self.format_score(self.meda_value(score)) + after
 
     def inst_signal(self, is_toxic: bool) -> str:
+        """The binary wording (or, with levels, the first or last one)."""
+        if self.inst_levels:
+            return self.inst_levels[-1] if is_toxic else self.inst_levels[0]
         return self.inst_toxic if is_toxic else self.inst_nontoxic
+
+    def inst_text(self, score: float) -> str:
+        """INST's signal for a document of this score."""
+        if not self.inst_levels:
+            return self.inst_signal(self.is_toxic(score))
+        level = sum(float(score) > cut for cut in self.inst_level_thresholds)
+        return self.inst_levels[level]
 
     def is_toxic(self, score: float) -> bool:
         return float(score) > self.threshold
@@ -159,11 +201,7 @@ class ConditioningFormat:
             return None if self.is_toxic(score) else text
         if not self.is_augmented(key):
             return text
-        signal = (
-            self.meda_signal(score)
-            if strategy is Strategy.MEDA
-            else self.inst_signal(self.is_toxic(score))
-        )
+        signal = self.meda_signal(score) if strategy is Strategy.MEDA else self.inst_text(score)
         return self._place(signal, text)
 
     def placement_for(self, strategy: Strategy | str) -> str:
@@ -222,7 +260,7 @@ class ConditioningFormat:
         """Fixed pieces of every signal, for vocabularies that must keep them whole."""
         before, after = self._meda_parts()
         pieces = (before.strip(), after.strip(), self.inst_toxic, self.inst_nontoxic)
-        return [piece for piece in pieces if piece]
+        return list(dict.fromkeys(p for p in (*pieces, *self.inst_levels) if p))
 
     # ----- TF graph versions (the SeqIO preprocessors use these) -----
 
@@ -238,8 +276,14 @@ class ConditioningFormat:
         score = tf.cast(score, tf.float64)  # keep float64 so digits match the Python version
         if strategy is Strategy.MEDA:
             before, after = self._meda_parts()
-            score_text = self._tf_format_score(score)
-            signal = tf.strings.join([before, score_text, after])
+            if self.score_bins:
+                k = float(self.score_bins)
+                score = tf.minimum(tf.floor(score * k), k - 1.0) / k
+            signal = tf.strings.join([before, self._tf_format_score(score), after])
+        elif self.inst_levels:
+            cuts = tf.constant(self.inst_level_thresholds, tf.float64)
+            level = tf.reduce_sum(tf.cast(score > cuts, tf.int32))
+            signal = tf.gather(tf.constant(self.inst_levels), level)
         else:
             toxic, nontoxic = tf.constant(self.inst_toxic), tf.constant(self.inst_nontoxic)
             signal = tf.where(self.tf_is_toxic(score), toxic, nontoxic)

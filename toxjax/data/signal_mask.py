@@ -32,7 +32,7 @@ def signal_piece_ids(vocabulary: Any, fmt: ConditioningFormat) -> tuple[list[int
         )
     separator = fmt.separator.replace(" ", "\u2581")
     meda_start = fmt.meda_template.replace("{attribute}", fmt.attribute).partition("{score}")[0]
-    starts = [meda_start.strip(), fmt.inst_toxic, fmt.inst_nontoxic]
+    starts = [meda_start.strip(), fmt.inst_toxic, fmt.inst_nontoxic, *fmt.inst_levels]
     pieces = vocab.signal_pieces(fmt)
     ids = {}
     for piece in [*(s.replace(" ", "\u2581") for s in starts if s), separator]:
