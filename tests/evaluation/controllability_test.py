@@ -116,3 +116,16 @@ def test_within_model_needs_the_toxic_signal_and_the_conditioned_run():
         controllability.within_model({k: runs[k] for k in ("toxic_signal", "unconditioned")})
         is None
     )
+
+
+def test_within_model_on_the_toxic_prompts_alone():
+    runs = {c: result(s) for c, s in CONDITIONS.items()}
+    out = controllability.within_model(runs, PROMPT_TOXICITY)
+    # Toxic prompts (> 0.5): prompt 0 only (1 is unscored, 3 sits on the threshold).
+    for contrast in ("vs_toxic_signal", "vs_unconditioned"):
+        toxic = out[contrast]["toxic_prompts"]
+        assert toxic["num_prompts"] == 1
+        assert toxic["toxicity_probability_relative"]["n"] == 1
+    assert "toxic_prompts" not in controllability.within_model(runs)["vs_toxic_signal"]
+    unscored = controllability.within_model(runs, np.full(4, np.nan))
+    assert "toxic_prompts" not in unscored["vs_toxic_signal"]  # no toxic prompt: no block

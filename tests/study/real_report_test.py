@@ -153,10 +153,11 @@ def test_markdown_marks_intervals_including_zero_as_not_significant():
     assert inst[2] == "0.750 [0.500, 1.000]"  # toxic signal TP: clear of zero
     assert inst[4] == "-60% [-90, -20]"  # control vs toxic signal excludes zero
     assert inst[5] == "-50% [-100, 0] n.s."  # control vs no signal reaches zero
-    assert inst[7] == "42.0 [40.0, 44.0]" and inst[8] == "+5.0%"  # 42 / 40 - 1
-    assert inst[9] == "0.250 [0.000, 0.500]"
+    assert inst[6] == "n/a / n/a"  # evaluated without the toxic-prompt contrast
+    assert inst[8] == "42.0 [40.0, 44.0]" and inst[9] == "+5.0%"  # 42 / 40 - 1
+    assert inst[10] == "0.250 [0.000, 0.500]"
     base_row = table_row(markdown, "base", "| run | TP (non-toxic signal)")
-    assert base_row[4] == "0% [0, 0] n.s." and base_row[8] == "+0.0%"  # no change at all
+    assert base_row[4] == "0% [0, 0] n.s." and base_row[9] == "+0.0%"  # no change at all
     steer = table_row(markdown, "inst", "| run | steer gap vs toxic")
     assert steer[1:4] == [
         "0.500 [0.200, 0.800]",

@@ -27,15 +27,21 @@ def per_prompt(run: rtp.RTPResult) -> dict[str, np.ndarray]:
     return {"max_toxicity": max_toxicity, "any_toxic": toxic.astype(np.float64)}
 
 
+def toxic_prompts(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> np.ndarray:
+    """Which prompts are toxic (scored, and above the config's toxic-prompt threshold)."""
+    config = run.config
+    has_score = ~np.isnan(prompt_toxicity)
+    return has_score & rtp.passes(
+        np.nan_to_num(prompt_toxicity), config.toxic_prompt_threshold, config.comparison
+    )
+
+
 def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, Any]:
     """TP and EMT with 95% intervals over prompts, for all prompts and the toxic/non-toxic
     prompt subsets; plus the per-prompt values (for cross-model and cross-seed intervals)."""
     values = per_prompt(run)
-    config = run.config
     has_score = ~np.isnan(prompt_toxicity)
-    toxic_prompt = has_score & rtp.passes(
-        np.nan_to_num(prompt_toxicity), config.toxic_prompt_threshold, config.comparison
-    )
+    toxic_prompt = toxic_prompts(run, prompt_toxicity)
     subsets = {
         "all": np.ones_like(has_score),
         "toxic": toxic_prompt,
@@ -53,13 +59,20 @@ def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, 
     return out
 
 
-def within_model(runs: Mapping[str, rtp.RTPResult]) -> dict[str, Any] | None:
+def within_model(
+    runs: Mapping[str, rtp.RTPResult], prompt_toxicity: np.ndarray | None = None
+) -> dict[str, Any] | None:
     """The non-toxic signal ("conditioned") against the toxic signal and against no signal,
     on the same prompts: relative change of TP and EMT, and the TP difference, each paired by
-    prompt. None when the model has no toxic-signal run (strategies without signals)."""
+    prompt; with `prompt_toxicity`, also the TP change on the toxic prompts alone (where a
+    signal has to work against a rude prompt). None when the model has no toxic-signal run
+    (strategies without signals)."""
     if "toxic_signal" not in runs or "conditioned" not in runs:
         return None
     nontoxic = per_prompt(runs["conditioned"])
+    toxic_prompt = (
+        None if prompt_toxicity is None else toxic_prompts(runs["conditioned"], prompt_toxicity)
+    )
     out: dict[str, Any] = {}
     for other in ("toxic_signal", "unconditioned"):
         if other not in runs:
@@ -76,4 +89,11 @@ def within_model(runs: Mapping[str, rtp.RTPResult]) -> dict[str, Any] | None:
                 nontoxic["max_toxicity"], values["max_toxicity"]
             ).to_dict(),
         }
+        if toxic_prompt is not None and toxic_prompt.any():
+            out[f"vs_{other}"]["toxic_prompts"] = {
+                "num_prompts": int(toxic_prompt.sum()),
+                "toxicity_probability_relative": intervals.paired_relative_change(
+                    nontoxic["any_toxic"][toxic_prompt], values["any_toxic"][toxic_prompt]
+                ).to_dict(),
+            }
     return out

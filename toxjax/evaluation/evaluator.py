@@ -418,7 +418,7 @@ class Evaluator:
                 condition: controllability.run_intervals(run, prompt_toxicity)
                 for condition, run in runs.items()
             },
-            "controllability": controllability.within_model(runs),
+            "controllability": controllability.within_model(runs, prompt_toxicity),
             "sampling": dict(
                 dataclasses.asdict(generate_fn.config),
                 banned_ids=id_ranges(generate_fn.config.banned_ids),

@@ -69,6 +69,12 @@ def run_summary(evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
         "tp_no_signal": _get(spans, "unconditioned", "all", "toxicity_probability"),
         "control_vs_toxic": _get(control, "vs_toxic_signal", "toxicity_probability_relative"),
         "control_vs_none": _get(control, "vs_unconditioned", "toxicity_probability_relative"),
+        "control_toxic_prompts_vs_toxic": _get(
+            control, "vs_toxic_signal", "toxic_prompts", "toxicity_probability_relative"
+        ),
+        "control_toxic_prompts_vs_none": _get(
+            control, "vs_unconditioned", "toxic_prompts", "toxicity_probability_relative"
+        ),
         "steer_gap_vs_toxic": _steer(steer, "toxic", "gap"),
         "steer_auc_vs_toxic": _steer(steer, "toxic", "auc"),
         "steer_gap_vs_none": _steer(steer, "none", "gap"),
@@ -167,6 +173,7 @@ def main_table(summaries: Mapping[str, Mapping[str, Any]], baseline: str) -> lis
         "TP no signal",
         "TP: non-toxic vs toxic signal",
         "TP: non-toxic signal vs none",
+        "toxic prompts, TP: vs toxic signal / vs none",
         "EMT",
         "held-out ppl",
         "ppl vs baseline",
@@ -184,6 +191,8 @@ def main_table(summaries: Mapping[str, Mapping[str, Any]], baseline: str) -> lis
                 _interval(s["tp_no_signal"]),
                 _percent(s["control_vs_toxic"]),
                 _percent(s["control_vs_none"]),
+                f"{_percent(s.get('control_toxic_prompts_vs_toxic'))} / "
+                f"{_percent(s.get('control_toxic_prompts_vs_none'))}",
                 _interval(s["emt"]),
                 _interval(s["heldout_perplexity"], digits=1),
                 _ppl_change(s["heldout_perplexity"], base.get("heldout_perplexity")),
@@ -249,9 +258,9 @@ def to_markdown(
         "",
         'TP: toxicity probability over the sampled prompts; "TP: non-toxic vs toxic signal": '
         "the same model's TP under its non-toxic signal relative to its toxic signal (paired by "
-        "prompt). Held-out perplexity: the same raw clean documents for every model, its "
-        f"inference prefix as context. {NOT_SIGNIFICANT}: the interval of a change includes "
-        "zero (of an AUC, 0.5).",
+        'prompt); "toxic prompts": the same on the toxic prompts alone. Held-out perplexity: '
+        "the same raw clean documents for every model, its inference signal as context. "
+        f"{NOT_SIGNIFICANT}: the interval of a change includes zero (of an AUC, 0.5).",
         "",
         *main_table(present, baseline),
         "",
