@@ -131,3 +131,16 @@ def test_command_line(exported, tmp_path):
         timeout=600,
     )
     assert bad.returncode != 0 and "output_dir" in bad.stderr
+
+
+def test_segment_card_names_the_tokens_and_the_suffix():
+    from toxjax.data.conditioning import ConditioningFormat, Strategy
+
+    fmt = ConditioningFormat()
+    lines = export._conditioning_lines(
+        Strategy.SEGMENT, fmt, fmt.inference_prefix("segment"), fmt.inference_suffix("segment")
+    )
+    text = "\n".join(lines)
+    assert "`<|aligned|>` before every segment scored <= 0.5" in text
+    assert "`<|misaligned|>` before the others" in text
+    assert 'then the prompt, then `"<|aligned|>"`' in text

@@ -78,6 +78,7 @@ def export_info(run: trained_run.TrainedRun, tokenizer: Mapping[str, Any]) -> di
         "strategy": run.strategy.value,
         "conditioning_format": dataclasses.asdict(run.fmt),
         "inference_prefix": run.inference_prefix,
+        "inference_suffix": run.inference_suffix,
         "architecture": hf_layout.ARCHITECTURES[hf_layout.architecture(run.model_config)],
         "tokenizer": dict(tokenizer),
         "suppress_tokens": suppress_tokens(run),
@@ -94,7 +95,9 @@ def suppress_tokens(run: trained_run.TrainedRun) -> list[int]:
     return sorted({int(vocabulary.pad_id), *padding, *signals})
 
 
-def _conditioning_lines(strategy: Strategy, fmt: ConditioningFormat, prefix: str) -> list[str]:
+def _conditioning_lines(
+    strategy: Strategy, fmt: ConditioningFormat, prefix: str, suffix: str = ""
+) -> list[str]:
     if strategy in (Strategy.BASE, Strategy.FILTER):
         how = (
             "no signal in the text (raw documents)"
@@ -102,6 +105,14 @@ def _conditioning_lines(strategy: Strategy, fmt: ConditioningFormat, prefix: str
             else f"no signal; documents scored above {fmt.threshold} were dropped"
         )
         return [f"- conditioning: {how}; generate with no prefix."]
+    if strategy is Strategy.SEGMENT:
+        return [
+            f"- conditioning signal ({fmt.attribute}): `{fmt.segment_aligned}` before every "
+            f"segment scored <= {fmt.threshold}, `{fmt.segment_misaligned}` before the others, "
+            f"on {fmt.augment_fraction:.0%} of documents; never sample either token",
+            f"- **inference**: prefix `{json.dumps(prefix)}`, then the prompt, then "
+            f"`{json.dumps(suffix)}` (asks for a non-toxic continuation)",
+        ]
     if strategy is Strategy.MEDA:
         how = f"`{fmt.meda_template}` (score with {fmt.score_precision} decimals)"
     else:
@@ -138,7 +149,7 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         "al., EACL 2023), exported from its orbax checkpoint.",
         "",
         f"- strategy: **{strategy.value.upper()}**, training task `{info['task']}`",
-        *_conditioning_lines(strategy, fmt, prefix),
+        *_conditioning_lines(strategy, fmt, prefix, info.get("inference_suffix", "")),
         f"- architecture: `{info['architecture']}`, {config['num_layers']} layers, width "
         f"{config['d_model']}, {config['vocab_size']} embedding rows",
         f"- tokenizer: {tokenizer['kind']} ({tokenizer['size']} ids; pad 0, eos 1, unk 2, no "

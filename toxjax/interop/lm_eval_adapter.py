@@ -128,11 +128,13 @@ class ToxjaxLM(LM):
         self._generators: dict[tuple, sampling.Generator] = {}
 
     def _prefix(self, conditioning: str) -> str:
+        """The signal in front of every harness context. A signal meant for after a prompt
+        (SEGMENT's token) goes in front too: a harness context is a document of its own, as
+        the held-out text of the real-text metrics is."""
         if not conditioning or conditioning == "none":
             return ""
-        if conditioning == "trained":
-            return self.run.inference_prefix
-        return self.run.fmt.inference_prefix(Strategy.parse(conditioning))
+        strategy = self.run.strategy if conditioning == "trained" else Strategy.parse(conditioning)
+        return self.run.fmt.inference_prefix(strategy) + self.run.fmt.inference_suffix(strategy)
 
     # ----- log-likelihood -----
 

@@ -46,6 +46,11 @@ class TrainedRun:
     def inference_prefix(self) -> str:
         return self.fmt.inference_prefix(self.strategy)
 
+    @property
+    def inference_suffix(self) -> str:
+        """What goes after a prompt (SEGMENT's aligned token; "" for the paper's strategies)."""
+        return self.fmt.inference_suffix(self.strategy)
+
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
     """The run's resolved config from WORKDIR/config.json."""
