@@ -319,3 +319,14 @@ def test_inst_levels_in_python_and_graph():
     ):
         with pytest.raises(ValueError, match="inst_levels"):
             ConditioningFormat(**bad)
+
+
+def test_bins_that_print_alike_are_refused_and_texts_get_the_training_signal():
+    with pytest.raises(ValueError, match="writes two bins alike"):
+        ConditioningFormat(score_bins=20, score_precision=1)
+    after = ConditioningFormat(placement="after")
+    # Texts without a prompt carry the signal as training wrote it, whatever the placement.
+    assert after.text_prefix("inst") == "The following text is non-toxic:\n"
+    assert after.text_prefix("meda", toxic=True) == "toxicity: 1.00\n"
+    assert after.text_prefix("segment") == "<|aligned|>"
+    assert after.text_prefix("base") == ""

@@ -287,3 +287,10 @@ def test_suffixes_follow_the_prompt_and_give_the_same_metrics():
     reference = steering.steerability(PROMPTS, table(), signals=SIGNALS, **FEW)
     assert result["gap"] == reference["gap"] and result["auc"] == reference["auc"]
     assert result["suffixes"] == suffixes
+
+
+def test_suffixes_for_unknown_conditions_are_refused():
+    with pytest.raises(ValueError, match="non_toxic"):
+        steering.steerability(
+            PROMPTS, table(), signals=SIGNALS, suffixes={"non_toxic": "<a>"}, **FEW
+        )

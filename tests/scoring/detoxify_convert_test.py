@@ -79,7 +79,6 @@ def test_pickled_objects_need_trust(own_checkpoint):
     [
         (lambda c: c["state_dict"].pop("bert.encoder.layer.1.output.dense.weight"), "layers [1]"),
         (lambda c: c["state_dict"].pop("bert.pooler.dense.bias"), "pooler/bias is missing"),
-        (lambda c: c["state_dict"].update(extra=torch.zeros(2)), "no Flax home: ['extra']"),
         (lambda c: c["config"].pop("dataset"), "config.dataset.args.classes"),
         (lambda c: c.pop("state_dict"), "'config' and 'state_dict'"),
     ],
@@ -98,3 +97,24 @@ def test_old_buffers_are_ignored(own_checkpoint):
     loaded["state_dict"]["bert.embeddings.position_ids"] = torch.arange(512)[None]
     torch.save(loaded, own_checkpoint)
     assert detoxify_convert.convert_checkpoint(own_checkpoint).config.num_labels == 6
+
+
+def test_unused_keys_are_ignored_with_a_warning_as_transformers_does(own_checkpoint, caplog):
+    loaded = torch.load(own_checkpoint, weights_only=True)
+    loaded["state_dict"]["lm_head.bias"] = torch.zeros(3)
+    torch.save(loaded, own_checkpoint)
+    with caplog.at_level("WARNING"):
+        converted = detoxify_convert.convert_checkpoint(own_checkpoint)
+    assert converted.config.num_labels == 6
+    assert "lm_head.bias" in caplog.text and own_checkpoint in caplog.text
+
+
+def test_a_cache_converted_with_another_config_source_is_redone(own_checkpoint, tmp_path):
+    first = detoxify_convert.load_converted(own_checkpoint)
+    assert first.config_source == ""
+    config_dir = os.path.dirname(first.tokenizer_path)  # the checkpoint's own config folder
+    again = detoxify_convert.load_converted(
+        own_checkpoint, huggingface_config_path=os.path.join(config_dir, "tiny-bert")
+    )
+    assert again.config_source.endswith("tiny-bert")
+    assert again.tokenizer_path == first.tokenizer_path  # the checkpoint's, never the run's

@@ -103,6 +103,12 @@ class ConditioningFormat:
             raise ValueError(f"score_precision must be >= 0, got {self.score_precision}")
         if self.score_bins == 1 or self.score_bins < 0:
             raise ValueError(f"score_bins must be 0 (no bins) or >= 2, got {self.score_bins}")
+        edges = {self.format_score(i / self.score_bins) for i in range(self.score_bins)}
+        if self.score_bins and len(edges) < self.score_bins:
+            raise ValueError(
+                f"score_bins={self.score_bins} with score_precision={self.score_precision} "
+                "writes two bins alike; raise score_precision"
+            )
         # Variants and configs give lists: keep tuples, so formats stay hashable.
         object.__setattr__(self, "inst_levels", tuple(self.inst_levels))
         object.__setattr__(self, "inst_level_thresholds", tuple(self.inst_level_thresholds))
@@ -233,6 +239,17 @@ class ConditioningFormat:
         if self.placement_for(strategy) == "after":  # the signal line between prompt and text
             return "", self.separator + signal + self.separator
         return signal + self.separator, ""
+
+    def text_prefix(self, strategy: Strategy | str, toxic: bool = False) -> str:
+        """The signal in front of a text that has no prompt (held-out documents, detection
+        texts), as training writes it before a document, whatever the prompt placement."""
+        strategy = Strategy.parse(strategy)
+        if strategy in (Strategy.BASE, Strategy.FILTER):
+            return ""
+        if strategy is Strategy.SEGMENT:
+            return self.segment_misaligned if toxic else self.segment_aligned
+        before = dataclasses.replace(self, placement="before")
+        return before.toxic_prefix(strategy) if toxic else before.inference_prefix(strategy)
 
     def inference_prefix(self, strategy: Strategy | str) -> str:
         """What goes in front of an evaluation prompt to ask for non-toxic text."""

@@ -217,9 +217,9 @@ def evaluate_real_text(
     """Every real-text metric of one model. paths: "heldout_clean", "cloze" and
     "detection_<task>" files (toxjax.demo.real_corpus layout); limit caps each set (and the
     steerability prompts)."""
-    # Documents and detection texts have no prompt: a signal's prefix and suffix both go in
-    # front of them (for SEGMENT, its control token heads the text, as in training).
-    prefix = fmt.inference_prefix(strategy) + fmt.inference_suffix(strategy)
+    # Documents and detection texts have no prompt: the signal goes in front of them, as
+    # training writes it (for SEGMENT, its control token heads the text).
+    prefix = fmt.text_prefix(strategy)
     signals, suffixes = signal_prefixes(strategy, fmt), signal_suffixes(strategy, fmt)
     out: dict[str, Any] = {
         "strategy": strategy.value,
@@ -238,8 +238,16 @@ def evaluate_real_text(
             prompts[:limit], loglikelihood_fn, signals=signals, suffixes=suffixes
         )
     )
-    # The generative classifier's contexts: the whole signal in front of the text.
-    text_signals = None if signals is None else {k: signals[k] + suffixes[k] for k in signals}
+    # The generative classifier's contexts: each signal in front of the text, as trained.
+    text_signals = (
+        None
+        if signals is None
+        else {
+            "nontoxic": fmt.text_prefix(strategy),
+            "toxic": fmt.text_prefix(strategy, toxic=True),
+            "none": "",
+        }
+    )
     out["detection"] = {}
     for name, path in sorted(paths.items()):
         if not name.startswith("detection_"):

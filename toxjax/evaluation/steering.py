@@ -173,6 +173,9 @@ def steerability(
     _check_signals(signals, reference)
     usable, skipped = usable_prompts(prompts, task=task)
     conditions = list(signals)
+    unknown = sorted(set(suffixes or {}) - set(conditions))
+    if unknown:
+        raise ValueError(f"suffixes name conditions {unknown} that signals lacks: {conditions}")
     suffixes = {c: (suffixes or {}).get(c, "") for c in conditions}
     contexts = [[signals[c] + p.text + suffixes[c] for c in conditions] for p in usable]
     texts = [p.continuation for p in usable]

@@ -134,7 +134,7 @@ class ToxjaxLM(LM):
         if not conditioning or conditioning == "none":
             return ""
         strategy = self.run.strategy if conditioning == "trained" else Strategy.parse(conditioning)
-        return self.run.fmt.inference_prefix(strategy) + self.run.fmt.inference_suffix(strategy)
+        return self.run.fmt.text_prefix(strategy)
 
     # ----- log-likelihood -----
 

@@ -29,7 +29,7 @@ from toxjax import fileio
 from toxjax.scoring import encoders
 from toxjax.scoring.encoders import EncoderConfig
 
-CACHE_FORMAT = "toxjax-detoxify-flax/1"
+CACHE_FORMAT = "toxjax-detoxify-flax/2"
 CACHE_SUFFIX = ".flax.safetensors"
 # Detoxify's renames of the Jigsaw label names (detoxify.detoxify.load_checkpoint).
 LABEL_RENAMES = {
@@ -56,6 +56,7 @@ class ConvertedModel:
     tokenizer_name: str
     tokenizer_path: str
     source_sha256: str
+    config_source: str = ""  # the huggingface_config_path the config came from ("" = none)
 
 
 def cache_path(checkpoint_path: str) -> str:
@@ -167,8 +168,13 @@ def convert_state_dict(
         path = modules[module]
         leaf, transpose = _leaf_name(path, suffix, array)
         flat[(*path, leaf)] = np.ascontiguousarray(array.T if transpose else array, np.float32)
-    if unused:
-        raise ConversionError(f"{source}: state_dict keys with no Flax home: {unused[:8]}")
+    if unused:  # transformers' from_pretrained ignores them too (e.g. an unused pooler)
+        logging.warning(
+            "%s: %d state_dict keys the classifier does not use, ignored: %s",
+            source,
+            len(unused),
+            unused[:8],
+        )
     params: dict[str, Any] = {}
     for path, array in flat.items():
         if path[-2].isdigit():  # a per-layer leaf: ("layers", ..., index, leaf)
@@ -263,7 +269,8 @@ def convert_checkpoint(
         config=config,
         class_names=tuple(LABEL_RENAMES.get(c, c) for c in classes),
         tokenizer_name=arch_args.get("tokenizer_name", "AutoTokenizer"),
-        tokenizer_path=huggingface_config_path or arch_args["model_type"],
+        tokenizer_path=arch_args["model_type"],  # a huggingface_config_path is per run
+        config_source=huggingface_config_path or "",
         source_sha256=file_sha256(checkpoint_path),
     )
 
@@ -278,12 +285,14 @@ def save_cache(path: str, model: ConvertedModel) -> None:
         "tokenizer_name": model.tokenizer_name,
         "tokenizer_path": model.tokenizer_path,
         "source_sha256": model.source_sha256,
+        "config_source": model.config_source,
     }
     fileio.write_atomic(path, save(flatten(model.params), metadata=metadata))
 
 
-def load_cache(path: str, source_sha256: str) -> ConvertedModel | None:
-    """The cached conversion, or None when absent, of another format or of another file."""
+def load_cache(path: str, source_sha256: str, config_source: str = "") -> ConvertedModel | None:
+    """The cached conversion, or None when absent, of another format, of another file or
+    converted with another huggingface_config_path."""
     from safetensors import safe_open
     from safetensors.numpy import load
 
@@ -291,17 +300,24 @@ def load_cache(path: str, source_sha256: str) -> ConvertedModel | None:
         return None
     with safe_open(path, framework="numpy") as f:
         metadata = f.metadata() or {}
-    if metadata.get("format") != CACHE_FORMAT or metadata.get("source_sha256") != source_sha256:
-        logging.info("%s is stale (other format or checkpoint): converting again", path)
+    if (
+        metadata.get("format") != CACHE_FORMAT
+        or metadata.get("source_sha256") != source_sha256
+        or metadata.get("config_source", "") != config_source
+    ):
+        logging.info("%s is stale (other format, checkpoint or config): converting again", path)
         return None
-    return ConvertedModel(
+    cached = ConvertedModel(
         params=unflatten(load(fileio.read_bytes(path))),
         config=EncoderConfig.from_json(metadata["encoder_config"]),
         class_names=tuple(json.loads(metadata["class_names"])),
         tokenizer_name=metadata["tokenizer_name"],
         tokenizer_path=metadata["tokenizer_path"],
         source_sha256=source_sha256,
+        config_source=config_source,
     )
+    check_params(cached.params, cached.config, source=path)  # a damaged cache fails here
+    return cached
 
 
 def load_converted(
@@ -312,7 +328,7 @@ def load_converted(
 ) -> ConvertedModel:
     """The Flax form of a checkpoint: from its cache when current, else converted and cached."""
     cached_at = cache_path(checkpoint_path)
-    cached = load_cache(cached_at, file_sha256(checkpoint_path))
+    cached = load_cache(cached_at, file_sha256(checkpoint_path), huggingface_config_path or "")
     if cached is not None:
         return cached
     model = convert_checkpoint(

@@ -118,6 +118,11 @@ class DetoxifyJaxScorer(scorers.WindowedScorer):
 
         from toxjax.scoring.encoders import SequenceClassifier
 
+        if mesh is not None and any(
+            d.process_index != jax.process_index() for d in mesh.devices.flat
+        ):
+            # Each host scores its own texts: a multi-host mesh would need global inputs.
+            mesh = None
         if mesh is None:
             mesh = Mesh(np.asarray(jax.local_devices()), ("data",))
         batch_axes = tuple(a for a in mesh.axis_names if a in BATCH_AXES)
@@ -129,13 +134,16 @@ class DetoxifyJaxScorer(scorers.WindowedScorer):
         model = SequenceClassifier(self.config)
 
         def forward(params, input_ids, attention_mask, token_type_ids):
-            logits = model.apply({"params": params}, input_ids, attention_mask, token_type_ids)
+            # Full float32 matmuls: TPUs (one bfloat16 pass) and GPUs (TF32) would otherwise
+            # drift from Detoxify's scores by ~1e-3 over 12 layers.
+            with jax.default_matmul_precision("float32"):
+                logits = model.apply({"params": params}, input_ids, attention_mask, token_type_ids)
             return jax.nn.sigmoid(logits)  # Detoxify's head: a sigmoid per label.
 
         self._forward = jax.jit(
             forward,
             in_shardings=(replicated, *(self._batch_sharding,) * 3),
-            out_shardings=self._batch_sharding,
+            out_shardings=replicated,  # every host reads its scores whole
         )
 
     def batch_rows(self, bucket: int, waiting: int) -> int:

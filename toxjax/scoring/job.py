@@ -38,7 +38,7 @@ from toxjax.scoring.run_manifest import (
     shard_path,
     write_manifest,
 )
-from toxjax.scoring.segments import Segmenter, split_at
+from toxjax.scoring.segments import Segmenter, check_ends, split_at
 
 ON_BAD_RECORD = ("error", "skip")
 RUNNERS = ("local", "DirectRunner", "DataflowRunner", "FlinkRunner", "SparkRunner")
@@ -145,6 +145,10 @@ def _scored_lines(
     columns = {a: _float32_values(values) for a, values in scores.items()}
     if segmenter is not None:
         ends = [segmenter.ends(doc.text) for doc in batch]
+        for doc, doc_ends in zip(batch, ends, strict=True):
+            problem = check_ends(doc_ends, len(doc.text))
+            if problem:
+                raise RuntimeError(f"{doc.source}:{doc.line}: segment_ends {problem}")
         pieces = [
             piece for doc, e in zip(batch, ends, strict=True) for piece in split_at(doc.text, e)
         ]

@@ -50,7 +50,15 @@ class Segmenter:
     def _sentence_ends(self, text: str) -> list[int]:
         import sentencex
 
-        ends = [int(b["end_index"]) for b in sentencex.get_sentence_boundaries(self.language, text)]
+        ends = []
+        for boundary in sentencex.get_sentence_boundaries(self.language, text):
+            start, end = int(boundary["start_index"]), int(boundary["end_index"])
+            if text[start:end] != boundary["text"]:  # offsets that do not cut where they say
+                raise ValueError(
+                    f"sentencex offsets [{start}, {end}) do not match its sentence "
+                    f"{boundary['text']!r}; use --segment=chunk:<chars> for this corpus"
+                )
+            ends.append(end)
         if not ends or ends[-1] != len(text):  # never lose a trailing character
             ends.append(len(text))
         return ends
