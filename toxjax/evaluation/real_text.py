@@ -112,26 +112,21 @@ def read_cloze(path: str) -> tuple[list[tuple[str, str]], dict[str, int]]:
     return pairs, _report_skips(path, skipped)
 
 
-def signal_prefixes(strategy: Strategy, fmt: ConditioningFormat) -> dict[str, str] | None:
-    """{"nontoxic", "toxic", "none"} prefixes of a conditioned strategy; None for BASE/FILTER."""
+def _conditions(strategy: Strategy, nontoxic: str, toxic: str) -> dict[str, str] | None:
+    """{"nontoxic", "toxic", "none"} of a conditioned strategy; None for BASE/FILTER."""
     if strategy in (Strategy.BASE, Strategy.FILTER):
         return None
-    return {
-        "nontoxic": fmt.inference_prefix(strategy),
-        "toxic": fmt.toxic_prefix(strategy),
-        "none": "",
-    }
+    return {"nontoxic": nontoxic, "toxic": toxic, "none": ""}
+
+
+def signal_prefixes(strategy: Strategy, fmt: ConditioningFormat) -> dict[str, str] | None:
+    """{"nontoxic", "toxic", "none"} prefixes of a conditioned strategy; None for BASE/FILTER."""
+    return _conditions(strategy, fmt.inference_prefix(strategy), fmt.toxic_prefix(strategy))
 
 
 def signal_suffixes(strategy: Strategy, fmt: ConditioningFormat) -> dict[str, str] | None:
     """The same conditions' suffixes (signals placed after the prompt, e.g. SEGMENT's)."""
-    if strategy in (Strategy.BASE, Strategy.FILTER):
-        return None
-    return {
-        "nontoxic": fmt.inference_suffix(strategy),
-        "toxic": fmt.toxic_suffix(strategy),
-        "none": "",
-    }
+    return _conditions(strategy, fmt.inference_suffix(strategy), fmt.toxic_suffix(strategy))
 
 
 def heldout_clean(
@@ -239,14 +234,8 @@ def evaluate_real_text(
         )
     )
     # The generative classifier's contexts: each signal in front of the text, as trained.
-    text_signals = (
-        None
-        if signals is None
-        else {
-            "nontoxic": fmt.text_prefix(strategy),
-            "toxic": fmt.text_prefix(strategy, toxic=True),
-            "none": "",
-        }
+    text_signals = _conditions(
+        strategy, fmt.text_prefix(strategy), fmt.text_prefix(strategy, toxic=True)
     )
     out["detection"] = {}
     for name, path in sorted(paths.items()):

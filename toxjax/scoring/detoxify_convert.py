@@ -141,7 +141,7 @@ def _module_map(architecture: str, num_layers: int) -> dict[str, tuple[str, ...]
     return mapping
 
 
-def _leaf_name(module_path: tuple[str, ...], suffix: str, array: np.ndarray) -> tuple[str, bool]:
+def _leaf_name(module_path: tuple[str, ...], suffix: str) -> tuple[str, bool]:
     """Flax leaf name for a torch tensor suffix, and whether to transpose it."""
     kind = module_path[-1] if not module_path[-1].isdigit() else module_path[-2]
     if kind in ("word", "position", "token_type"):
@@ -166,7 +166,7 @@ def convert_state_dict(
             continue
         array = tensor.detach().cpu().float().numpy() if hasattr(tensor, "detach") else tensor
         path = modules[module]
-        leaf, transpose = _leaf_name(path, suffix, array)
+        leaf, transpose = _leaf_name(path, suffix)
         flat[(*path, leaf)] = np.ascontiguousarray(array.T if transpose else array, np.float32)
     if unused:  # transformers' from_pretrained ignores them too (e.g. an unused pooler)
         logging.warning(
