@@ -26,6 +26,7 @@ def gpt_config(
     learning_rate: float,
     global_batch_size: int,
     remat_policy: str,
+    max_microbatch_per_device: int,
 ) -> ml_collections.ConfigDict:
     config = default.get_config()
 
@@ -38,6 +39,10 @@ def gpt_config(
     model.vocab_size = 51200  # GPT-2 BPE (50257) padded for sharding, as Megatron does
     model.max_len = 2048  # learned position table
     model.remat_policy = remat_policy  # activation memory vs recompute
+    # Attention at sequence 2048 is memory-bound on TPU: scores stored in bfloat16 and 4 causal
+    # query chunks cut the 1.3B step's projected time on v5p by 15% (README, TPU slices).
+    model.attention_scores_dtype = "bfloat16"
+    model.attention_chunks = 4
 
     # Fully sharded data parallel over every device of a slice (data parallel across slices,
     # the default of mesh.dcn).
@@ -52,6 +57,10 @@ def gpt_config(
 
     config.optim.learning_rate = learning_rate  # GPT-3 Table 2.1 peak rate for this size
     config.optim.warmup_steps = 2000  # linear warmup steps at this scale
+    # Accumulate gradients when a slice is too small for the batch: micro-batches of at most
+    # this many sequences per chip (the fit check's measured size; a large slice needs none).
+    config.optim.grad_accum_steps = -1
+    config.optim.max_microbatch_per_device = max_microbatch_per_device
 
     config.train.num_steps = 300_000  # about 300B tokens at 1M tokens per step for 1.3B
     config.train.log_every = 100  # steps between metric logs

@@ -35,6 +35,13 @@ def get_config() -> ml_collections.ConfigDict:
     model.scan_unroll = 1
     # Rematerialisation: "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
     model.remat_policy = "none"
+    # Training attention in this many causal query chunks, each over only the keys it can see
+    # (toxjax/model/causal_chunks.py): (n + 1) / 2n of the score work, the same result. 1: one
+    # call over the full mask; long sequences gain (configs/_gpt.py sets it).
+    model.attention_chunks = 1
+    # Dtype the attention scores are stored in: "float32" (jax.nn.dot_product_attention) or
+    # "bfloat16" (half the memory traffic; softmax still in float32; MaxText's default).
+    model.attention_scores_dtype = "float32"
 
     # ---------------- mesh and sharding (MaxText vocabulary) ----------------
     config.mesh = mesh = ml_collections.ConfigDict()
@@ -88,7 +95,11 @@ def get_config() -> ml_collections.ConfigDict:
     optim.eps = 1e-8  # Adam epsilon
     optim.weight_decay = 0.1  # decoupled weight decay (not applied to norms and biases)
     optim.grad_clip_norm = 1.0  # global-norm clipping; <= 0 disables
-    optim.grad_accum_steps = 1  # micro-batches per optimizer step
+    # Micro-batches per optimizer step (the gradient is the same, only memory changes); -1: as
+    # many as keep each batch shard's micro-batch at or under max_microbatch_per_device, so a
+    # small slice accumulates and a large one does not.
+    optim.grad_accum_steps = 1
+    optim.max_microbatch_per_device = 32  # sequences per batch shard and micro-batch, for -1
     optim.z_loss = 0.0  # weight of log(Z)^2 auxiliary loss; 0 disables
 
     # ---------------- training loop ----------------

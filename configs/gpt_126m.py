@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
         learning_rate=6e-4,
         global_batch_size=256,  # sequences of 2048 tokens per step
         remat_policy="none",
+        max_microbatch_per_device=16,  # sequences per chip and micro-batch (fit-checked)
     )
 
 

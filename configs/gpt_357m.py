@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
         learning_rate=3e-4,
         global_batch_size=256,  # sequences of 2048 tokens per step
         remat_policy="dots_with_no_batch_dims_saveable",
+        max_microbatch_per_device=32,  # sequences per chip and micro-batch (fit-checked)
     )
 
 

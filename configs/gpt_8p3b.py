@@ -16,6 +16,7 @@ def get_config() -> ml_collections.ConfigDict:
         learning_rate=1.5e-4,
         global_batch_size=512,  # sequences of 2048 tokens per step
         remat_policy="full",
+        max_microbatch_per_device=4,  # sequences per chip and micro-batch (fit-checked)
     )
 
 

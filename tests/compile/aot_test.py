@@ -93,14 +93,31 @@ def test_step_report_projects_from_optimal_seconds():
         assert why in report["projection"]
 
 
-def test_gradient_accumulation_is_a_loop_that_xla_counts_once():
+def test_gradient_accumulation_carries_its_twice_unrolled_twin():
     import jax
 
     config = tiny.get_config()
-    config.optim.grad_accum_steps = 2
-    assert "grad_accum_steps > 1" in aot.train_program(config, jax.devices()).loop
+    config.optim.grad_accum_steps = -1  # auto: 16 sequences over 8 shards, at most 1 each
+    config.optim.max_microbatch_per_device = 1
+    program = aot.train_program(config, jax.devices())
+    assert program.trips == 2 and program.loop is None
+    assert program.twice_unrolled is not None and program.twice_unrolled.twice_unrolled is None
     config.optim.grad_accum_steps = 1
-    assert aot.train_program(config, jax.devices()).loop is None
+    program = aot.train_program(config, jax.devices())
+    assert program.trips == 1 and program.twice_unrolled is None
+
+
+def test_loop_correction_adds_the_body_once_per_extra_trip():
+    memory = {"argument": 3, "output": 2, "temp": 10, "alias": 2, "total": 13}
+    once = aot.CompileResult(memory, {"flops": 12.0, "optimal_seconds": 1.5}, 10.0)
+    twice = aot.CompileResult({**memory, "temp": 99}, {"flops": 22.0, "optimal_seconds": 2.5}, 20.0)
+    # body = twice - once (10 FLOPs, 1 s); 4 trips: once + 3 bodies.
+    result = aot.loop_corrected(once, twice, trips=4)
+    assert result.cost == {"flops": 42.0, "optimal_seconds": 4.5}
+    assert result.loop_body == {"flops": 10.0, "optimal_seconds": 1.0}
+    assert result.memory == memory and result.compile_s == 30.0  # the step's own memory
+    refused = aot.CompileResult(memory, {}, 5.0, error="RESOURCE_EXHAUSTED: hbm")
+    assert aot.loop_corrected(once, refused, trips=4).cost == {}
 
 
 @needs_libtpu
@@ -115,6 +132,20 @@ def test_train_step_compiles_for_two_slices_with_a_dcn_axis():
     assert report["fits"] and report["bytes_per_device"]["total"] > 0
     # Unrolled, XLA's count covers both layers: near the model FLOPs (rematerialisation off).
     assert 0.8 < report["xla_flops"] / report["model_flops_per_device"] < 1.5
+
+
+@needs_libtpu
+def test_an_accumulated_step_is_costed_over_all_its_micro_batches():
+    config = tiny.get_config()
+    config.mesh.ici.data, config.mesh.ici.fsdp = 1, -1
+    config.optim.grad_accum_steps = -1  # 16 sequences over 4 chips, 1 per micro-batch: 4 trips
+    config.optim.max_microbatch_per_device = 1
+    target = topology.parse_topology("v5p:2x2x1")
+    (report,) = aot.compile_config(config, target, steps=["train"], config_name="tiny")
+    assert report["loop"]["trips"] == 4 and report["loop"]["body_optimal_seconds"] > 0
+    # Counted once, the loop would show a quarter of the FLOPs; corrected, all of them.
+    assert 0.8 < report["xla_flops"] / report["model_flops_per_device"] < 1.5
+    assert report["projected_step_s"] > 3 * report["loop"]["body_optimal_seconds"]
 
 
 @needs_libtpu

@@ -23,6 +23,7 @@ def _optim_config(**overrides) -> ml_collections.ConfigDict:
             "weight_decay": 0.1,
             "grad_clip_norm": 1.0,
             "grad_accum_steps": 1,
+            "max_microbatch_per_device": 32,
             "z_loss": 0.0,
         }
     )
@@ -185,3 +186,44 @@ def test_split_microbatches_is_strided_and_checks_divisibility():
     np.testing.assert_array_equal(micro["x"], [[0, 3], [1, 4], [2, 5]])
     with pytest.raises(ValueError, match="grad_accum_steps=4"):
         optim.split_microbatches(batch, 4)
+
+
+def test_unrolled_accumulation_equals_the_rolled_loop():
+    keys = jax.random.split(jax.random.PRNGKey(3), 3)
+    params = {"w1": jax.random.normal(keys[0], (5, 16)), "w2": jax.random.normal(keys[1], (16, 9))}
+    batch = {
+        "inputs": jax.random.normal(keys[2], (8, 3, 5)),
+        "targets": jnp.arange(24).reshape(8, 3) % 9,
+        "weights": jnp.ones((8, 3)),
+    }
+    rolled = optim.accumulate_gradients(_toy_loss, params, batch, 4)
+    unrolled = optim.accumulate_gradients(_toy_loss, params, batch, 4, unroll=2)
+    for got, want in zip(jax.tree.leaves(unrolled), jax.tree.leaves(rolled), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("steps", "limit", "batch", "shards", "want"),
+    [
+        (1, 32, 512, 4, 1),  # explicit counts are kept
+        (8, 32, 512, 4, 8),
+        (-1, 32, 512, 4, 4),  # 128 per shard -> 4 micro-batches of 32
+        (-1, 32, 512, 64, 1),  # 8 per shard already fit: no accumulation on a large slice
+        (-1, 32, 96, 1, 3),  # 96 -> 3 x 32
+        (-1, 40, 96, 1, 3),  # ceil(96 / 40) = 3 divides 96
+        (-1, 30, 100, 1, 4),  # ceil(100 / 30) = 4 divides 100 -> 25 each
+        (-1, 30, 98, 1, 7),  # 4, 5 and 6 do not divide 98; 7 does (14 each)
+    ],
+)
+def test_resolve_grad_accum_steps(steps, limit, batch, shards, want):
+    config = _optim_config(grad_accum_steps=steps, max_microbatch_per_device=limit)
+    got = optim.resolve_grad_accum_steps(config, batch, shards)
+    assert got == want
+    if steps == -1:
+        assert batch // shards % got == 0 and batch // shards // got <= limit
+
+
+def test_resolve_grad_accum_steps_rejects_a_bad_limit():
+    config = _optim_config(grad_accum_steps=-1, max_microbatch_per_device=0)
+    with pytest.raises(ValueError, match="max_microbatch_per_device"):
+        optim.resolve_grad_accum_steps(config, 64, 4)

@@ -11,7 +11,9 @@ step-time estimate: a projection, never a measurement.
 XLA counts a loop body once, so a scanned layer stack shows ~1/num_layers of the step's FLOPs
 and time. With unroll_layers the model is compiled as its per-layer twin (the same params, no
 loop; see layered_config). Decoding's while_loop remains (its trip count depends on EOS), so
-the generate step reports memory but no projection; gradient accumulation is a scan too.
+the generate step reports memory but no projection. Gradient accumulation is a scan too, with
+a fixed trip count: the train step is compiled a second time with two micro-batches per
+iteration, and the difference of the two estimates is one micro-batch's (loop_corrected).
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ class StepProgram:
     model_flops: float  # model FLOPs of one call over all devices (toxjax.model.flops)
     tokens: int | None  # tokens one call trains on or scores; None: no throughput figure
     loop: str | None = None  # a loop in the step whose body XLA's estimates count once
+    # A loop XLA counts once that can be corrected: its trip count, and the same step with two
+    # iterations' bodies per iteration (two compiles give one body's cost).
+    trips: int = 1
+    twice_unrolled: StepProgram | None = None
 
 
 def layered_config(
@@ -87,24 +93,32 @@ def forward_flops_per_token(model_config: decoder.ModelConfig, seq_len: int) -> 
 
 
 def train_program(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> StepProgram:
-    """The training loop's own step (make_train_step) on train.create_setup's abstract state."""
+    """The training loop's own step (make_train_step) on train.create_setup's abstract state.
+
+    With gradient accumulation the step is a scan over micro-batches: it also carries its twin
+    with two micro-batches per scan iteration, whose cost less the step's is one micro-batch's.
+    """
     setup = train.create_setup(config, list(devices))
     batch_size, seq_len = int(config.data.global_batch_size), int(config.data.seq_len)
     batch = {
         name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=setup.batch_sharding)
         for name in input_pipeline.FEATURES
     }
-    loop = None
-    if int(config.optim.grad_accum_steps) > 1:
-        loop = "the gradient-accumulation scan (optim.grad_accum_steps > 1)"
-    return StepProgram(
-        name="train",
-        function=train.make_train_step(setup),
-        args=(setup.abstract_state, batch),
-        model_flops=flops.train_flops_per_step(setup.model_config, seq_len, batch_size),
-        tokens=batch_size * seq_len,
-        loop=loop,
-    )
+
+    def program(accum_unroll: int, twice_unrolled: StepProgram | None) -> StepProgram:
+        return StepProgram(
+            name="train",
+            function=train.make_train_step(setup, accum_unroll=accum_unroll),
+            args=(setup.abstract_state, batch),
+            model_flops=flops.train_flops_per_step(setup.model_config, seq_len, batch_size),
+            tokens=batch_size * seq_len,
+            trips=setup.grad_accum_steps,
+            twice_unrolled=twice_unrolled,
+        )
+
+    if setup.grad_accum_steps == 1:
+        return program(1, None)
+    return program(1, program(2, None))
 
 
 def _replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -204,6 +218,7 @@ class CompileResult:
     cost: dict[str, float]
     compile_s: float
     error: str | None = None  # XLA's out-of-memory message, when it refused to compile
+    loop_body: dict[str, float] | None = None  # one loop iteration's cost (loop_corrected)
 
 
 def memory_bytes(stats: Any) -> dict[str, int | None]:
@@ -262,7 +277,7 @@ def refused_memory(message: str, args: Any) -> dict[str, int | None]:
     return memory
 
 
-def compile_step(program: StepProgram) -> CompileResult:
+def _compile(program: StepProgram) -> CompileResult:
     """Lower and compile; an out-of-HBM refusal is a result (it does not fit), not an error."""
     start = time.perf_counter()
     try:
@@ -278,6 +293,30 @@ def compile_step(program: StepProgram) -> CompileResult:
     return CompileResult(memory_bytes(compiled.memory_analysis()), _cost(compiled), elapsed)
 
 
+def loop_corrected(once: CompileResult, twice: CompileResult, trips: int) -> CompileResult:
+    """The cost of a step whose loop XLA counts once, from it and its twice-unrolled twin.
+
+    once = body + rest and twice = 2 body + rest, so body = twice - once and the step costs
+    once + (trips - 1) * body. Memory stays the step's own (the twin is only measured).
+    """
+    if twice.error or not once.cost:
+        return dataclasses.replace(once, cost={}, compile_s=once.compile_s + twice.compile_s)
+    body = {key: twice.cost[key] - once.cost[key] for key in once.cost if key in twice.cost}
+    cost = {key: once.cost[key] + (trips - 1) * value for key, value in body.items()}
+    return dataclasses.replace(
+        once, cost=cost, compile_s=once.compile_s + twice.compile_s, loop_body=body
+    )
+
+
+def compile_step(program: StepProgram) -> CompileResult:
+    """Compiles the step (and, for a correctable loop that fits, its twin) for its report."""
+    result = _compile(program)
+    if program.twice_unrolled is None or result.error:
+        return result
+    logging.info("Compiling its twin with two loop bodies per iteration (%d trips)", program.trips)
+    return loop_corrected(result, _compile(program.twice_unrolled), program.trips)
+
+
 def _no_projection_reason(program: StepProgram, layers: str, result: CompileResult) -> str | None:
     if result.error:
         return "none: XLA refused to compile (out of HBM)"
@@ -286,6 +325,8 @@ def _no_projection_reason(program: StepProgram, layers: str, result: CompileResu
     if layers != "unrolled":
         return "none: XLA counts the scanned layer body once (compile with unrolled layers)"
     seconds = result.cost.get("optimal_seconds")
+    if seconds is None and program.twice_unrolled is not None:
+        return "none: the step's twin with two loop bodies per iteration did not compile"
     if seconds is None:
         return "none: cost_analysis() gave no optimal_seconds"
     if seconds <= 0:  # libtpu 0.0.42 adds -1 for each op its cost model cannot estimate
@@ -332,6 +373,12 @@ def step_report(
         "compile_s": round(result.compile_s, 2),
         "projection": reason or PROJECTION,
     }
+    if program.trips > 1:
+        report["loop"] = {
+            "trips": program.trips,
+            "body_optimal_seconds": (result.loop_body or {}).get("optimal_seconds"),
+            "correction": "step = once + (trips - 1) * (twice_unrolled - once), two compiles",
+        }
     if result.error:
         report["error"] = result.error
     return report
@@ -407,6 +454,11 @@ def format_report(report: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"  projection {report['projection']}")
+    if report.get("loop"):
+        lines.append(
+            f"  gradient accumulation: {report['loop']['trips']} micro-batches per step, "
+            "costed from two compiles (one and two micro-batches per loop iteration)"
+        )
     if report.get("error"):
         lines.append(f"  XLA: {report['error']}")
     return "\n".join(lines)

@@ -95,7 +95,8 @@ def does_not_fit_message(report: dict[str, Any]) -> str:
         f"chip has {gib(report['hbm_bytes_per_device'])} of HBM. To fit: shard over more "
         "devices (a larger slice or config.mesh.ici.fsdp), rematerialise more "
         "(--config.model.remat_policy=full), or use a smaller --config.data.global_batch_size "
-        "or more --config.optim.grad_accum_steps. --skip_fit_check launches anyway."
+        "or more --config.optim.grad_accum_steps (with -1, a smaller "
+        "--config.optim.max_microbatch_per_device). --skip_fit_check launches anyway."
     )
 
 

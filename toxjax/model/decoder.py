@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from toxjax.model import attention_ops
+
 NORMS = ("layernorm", "rmsnorm")
 POSITIONS = ("learned", "rope")
 ACTIVATIONS = ("gelu", "swiglu")
@@ -71,6 +73,8 @@ class ModelConfig:
     scan_layers: bool = True
     scan_unroll: int = 1  # layers per scan iteration; >= num_layers: no loop (fastest on CPU)
     remat_policy: str = "none"
+    attention_chunks: int = 1  # causal query chunks of training attention (attention_ops.py)
+    attention_scores_dtype: str = "float32"  # dtype the [q, k] scores are stored in
 
     def __post_init__(self) -> None:
         def bad(field: str, message: str) -> ValueError:
@@ -81,13 +85,14 @@ class ModelConfig:
             ("positions", POSITIONS),
             ("activation", ACTIVATIONS),
             ("remat_policy", REMAT_POLICIES),
+            ("attention_scores_dtype", attention_ops.SCORES_DTYPES),
         ):
             if getattr(self, field) not in choices:
                 raise bad(field, f"must be one of {choices}, got {getattr(self, field)!r}")
         for field in ("num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
             if int(getattr(self, field)) < 1:
                 raise bad(field, f"must be >= 1, got {getattr(self, field)}")
-        for field in ("vocab_size", "max_len", "scan_unroll"):
+        for field in ("vocab_size", "max_len", "scan_unroll", "attention_chunks"):
             if int(getattr(self, field)) < 1:
                 raise bad(field, f"must be >= 1, got {getattr(self, field)}")
         if self.num_heads % self.num_kv_heads:
@@ -349,8 +354,12 @@ class Attention(nn.Module):
         if self.decode:
             out = cached_attention(query, key, value, mask, segment_ids, self._shared_prefix())
         else:
-            # XLA implementation: logits and softmax in float32, grouped-query heads natively.
-            out = jax.nn.dot_product_attention(query, key, value, mask=mask)
+            # XLA implementation, softmax in float32, grouped-query heads natively; chunked, it
+            # skips the keys the causal mask hides (as many chunks as divide the length).
+            chunks = math.gcd(length, cfg.attention_chunks)
+            out = attention_ops.causal_chunked_attention(
+                query, key, value, mask, chunks, cfg.attention_scores_dtype
+            )
         out = constrain(out, BATCH_LENGTH_HEADS_KV)
         return Projection(
             in_features=(n, h),

@@ -6,6 +6,7 @@ composes them (loss -> accumulated gradients -> clipped AdamW update).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -127,6 +128,30 @@ def cross_entropy_sums(
     return ce_sum + z_sum, metrics
 
 
+def resolve_grad_accum_steps(
+    optim_config: ml_collections.ConfigDict, global_batch: int, batch_shards: int
+) -> int:
+    """config.optim.grad_accum_steps, with -1 (auto) made concrete for this mesh.
+
+    Auto: the fewest micro-batches that keep each batch shard's share of a micro-batch at or
+    under max_microbatch_per_device, among counts that split the batch evenly over the shards.
+    """
+    steps = int(optim_config.grad_accum_steps)
+    if steps != -1:
+        return steps
+    limit = int(optim_config.max_microbatch_per_device)
+    if limit < 1:
+        raise ValueError(f"config.optim.max_microbatch_per_device must be >= 1, got {limit}")
+    per_shard = global_batch // batch_shards
+    for steps in range(max(1, math.ceil(per_shard / limit)), per_shard + 1):
+        if per_shard % steps == 0:
+            return steps
+    raise ValueError(
+        f"config.optim.grad_accum_steps=-1: no micro-batch count splits "
+        f"config.data.global_batch_size={global_batch} evenly over {batch_shards} batch shards"
+    )
+
+
 def split_microbatches(batch: Mapping[str, jax.Array], num_microbatches: int) -> dict:
     """[B, ...] -> [n, B/n, ...] with micro-batch i = rows i, i+n, i+2n, ...
 
@@ -151,12 +176,14 @@ def accumulate_gradients(
     params: PyTree,
     batch: Mapping[str, jax.Array],
     num_microbatches: int,
+    unroll: int = 1,
 ) -> tuple[PyTree, dict[str, jax.Array]]:
     """Summed gradients and summed metrics over micro-batches, in one traced computation.
 
     Runs inside the jitted train step (a lax.scan), so one call is one optimizer step and only
     one micro-batch of activations is live at a time. Because loss_fn returns sums, dividing the
-    result by the total weight equals the full-batch gradient.
+    result by the total weight equals the full-batch gradient. unroll: micro-batches per scan
+    iteration (the same result; toxjax.compile unrolls 2 to measure one iteration's cost).
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if num_microbatches <= 1:
@@ -178,6 +205,8 @@ def accumulate_gradients(
         return (grad_acc, metric_acc), None
 
     indices = jnp.arange(num_microbatches, dtype=jnp.int32)
-    (grads, metrics), _ = jax.lax.scan(body, (zero_grads, zero_metrics), (micro, indices))
+    (grads, metrics), _ = jax.lax.scan(
+        body, (zero_grads, zero_metrics), (micro, indices), unroll=unroll
+    )
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return grads, metrics

@@ -98,6 +98,7 @@ class TrainSetup:
     abstract_state: TrainState  # ShapeDtypeStructs carrying their target shardings
     state_shardings: TrainState
     batch_sharding: jax.sharding.NamedSharding
+    grad_accum_steps: int  # config.optim.grad_accum_steps, auto (-1) resolved for this mesh
 
     @property
     def model_config_dict(self) -> dict[str, Any]:
@@ -114,9 +115,9 @@ def validate_config(config: ml_collections.ConfigDict, model_config: decoder.Mod
         )
     accum = int(config.optim.grad_accum_steps)
     batch = int(config.data.global_batch_size)
-    if accum < 1 or batch % accum:
+    if accum != -1 and (accum < 1 or batch % accum):
         raise ValueError(
-            f"config.optim.grad_accum_steps={accum} must be >= 1 and divide "
+            f"config.optim.grad_accum_steps={accum} must be -1 (auto) or >= 1 and divide "
             f"config.data.global_batch_size={batch}"
         )
     if int(config.train.num_steps) < 1:
@@ -156,11 +157,13 @@ def create_setup(
             f"config.data.global_batch_size={global_batch} is not divisible by the "
             f"{batch_shards} devices the batch is split over (mesh {dict(mesh.shape)})"
         )
-    micro_batch = global_batch // int(config.optim.grad_accum_steps)
+    grad_accum_steps = optim.resolve_grad_accum_steps(config.optim, global_batch, batch_shards)
+    micro_batch = global_batch // grad_accum_steps
     if micro_batch % batch_shards:
         raise ValueError(
-            f"micro-batch size {micro_batch} (global_batch_size / grad_accum_steps) is not "
-            f"divisible by the {batch_shards} devices the batch is split over"
+            f"micro-batch size {micro_batch} (global_batch_size / grad_accum_steps "
+            f"{grad_accum_steps}) is not divisible by the {batch_shards} devices the batch is "
+            "split over"
         )
     init = _init_fn(model, tx, micro_batch, int(config.data.seq_len))
     # An abstract key, made outside the mesh: a concrete one would be placed on the mesh's
@@ -187,14 +190,13 @@ def create_setup(
         abstract_state=abstract_state,
         state_shardings=shardings,
         batch_sharding=batch_sharding,
+        grad_accum_steps=grad_accum_steps,
     )
 
 
 def create_train_state(setup: TrainSetup, rng: jax.Array) -> TrainState:
     """Fresh state, materialised directly into its shardings (never whole on one device)."""
-    micro_batch = int(setup.config.data.global_batch_size) // int(
-        setup.config.optim.grad_accum_steps
-    )
+    micro_batch = int(setup.config.data.global_batch_size) // setup.grad_accum_steps
     init = _init_fn(setup.model, setup.tx, micro_batch, int(setup.config.data.seq_len))
     sharded_init = partitioning.PartitionedFunction(
         lambda r: nn.unbox(init(r)), setup.mesh, setup.rules, out_shardings=setup.state_shardings
@@ -212,6 +214,7 @@ def train_step(
     dropout_rng: jax.Array,
     grad_accum_steps: int,
     z_loss: float,
+    accum_unroll: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch; loss masked by decoder_loss_weights."""
     step_rng = jax.random.fold_in(dropout_rng, state.step)
@@ -233,7 +236,9 @@ def train_step(
             z_loss=z_loss,
         )
 
-    grad_sums, sums = optim.accumulate_gradients(loss_fn, state.params, batch, grad_accum_steps)
+    grad_sums, sums = optim.accumulate_gradients(
+        loss_fn, state.params, batch, grad_accum_steps, unroll=accum_unroll
+    )
     denominator = jnp.maximum(sums["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grad_sums)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -251,8 +256,10 @@ def train_step(
     return new_state, metrics
 
 
-def make_train_step(setup: TrainSetup) -> partitioning.PartitionedFunction:
-    """The jitted step: sharded in and out, state donated, mesh and rules entered per call."""
+def make_train_step(setup: TrainSetup, accum_unroll: int = 1) -> partitioning.PartitionedFunction:
+    """The jitted step: sharded in and out, state donated, mesh and rules entered per call.
+
+    accum_unroll: micro-batches per iteration of the accumulation loop (toxjax.compile)."""
     config = setup.config
     step_fn = functools.partial(
         train_step,
@@ -260,8 +267,9 @@ def make_train_step(setup: TrainSetup) -> partitioning.PartitionedFunction:
         tx=setup.tx,
         schedule=setup.schedule,
         dropout_rng=jax.random.fold_in(jax.random.PRNGKey(int(config.train.seed)), 1),
-        grad_accum_steps=int(config.optim.grad_accum_steps),
+        grad_accum_steps=setup.grad_accum_steps,
         z_loss=float(config.optim.z_loss),
+        accum_unroll=accum_unroll,
     )
     replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
     batch_shardings = {name: setup.batch_sharding for name in input_pipeline.FEATURES}
@@ -426,7 +434,12 @@ def _train_loop(
     p_train_step = make_train_step(setup)
     step = int(jax.device_get(state.step))
     if step < num_steps:
-        logging.info("Training steps %d..%d", step + 1, num_steps)
+        logging.info(
+            "Training steps %d..%d, %d micro-batch(es) per step",
+            step + 1,
+            num_steps,
+            setup.grad_accum_steps,
+        )
     started = time.perf_counter()
     while step < num_steps:
         state, metrics = p_train_step(state, pipeline(step))
