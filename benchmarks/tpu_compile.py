@@ -6,15 +6,22 @@ is the real train step (toxjax.compile.aot) with its layers unrolled so that XLA
 "optimal_seconds" cover the whole step; the MFU is model FLOPs (toxjax.model.flops) over that
 estimate and the chips' bf16 peak: a compiler projection, not a measurement.
 
-Slices and batches (one optimizer step, no gradient accumulation, whose scan XLA would count
-once; meshes are the configs' own, FSDP over every chip): each size on the slice a user would
-try first, v5e:2x2 (4 chips of 16 GiB, the smallest multi-chip v5e slice) for 126M and 357M
-with 2 sequences of 2048 tokens per chip, and v5p:2x2x1 (4 chips of 95 GiB, one v5p host) for
-126M, 357M and 1.3B with 8 per chip (1.3B there is the case measured by hand before). 1.3B
-also on v5e:4x4 (16 chips, 1 sequence per chip: its state and activations need the 16-chip
-v5e slice), and 8.3B on v5p:2x2x2 (8 chips: 16.6 GB of state per chip, 4 sequences per chip).
-libtpu 0.0.42's cost model estimates v5p programs of this size but not v5e ones (it returns
--1 per op it cannot estimate): v5e cases report memory and fit, and no projection.
+Slices and batches: one micro-batch per step (no gradient accumulation; toxjax.compile costs
+an accumulated step from two compiles, which would double every case's time). On v5p each
+size runs the micro-batch its config accumulates to (optim.max_microbatch_per_device
+sequences of 2048 per chip), so the projection is the per-micro-batch rate of the config's
+own step. Meshes are the configs' own, FSDP over every chip. v5p:2x2x1 (4 chips of 95 GiB,
+one v5p host) for 126M, 357M and 1.3B; 8.3B on v5p:2x2x2 (8 chips: its 16.6 GB of state per
+chip leave room for 4 sequences). v5e:2x2 (4 chips of 16 GiB, the smallest multi-chip v5e
+slice) for 126M and 357M with 2 per chip, and 1.3B on v5e:4x4 (16 chips, 1 per chip: its
+state and activations need the 16-chip slice). libtpu 0.0.42's cost model estimates v5p
+programs of this size but not v5e ones (it returns -1 per op it cannot estimate): v5e cases
+report memory and fit, and no projection.
+
+The peer in the same run: 1.3B on v5p:2x2x1 with float32 attention scores in one call over
+the full mask (the attention before model.attention_scores_dtype and model.attention_chunks),
+case "gpt_1p3b/float32_attention@v5p:2x2x1"; "attention_speedup" is its projected step time
+over the config's.
 
     python -m benchmarks.tpu_compile [--cases=gpt_126m@v5e:2x2,...] [--heartbeat_s=30]
 """
@@ -38,17 +45,24 @@ from toxjax.compile import aot, topology
 CASES: dict[str, dict[str, Any]] = {
     "gpt_126m@v5e:2x2": {"data.global_batch_size": 8},
     "gpt_357m@v5e:2x2": {"data.global_batch_size": 8},
-    "gpt_126m@v5p:2x2x1": {"data.global_batch_size": 32},
-    "gpt_357m@v5p:2x2x1": {"data.global_batch_size": 32},
-    "gpt_1p3b@v5p:2x2x1": {"data.global_batch_size": 32},
+    "gpt_126m@v5p:2x2x1": {"data.global_batch_size": 64},
+    "gpt_357m@v5p:2x2x1": {"data.global_batch_size": 128},
+    "gpt_1p3b@v5p:2x2x1": {"data.global_batch_size": 128},
+    "gpt_1p3b/float32_attention@v5p:2x2x1": {
+        "data.global_batch_size": 128,
+        "model.attention_scores_dtype": "float32",
+        "model.attention_chunks": 1,
+    },
     "gpt_1p3b@v5e:4x4": {"data.global_batch_size": 16},
     "gpt_8p3b@v5p:2x2x2": {"data.global_batch_size": 32},
 }
+PEER, PEERED = "gpt_1p3b/float32_attention@v5p:2x2x1", "gpt_1p3b@v5p:2x2x1"
 
 
 def case_config(case: str) -> tuple[Any, topology.Topology]:
     """The case's config (its size file plus overrides) and slice."""
     name, _, slice_name = case.partition("@")
+    name = name.partition("/")[0]  # "<config>/<variant>": the variant is its overrides
     config = importlib.import_module(f"configs.{name}").get_config()
     for field, value in CASES.get(case, {}).items():
         *parents, leaf = field.split(".")
@@ -91,6 +105,14 @@ def compile_case(case: str, heartbeat_s: float) -> dict[str, Any]:
     return report
 
 
+def attention_speedup(reports: dict[str, dict[str, Any]]) -> float | None:
+    """The peer's projected step time over the config's (both in this run), or None."""
+    if PEER not in reports or PEERED not in reports:
+        return None
+    peer, peered = reports[PEER]["projected_step_s"], reports[PEERED]["projected_step_s"]
+    return peer / peered if peer and peered else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="<config>@<topology>,...")
@@ -109,6 +131,7 @@ def main() -> None:
         "fits": {case: r["fits"] for case, r in reports.items()},
         "bytes_per_device": {case: r["bytes_per_device"]["total"] for case, r in reports.items()},
         "compile_s": {case: r["compile_s"] for case, r in reports.items()},
+        "attention_speedup": attention_speedup(reports),
         "cases": {
             case: {
                 "overrides": CASES.get(case, {}),

@@ -11,7 +11,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 # Demo tasks score the embedded corpus on first use: keep that out of the user's ~/.cache.
+# xdist workers inherit the directory; the process that made it removes it when it exits.
 if "TOXJAX_DATA_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["TOXJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="toxjax_test_data_")
+    atexit.register(shutil.rmtree, os.environ["TOXJAX_DATA_DIR"], ignore_errors=True)

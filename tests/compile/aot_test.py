@@ -93,7 +93,7 @@ def test_step_report_projects_from_optimal_seconds():
         assert why in report["projection"]
 
 
-def test_gradient_accumulation_carries_its_twice_unrolled_twin():
+def test_gradient_accumulation_carries_its_work_after_the_loop():
     import jax
 
     config = tiny.get_config()
@@ -101,23 +101,26 @@ def test_gradient_accumulation_carries_its_twice_unrolled_twin():
     config.optim.max_microbatch_per_device = 1
     program = aot.train_program(config, jax.devices())
     assert program.trips == 2 and program.loop is None
-    assert program.twice_unrolled is not None and program.twice_unrolled.twice_unrolled is None
+    rest = program.loop_rest
+    assert rest is not None and rest.name == "apply_gradients" and rest.loop_rest is None
+    state, grad_sums, _ = rest.args
+    assert jax.tree.structure(grad_sums) == jax.tree.structure(state.params)
     config.optim.grad_accum_steps = 1
     program = aot.train_program(config, jax.devices())
-    assert program.trips == 1 and program.twice_unrolled is None
+    assert program.trips == 1 and program.loop_rest is None
 
 
 def test_loop_correction_adds_the_body_once_per_extra_trip():
     memory = {"argument": 3, "output": 2, "temp": 10, "alias": 2, "total": 13}
-    once = aot.CompileResult(memory, {"flops": 12.0, "optimal_seconds": 1.5}, 10.0)
-    twice = aot.CompileResult({**memory, "temp": 99}, {"flops": 22.0, "optimal_seconds": 2.5}, 20.0)
-    # body = twice - once (10 FLOPs, 1 s); 4 trips: once + 3 bodies.
-    result = aot.loop_corrected(once, twice, trips=4)
+    step = aot.CompileResult(memory, {"flops": 12.0, "optimal_seconds": 1.5}, 10.0)
+    rest = aot.CompileResult({**memory, "temp": 1}, {"flops": 2.0, "optimal_seconds": 0.5}, 2.0)
+    # body = step - rest (10 FLOPs, 1 s); 4 trips: the step and 3 more bodies.
+    result = aot.loop_corrected(step, rest, trips=4)
     assert result.cost == {"flops": 42.0, "optimal_seconds": 4.5}
     assert result.loop_body == {"flops": 10.0, "optimal_seconds": 1.0}
-    assert result.memory == memory and result.compile_s == 30.0  # the step's own memory
+    assert result.memory == memory and result.compile_s == 12.0  # the step's own memory
     refused = aot.CompileResult(memory, {}, 5.0, error="RESOURCE_EXHAUSTED: hbm")
-    assert aot.loop_corrected(once, refused, trips=4).cost == {}
+    assert aot.loop_corrected(step, refused, trips=4).cost == {}
 
 
 @needs_libtpu
@@ -146,6 +149,10 @@ def test_an_accumulated_step_is_costed_over_all_its_micro_batches():
     # Counted once, the loop would show a quarter of the FLOPs; corrected, all of them.
     assert 0.8 < report["xla_flops"] / report["model_flops_per_device"] < 1.5
     assert report["projected_step_s"] > 3 * report["loop"]["body_optimal_seconds"]
+    # Scanned layers cannot be projected anyway: the twin is not compiled (the fit check's case).
+    (scanned,) = aot.compile_config(config, target, steps=["train"], unroll_layers=False)
+    assert scanned["loop"]["body_optimal_seconds"] is None and scanned["projected_mfu"] is None
+    assert "scanned layer body once" in scanned["projection"]
 
 
 @needs_libtpu

@@ -188,20 +188,6 @@ def test_split_microbatches_is_strided_and_checks_divisibility():
         optim.split_microbatches(batch, 4)
 
 
-def test_unrolled_accumulation_equals_the_rolled_loop():
-    keys = jax.random.split(jax.random.PRNGKey(3), 3)
-    params = {"w1": jax.random.normal(keys[0], (5, 16)), "w2": jax.random.normal(keys[1], (16, 9))}
-    batch = {
-        "inputs": jax.random.normal(keys[2], (8, 3, 5)),
-        "targets": jnp.arange(24).reshape(8, 3) % 9,
-        "weights": jnp.ones((8, 3)),
-    }
-    rolled = optim.accumulate_gradients(_toy_loss, params, batch, 4)
-    unrolled = optim.accumulate_gradients(_toy_loss, params, batch, 4, unroll=2)
-    for got, want in zip(jax.tree.leaves(unrolled), jax.tree.leaves(rolled), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-6)
-
-
 @pytest.mark.parametrize(
     ("steps", "limit", "batch", "shards", "want"),
     [

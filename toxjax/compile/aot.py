@@ -12,8 +12,8 @@ XLA counts a loop body once, so a scanned layer stack shows ~1/num_layers of the
 and time. With unroll_layers the model is compiled as its per-layer twin (the same params, no
 loop; see layered_config). Decoding's while_loop remains (its trip count depends on EOS), so
 the generate step reports memory but no projection. Gradient accumulation is a scan too, with
-a fixed trip count: the train step is compiled a second time with two micro-batches per
-iteration, and the difference of the two estimates is one micro-batch's (loop_corrected).
+a fixed trip count: the step's work after the loop (the optimizer update) is compiled on its
+own, and the step's estimate less that one is one micro-batch's (loop_corrected).
 """
 
 from __future__ import annotations
@@ -59,10 +59,10 @@ class StepProgram:
     model_flops: float  # model FLOPs of one call over all devices (toxjax.model.flops)
     tokens: int | None  # tokens one call trains on or scores; None: no throughput figure
     loop: str | None = None  # a loop in the step whose body XLA's estimates count once
-    # A loop XLA counts once that can be corrected: its trip count, and the same step with two
-    # iterations' bodies per iteration (two compiles give one body's cost).
+    # A loop XLA counts once that can be corrected: its trip count, and the step's work outside
+    # the loop as a program of its own (step - rest = one body; see loop_corrected).
     trips: int = 1
-    twice_unrolled: StepProgram | None = None
+    loop_rest: StepProgram | None = None
 
 
 def layered_config(
@@ -95,8 +95,9 @@ def forward_flops_per_token(model_config: decoder.ModelConfig, seq_len: int) -> 
 def train_program(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> StepProgram:
     """The training loop's own step (make_train_step) on train.create_setup's abstract state.
 
-    With gradient accumulation the step is a scan over micro-batches: it also carries its twin
-    with two micro-batches per scan iteration, whose cost less the step's is one micro-batch's.
+    With gradient accumulation the step is a scan over micro-batches; it then carries its work
+    after the loop (train.apply_gradients: the optimizer update and metrics) as a program of
+    its own, so that the step's cost less that one is one micro-batch's.
     """
     setup = train.create_setup(config, list(devices))
     batch_size, seq_len = int(config.data.global_batch_size), int(config.data.seq_len)
@@ -104,21 +105,42 @@ def train_program(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> 
         name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=setup.batch_sharding)
         for name in input_pipeline.FEATURES
     }
-
-    def program(accum_unroll: int, twice_unrolled: StepProgram | None) -> StepProgram:
-        return StepProgram(
-            name="train",
-            function=train.make_train_step(setup, accum_unroll=accum_unroll),
-            args=(setup.abstract_state, batch),
-            model_flops=flops.train_flops_per_step(setup.model_config, seq_len, batch_size),
-            tokens=batch_size * seq_len,
-            trips=setup.grad_accum_steps,
-            twice_unrolled=twice_unrolled,
-        )
-
+    model_flops = flops.train_flops_per_step(setup.model_config, seq_len, batch_size)
+    step = StepProgram(
+        name="train",
+        function=train.make_train_step(setup),
+        args=(setup.abstract_state, batch),
+        model_flops=model_flops,
+        tokens=batch_size * seq_len,
+        trips=setup.grad_accum_steps,
+    )
     if setup.grad_accum_steps == 1:
-        return program(1, None)
-    return program(1, program(2, None))
+        return step
+    return dataclasses.replace(step, loop_rest=apply_gradients_program(setup))
+
+
+def apply_gradients_program(setup: train.TrainSetup) -> StepProgram:
+    """train.apply_gradients alone: the state and gradient sums in, the next state out."""
+    replicated = _replicated_sharding(setup.mesh)
+    state = setup.abstract_state
+    grad_sums = state.params  # same shapes, dtypes and shardings as the parameters
+    sums = {
+        name: jax.ShapeDtypeStruct((), jnp.float32, sharding=replicated)
+        for name in ("ce_sum", "z_loss_sum", "weight_sum", "correct_sum")
+    }
+    function = partitioning.PartitionedFunction(
+        functools.partial(train.apply_gradients, tx=setup.tx, schedule=setup.schedule),
+        setup.mesh,
+        setup.rules,
+        in_shardings=(
+            setup.state_shardings,
+            setup.state_shardings.params,
+            jax.tree.map(lambda _: replicated, sums),
+        ),
+        out_shardings=(setup.state_shardings, replicated),
+        donate_argnums=(0,),
+    )
+    return StepProgram("apply_gradients", function, (state, grad_sums, sums), 0.0, None)
 
 
 def _replicated_sharding(mesh: Mesh) -> NamedSharding:
@@ -293,28 +315,28 @@ def _compile(program: StepProgram) -> CompileResult:
     return CompileResult(memory_bytes(compiled.memory_analysis()), _cost(compiled), elapsed)
 
 
-def loop_corrected(once: CompileResult, twice: CompileResult, trips: int) -> CompileResult:
-    """The cost of a step whose loop XLA counts once, from it and its twice-unrolled twin.
+def loop_corrected(step: CompileResult, rest: CompileResult, trips: int) -> CompileResult:
+    """The cost of a step whose loop XLA counts once, from it and its work outside the loop.
 
-    once = body + rest and twice = 2 body + rest, so body = twice - once and the step costs
-    once + (trips - 1) * body. Memory stays the step's own (the twin is only measured).
+    step = body + rest, so body = step - rest and the whole step costs step + (trips - 1) *
+    body. Memory stays the step's own (the rest is only costed).
     """
-    if twice.error or not once.cost:
-        return dataclasses.replace(once, cost={}, compile_s=once.compile_s + twice.compile_s)
-    body = {key: twice.cost[key] - once.cost[key] for key in once.cost if key in twice.cost}
-    cost = {key: once.cost[key] + (trips - 1) * value for key, value in body.items()}
+    if rest.error or not step.cost:
+        return dataclasses.replace(step, cost={}, compile_s=step.compile_s + rest.compile_s)
+    body = {key: step.cost[key] - rest.cost[key] for key in step.cost if key in rest.cost}
+    cost = {key: step.cost[key] + (trips - 1) * value for key, value in body.items()}
     return dataclasses.replace(
-        once, cost=cost, compile_s=once.compile_s + twice.compile_s, loop_body=body
+        step, cost=cost, compile_s=step.compile_s + rest.compile_s, loop_body=body
     )
 
 
 def compile_step(program: StepProgram) -> CompileResult:
-    """Compiles the step (and, for a correctable loop that fits, its twin) for its report."""
+    """Compiles the step (and, for a correctable loop, its work outside the loop)."""
     result = _compile(program)
-    if program.twice_unrolled is None or result.error:
+    if program.loop_rest is None or result.error:
         return result
-    logging.info("Compiling its twin with two loop bodies per iteration (%d trips)", program.trips)
-    return loop_corrected(result, _compile(program.twice_unrolled), program.trips)
+    logging.info("Compiling its work after the loop, to cost the loop's %d trips", program.trips)
+    return loop_corrected(result, _compile(program.loop_rest), program.trips)
 
 
 def _no_projection_reason(program: StepProgram, layers: str, result: CompileResult) -> str | None:
@@ -325,8 +347,8 @@ def _no_projection_reason(program: StepProgram, layers: str, result: CompileResu
     if layers != "unrolled":
         return "none: XLA counts the scanned layer body once (compile with unrolled layers)"
     seconds = result.cost.get("optimal_seconds")
-    if seconds is None and program.twice_unrolled is not None:
-        return "none: the step's twin with two loop bodies per iteration did not compile"
+    if seconds is None and program.loop_rest is not None:
+        return "none: the step's work after its loop did not compile on its own"
     if seconds is None:
         return "none: cost_analysis() gave no optimal_seconds"
     if seconds <= 0:  # libtpu 0.0.42 adds -1 for each op its cost model cannot estimate
@@ -377,7 +399,7 @@ def step_report(
         report["loop"] = {
             "trips": program.trips,
             "body_optimal_seconds": (result.loop_body or {}).get("optimal_seconds"),
-            "correction": "step = once + (trips - 1) * (twice_unrolled - once), two compiles",
+            "correction": "step + (trips - 1) * (step - apply_gradients), two compiles",
         }
     if result.error:
         report["error"] = result.error
@@ -419,6 +441,8 @@ def compile_config(
     for name in steps:
         logging.info("Compiling the %s step for %s (mesh %s)", name, topology, dict(mesh.shape))
         program = build_program(name, config, devices, mesh, prompt_len)
+        if layers != "unrolled":  # no projection either way: costing the loop would only take time
+            program = dataclasses.replace(program, loop_rest=None)
         result = compile_step(program)
         logging.info("%s step compiled in %.1f s", name, result.compile_s)
         yield step_report(
@@ -457,7 +481,7 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("loop"):
         lines.append(
             f"  gradient accumulation: {report['loop']['trips']} micro-batches per step, "
-            "costed from two compiles (one and two micro-batches per loop iteration)"
+            "costed from two compiles (the step, and its work after the loop)"
         )
     if report.get("error"):
         lines.append(f"  XLA: {report['error']}")

@@ -176,14 +176,12 @@ def accumulate_gradients(
     params: PyTree,
     batch: Mapping[str, jax.Array],
     num_microbatches: int,
-    unroll: int = 1,
 ) -> tuple[PyTree, dict[str, jax.Array]]:
     """Summed gradients and summed metrics over micro-batches, in one traced computation.
 
     Runs inside the jitted train step (a lax.scan), so one call is one optimizer step and only
     one micro-batch of activations is live at a time. Because loss_fn returns sums, dividing the
-    result by the total weight equals the full-batch gradient. unroll: micro-batches per scan
-    iteration (the same result; toxjax.compile unrolls 2 to measure one iteration's cost).
+    result by the total weight equals the full-batch gradient.
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if num_microbatches <= 1:
@@ -205,8 +203,6 @@ def accumulate_gradients(
         return (grad_acc, metric_acc), None
 
     indices = jnp.arange(num_microbatches, dtype=jnp.int32)
-    (grads, metrics), _ = jax.lax.scan(
-        body, (zero_grads, zero_metrics), (micro, indices), unroll=unroll
-    )
+    (grads, metrics), _ = jax.lax.scan(body, (zero_grads, zero_metrics), (micro, indices))
     grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
     return grads, metrics

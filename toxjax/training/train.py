@@ -214,7 +214,6 @@ def train_step(
     dropout_rng: jax.Array,
     grad_accum_steps: int,
     z_loss: float,
-    accum_unroll: int = 1,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer step on a global batch; loss masked by decoder_loss_weights."""
     step_rng = jax.random.fold_in(dropout_rng, state.step)
@@ -236,9 +235,20 @@ def train_step(
             z_loss=z_loss,
         )
 
-    grad_sums, sums = optim.accumulate_gradients(
-        loss_fn, state.params, batch, grad_accum_steps, unroll=accum_unroll
-    )
+    grad_sums, sums = optim.accumulate_gradients(loss_fn, state.params, batch, grad_accum_steps)
+    return apply_gradients(state, grad_sums, sums, tx=tx, schedule=schedule)
+
+
+def apply_gradients(
+    state: TrainState,
+    grad_sums: Any,
+    sums: Mapping[str, jax.Array],
+    *,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """The step after its gradient sums: normalise, update, metrics (toxjax.compile costs it
+    alone to cost an accumulated step's loop)."""
     denominator = jnp.maximum(sums["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: (g / denominator).astype(g.dtype), grad_sums)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -256,10 +266,8 @@ def train_step(
     return new_state, metrics
 
 
-def make_train_step(setup: TrainSetup, accum_unroll: int = 1) -> partitioning.PartitionedFunction:
-    """The jitted step: sharded in and out, state donated, mesh and rules entered per call.
-
-    accum_unroll: micro-batches per iteration of the accumulation loop (toxjax.compile)."""
+def make_train_step(setup: TrainSetup) -> partitioning.PartitionedFunction:
+    """The jitted step: sharded in and out, state donated, mesh and rules entered per call."""
     config = setup.config
     step_fn = functools.partial(
         train_step,
@@ -269,7 +277,6 @@ def make_train_step(setup: TrainSetup, accum_unroll: int = 1) -> partitioning.Pa
         dropout_rng=jax.random.fold_in(jax.random.PRNGKey(int(config.train.seed)), 1),
         grad_accum_steps=setup.grad_accum_steps,
         z_loss=float(config.optim.z_loss),
-        accum_unroll=accum_unroll,
     )
     replicated = jax.sharding.NamedSharding(setup.mesh, jax.sharding.PartitionSpec())
     batch_shardings = {name: setup.batch_sharding for name in input_pipeline.FEATURES}
