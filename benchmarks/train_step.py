@@ -31,7 +31,7 @@ import numpy as np
 
 from configs import tiny
 from toxjax.data import input_pipeline
-from toxjax.model import flops
+from toxjax.model import decoder, flops
 from toxjax.training import train
 
 # name -> (num_layers, d_model, num_heads, mlp_dim, seq_len, global_batch_size)
@@ -175,7 +175,7 @@ def matmul_flops(dtype: str, n: int = 2048, reps: int = 3) -> float:
 
 def measure(name: str, args: argparse.Namespace) -> dict:
     config = benchmark_config(name, args.dtype, args.scan_layers, args.scan_unroll)
-    model_config = train.models.ModelConfig.from_config(config.model)
+    model_config = decoder.ModelConfig.from_config(config.model)
     tokens_per_step = config.data.seq_len * config.data.global_batch_size
     flops_per_step = flops.train_flops_per_step(
         model_config, config.data.seq_len, config.data.global_batch_size

@@ -36,11 +36,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Rematerialisation: "none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable".
     model.remat_policy = "none"
     # Training attention in this many causal query chunks, each over only the keys it can see
-    # (toxjax/model/causal_chunks.py): (n + 1) / 2n of the score work, the same result. 1: one
+    # (toxjax/model/attention_ops.py): (n + 1) / 2n of the score work, the same result. 1: one
     # call over the full mask; long sequences gain (configs/_gpt.py sets it).
     model.attention_chunks = 1
-    # Dtype the attention scores are stored in: "float32" (jax.nn.dot_product_attention) or
-    # "bfloat16" (half the memory traffic; softmax still in float32; MaxText's default).
+    # Dtype full-sequence attention (training, log-likelihood scoring) stores its scores in:
+    # "float32" (jax.nn.dot_product_attention) or "bfloat16" (half the memory traffic, softmax
+    # still in float32; MaxText's default). Decoding keeps float32.
     model.attention_scores_dtype = "float32"
 
     # ---------------- mesh and sharding (MaxText vocabulary) ----------------

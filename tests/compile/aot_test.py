@@ -105,6 +105,8 @@ def test_gradient_accumulation_carries_its_work_after_the_loop():
     assert rest is not None and rest.name == "apply_gradients" and rest.loop_rest is None
     state, grad_sums, _ = rest.args
     assert jax.tree.structure(grad_sums) == jax.tree.structure(state.params)
+    compiled = aot.compile_step(rest)  # its shardings and arguments agree (compiles on CPU)
+    assert compiled.error is None and compiled.memory["argument"] > 0
     config.optim.grad_accum_steps = 1
     program = aot.train_program(config, jax.devices())
     assert program.trips == 1 and program.loop_rest is None

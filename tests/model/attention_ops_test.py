@@ -92,6 +92,20 @@ def test_decoder_logits_do_not_depend_on_the_chunks():
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_decoder_logits_with_bfloat16_scores_stay_close():
+    config = decoder.ModelConfig(
+        num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, vocab_size=50,
+        max_len=32, dtype="float32",
+    )  # fmt: skip
+    tokens = jax.random.randint(jax.random.key(6), (2, 16), 0, 50)
+    params = decoder.Decoder(config).init(jax.random.key(7), tokens)
+    want = decoder.Decoder(config).apply(params, tokens)
+    bf16 = dataclasses.replace(config, attention_scores_dtype="bfloat16")
+    got = decoder.Decoder(bf16).apply(params, tokens)
+    np.testing.assert_allclose(got, want, atol=2e-2)
+    assert float(jnp.max(jnp.abs(got - want))) > 0  # the decoder uses the setting
+
+
 def test_config_rejects_zero_chunks():
     with pytest.raises(ValueError, match="attention_chunks"):
         decoder.ModelConfig(attention_chunks=0)

@@ -1,6 +1,7 @@
 """Tests for toxjax.training.train: sharded == single device, real sharding, early config errors."""
 
 import copy
+import dataclasses
 import json
 import logging
 import pathlib
@@ -271,6 +272,12 @@ def test_validate_config_rejects_bad_accumulation_and_lengths():
     config.data.seq_len = 64
     with pytest.raises(ValueError, match="seq_len=64 exceeds config.model.max_len=16"):
         train.validate_config(config, model_config)
+    config.data.seq_len = 12
+    chunked = dataclasses.replace(model_config, attention_chunks=8)
+    with pytest.raises(ValueError, match="attention_chunks=8 must divide config.data.seq_len=12"):
+        train.validate_config(config, chunked)
+    config.optim.grad_accum_steps = -1  # auto is accepted here and resolved per mesh
+    train.validate_config(config, dataclasses.replace(model_config, attention_chunks=4))
 
 
 def test_tiny_config_uses_the_demo_task_vocabulary_sizes():

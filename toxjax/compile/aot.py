@@ -321,7 +321,8 @@ def loop_corrected(step: CompileResult, rest: CompileResult, trips: int) -> Comp
     step = body + rest, so body = step - rest and the whole step costs step + (trips - 1) *
     body. Memory stays the step's own (the rest is only costed).
     """
-    if rest.error or not step.cost:
+    if rest.error or not step.cost or rest.cost.get("optimal_seconds", 0.0) <= 0:
+        # No estimate of the rest (libtpu counts -1 per op it cannot cost): no correction.
         return dataclasses.replace(step, cost={}, compile_s=step.compile_s + rest.compile_s)
     body = {key: step.cost[key] - rest.cost[key] for key in step.cost if key in rest.cost}
     cost = {key: step.cost[key] + (trips - 1) * value for key, value in body.items()}
@@ -348,7 +349,7 @@ def _no_projection_reason(program: StepProgram, layers: str, result: CompileResu
         return "none: XLA counts the scanned layer body once (compile with unrolled layers)"
     seconds = result.cost.get("optimal_seconds")
     if seconds is None and program.loop_rest is not None:
-        return "none: the step's work after its loop did not compile on its own"
+        return "none: the step's work after its loop could not be compiled or costed alone"
     if seconds is None:
         return "none: cost_analysis() gave no optimal_seconds"
     if seconds <= 0:  # libtpu 0.0.42 adds -1 for each op its cost model cannot estimate
@@ -399,7 +400,11 @@ def step_report(
         report["loop"] = {
             "trips": program.trips,
             "body_optimal_seconds": (result.loop_body or {}).get("optimal_seconds"),
-            "correction": "step + (trips - 1) * (step - apply_gradients), two compiles",
+            "correction": (
+                "step + (trips - 1) * (step - apply_gradients), two compiles"
+                if result.loop_body is not None
+                else "none"
+            ),
         }
     if result.error:
         report["error"] = result.error
@@ -478,7 +483,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
     else:
         lines.append(f"  projection {report['projection']}")
-    if report.get("loop"):
+    if report.get("loop") and report["loop"]["body_optimal_seconds"] is not None:
         lines.append(
             f"  gradient accumulation: {report['loop']['trips']} micro-batches per step, "
             "costed from two compiles (the step, and its work after the loop)"

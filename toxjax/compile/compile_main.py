@@ -3,16 +3,17 @@
 Compiles a config's train step (and the evaluation's sampling and log-likelihood steps) for a
 TPU slice on this host, with libtpu's compile-only devices, and prints one JSON line per step:
 
-    python -m toxjax.compile --config=configs/gpt_1p3b.py --topology=v5p:2x2x1 \
-        --config.data.global_batch_size=32 --steps=train
+    python -m toxjax.compile --config=configs/gpt_1p3b.py --topology=v5p:2x2x1 --steps=train
 
 Fields: step, config, topology, num_devices, mesh, layers ("unrolled": XLA's figures cover
 every layer), bytes_per_device {argument, output, temp, alias, total = argument + output +
 temp - alias, generated_code}, hbm_bytes_per_device, fits (total <= HBM), xla_flops (per
 device), model_flops (all devices) and model_flops_per_device, xla_optimal_seconds (as
-cost_analysis() gives it), projected_step_s (that, when it is a valid estimate),
+cost_analysis() gives it; for a step that accumulates gradients, corrected for the loop XLA
+counts once, see `loop`), projected_step_s (that, when it is a valid estimate),
 projected_mfu, projected_tokens_per_s_per_chip, compile_s, projection (what the projected
-figures are: the compiler's estimate, never a measurement; or why there are none). The
+figures are: the compiler's estimate, never a measurement; or why there are none), and with
+gradient accumulation loop {trips, body_optimal_seconds, correction}. The
 command exits 0 whether or not the config fits: `fits` is the answer.
 """
 

@@ -1,9 +1,10 @@
-"""Training-time self-attention in plain XLA: the precision of its scores, and causal chunks.
+"""Full-sequence self-attention in plain XLA: the precision of its scores, and causal chunks.
 
+Used by training and log-likelihood scoring (decoding attends over its cache in the decoder).
 XLA's attention (jax.nn.dot_product_attention's "xla" implementation) writes the [b, heads,
 q, k] scores to memory, and on TPU that traffic, not the matmuls, is the cost: compiled for
 v5p, attention is about half of the 1.3B config's step time at sequence 2048 while its matmuls
-are a tenth of the step's FLOPs (README, "Compile for a TPU slice"). Two levers, both plain XLA
+are a tenth of the step's FLOPs (README, section 3, "Train"). Two levers, both plain XLA
 so that libtpu's cost model still projects them (a Pallas kernel such as splash attention gets
 no estimate from libtpu 0.0.42 and would count as free):
 
@@ -64,9 +65,9 @@ def causal_chunked_attention(
     """dot_product_attention for a causal-by-index mask, in num_chunks query chunks.
 
     mask [b, 1, t, t] must never let query i see a key j > i (decoder.attention_mask over
-    indices 0..t-1). A query row the mask hides entirely (padding of no document) averages the
-    values of its chunk's prefix instead of all of them; such rows carry no loss. num_chunks
-    must divide t; 1 is one call over the full mask.
+    indices 0..t-1, where every query also sees itself). A row a caller's mask hides entirely
+    would average its chunk's prefix instead of every value; the decoder's mask has none.
+    num_chunks must divide t; 1 is one call over the full mask.
     """
     length = query.shape[1]
     if num_chunks < 1 or length % num_chunks:

@@ -113,6 +113,11 @@ def validate_config(config: ml_collections.ConfigDict, model_config: decoder.Mod
             f"config.data.seq_len={seq_len} exceeds config.model.max_len={model_config.max_len} "
             "(learned position table)"
         )
+    if seq_len % model_config.attention_chunks:
+        raise ValueError(
+            f"config.model.attention_chunks={model_config.attention_chunks} must divide "
+            f"config.data.seq_len={seq_len} (training attention's causal query chunks)"
+        )
     accum = int(config.optim.grad_accum_steps)
     batch = int(config.data.global_batch_size)
     if accum != -1 and (accum < 1 or batch % accum):
