@@ -1,7 +1,9 @@
 """Tests of the one-command study: config handling, the paper and demo configs, and the whole
 study end to end on a tiny config, including a rerun that skips every finished stage."""
 
+import hashlib
 import json
+import logging
 import os
 import pathlib
 
@@ -286,3 +288,44 @@ def test_training_stopped_early_interrupts_the_study(tmp_path, monkeypatch):
         experiment.train_strategy(config, str(tmp_path))
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["data"]["task"] == "t"  # the run's config is recorded first
+
+
+def test_vocabulary_identity_is_the_model_content(tmp_path):
+    config = study_smoke.get_config()
+    config.study.vocabulary = "byte"
+    assert experiment.vocabulary_identity(config, str(tmp_path)) == {"vocabulary": "byte"}
+    model = tmp_path / "given.model"
+    model.write_bytes(b"not really a sentencepiece model")
+    config.study.vocabulary = str(model)
+    identity = experiment.vocabulary_identity(config, str(tmp_path))
+    assert identity["vocabulary"] == "given.model"
+    assert identity["sha256"] == hashlib.sha256(b"not really a sentencepiece model").hexdigest()
+
+
+def test_checkpoints_of_another_vocabulary_are_refused(tmp_path, monkeypatch, caplog):
+    class FinishedState:
+        step = 3
+
+    monkeypatch.setattr(
+        "toxjax.training.train.train_and_evaluate", lambda config, workdir: FinishedState
+    )
+    config = experiment.run_config_for(study_smoke.get_config(), runs.Run(Strategy.BASE), "t")
+    trained = {"vocabulary": "spm768-aaaa.model", "sha256": "a" * 64}
+    # Training records the vocabulary next to the run's config.
+    assert experiment.train_strategy(config, str(tmp_path), trained) is True
+    with open(tmp_path / experiment.VOCAB_STAMP) as f:
+        assert json.load(f) == trained
+    monkeypatch.setattr(experiment, "trained_step", lambda run_workdir: 3)
+    # The same content under another name is reused; other content is refused, both named.
+    renamed = {**trained, "vocabulary": "spm768-bbbb.model"}
+    assert experiment.train_strategy(config, str(tmp_path), renamed) is False
+    other = {"vocabulary": "spm768-cccc.model", "sha256": "c" * 64}
+    with pytest.raises(ValueError, match=r"(?s)spm768-aaaa.model.*spm768-cccc.model.*fresh"):
+        experiment.train_strategy(config, str(tmp_path), other)
+    with pytest.raises(ValueError, match="spm768-aaaa.model"):
+        experiment.train_strategy(config, str(tmp_path), {"vocabulary": "byte"})
+    # A run trained before the record existed cannot be checked: reused, with a warning.
+    (tmp_path / experiment.VOCAB_STAMP).unlink()
+    with caplog.at_level(logging.WARNING):
+        assert experiment.train_strategy(config, str(tmp_path), other) is False
+    assert "cannot be checked" in caplog.text

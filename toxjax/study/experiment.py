@@ -48,6 +48,7 @@ SCORED_SUBDIR = "scored"
 VOCAB_SUBDIR = "vocab"
 EVAL_STAMP = "eval_config.json"  # next to eval/: which eval config produced the eval json
 CONFIG_JSON = "config.json"
+VOCAB_STAMP = "vocabulary.json"  # which vocabulary (by content) a run's checkpoints were trained on
 VOCABULARIES = ("byte", "spm")  # or a path to a SentencePiece .model file
 
 
@@ -222,6 +223,40 @@ def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | No
     )
 
 
+def vocabulary_identity(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+    """What a run's token ids mean: the byte vocabulary, or the SentencePiece model's sha256
+    (content, not name: a model retrained identically under a new name is the same)."""
+    path = vocabulary_path(config, workdir)
+    if path is None:
+        return {"vocabulary": "byte"}
+    digest = hashlib.sha256(fileio.read_bytes(path)).hexdigest()
+    return {"vocabulary": path.rsplit("/", 1)[-1], "sha256": digest}
+
+
+def check_vocabulary(run_workdir: str, identity: Mapping[str, str]) -> None:
+    """Refuses a run whose checkpoints were trained on another vocabulary than the study's
+    (a rerun in the same workdir with other strategies can train a new one)."""
+    path = fileio.join(run_workdir, VOCAB_STAMP)
+    if not fileio.exists(path):
+        logging.warning(
+            "study: %s has checkpoints but no %s (trained before it was recorded): its "
+            "vocabulary cannot be checked",
+            run_workdir,
+            VOCAB_STAMP,
+        )
+        return
+    recorded = _read_json(path)
+    if recorded.get("sha256") != identity.get("sha256"):  # none for the byte vocabulary
+        raise ValueError(
+            f"{run_workdir} was trained on vocabulary {recorded['vocabulary']} "
+            f"(sha256 {recorded.get('sha256', '-')}), but this study uses "
+            f"{identity['vocabulary']} (sha256 {identity.get('sha256', '-')}): its token ids "
+            "mean other pieces here. The vocabulary follows the strategies and the conditioning "
+            "format (SEGMENT adds its tokens): rerun with the settings that trained it, or use a "
+            "fresh --workdir"
+        )
+
+
 def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True):
     """The study's seqio vocabulary, training a SentencePiece model on first use."""
     import seqio
@@ -349,10 +384,20 @@ def trained_step(run_workdir: str) -> int | None:
         checkpointer.close()
 
 
-def train_strategy(run_config: ml_collections.ConfigDict, run_workdir: str) -> bool:
-    """Trains (or resumes) unless finished; True if it trained."""
+def train_strategy(
+    run_config: ml_collections.ConfigDict,
+    run_workdir: str,
+    vocabulary: Mapping[str, str] | None = None,
+) -> bool:
+    """Trains (or resumes) unless finished; True if it trained.
+
+    vocabulary: the study's vocabulary_identity, recorded with the run and checked against
+    the one its checkpoints were trained on before they are reused or resumed.
+    """
     num_steps = int(run_config.train.num_steps)
     latest = trained_step(run_workdir)
+    if latest is not None and vocabulary is not None:
+        check_vocabulary(run_workdir, vocabulary)
     if latest is not None and latest > num_steps:
         raise ValueError(
             f"{run_workdir} holds a checkpoint at step {latest}, beyond "
@@ -364,6 +409,8 @@ def train_strategy(run_config: ml_collections.ConfigDict, run_workdir: str) -> b
     if _is_chief():
         fileio.make_dirs(run_workdir)
         _write_json(fileio.join(run_workdir, CONFIG_JSON), _config_json(run_config))
+        if vocabulary is not None:
+            _write_json(fileio.join(run_workdir, VOCAB_STAMP), dict(vocabulary))
     state = train.train_and_evaluate(run_config, run_workdir)
     reached = int(state.step)
     if reached < num_steps:  # a stop request (SIGTERM, preemption) saved and returned early
@@ -456,6 +503,7 @@ def run_study(
     if prepare_only:
         logging.info("study: shared inputs ready in %s (--prepare_only)", workdir)
         return {}
+    identity = vocabulary_identity(config, workdir)
     study_runs = runs.study_runs(config, strategies)
     with stage("register tasks", timings):
         task_names = tasks_stage(config, workdir, vocabulary, study_runs)
@@ -472,7 +520,7 @@ def run_study(
             run_config, directory, progress=progress, compiler_options=compiler_options
         )
         with stage(f"train {run.name}", timings):
-            train_strategy(run_config, directory)
+            train_strategy(run_config, directory, identity)
         with stage(f"evaluate {run.name}", timings):
             evaluate_strategy(run_config, directory, run_evaluator)
 
