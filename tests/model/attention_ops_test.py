@@ -20,7 +20,7 @@ def _inputs(seed: int = 0) -> tuple[jax.Array, ...]:
     # Two packed documents in row 0 (segments 1, 2), one in row 1; no padding.
     segments = jnp.array([[1] * 7 + [2] * 9, [1] * LENGTH], jnp.int32)
     index = jnp.broadcast_to(jnp.arange(LENGTH), (BATCH, LENGTH))
-    mask = decoder.attention_mask(index, index, segments, segments)
+    mask = attention_ops.attention_mask(index, index, segments, segments)
     return query, key, value, mask
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from toxjax.model import decoder
+from toxjax.model import attention_ops, decoder
 
 # Small enough to compile in about a second on 2 cores; float32 so equalities are tight.
 SMALL = decoder.ModelConfig(
@@ -355,18 +355,18 @@ def test_shared_prefix_attention_equals_attention_over_each_rows_whole_cache(len
     )
     prefix_segments = jnp.asarray([[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]], jnp.int32)
     segments = jnp.ones((rows, length), jnp.int32)
-    mask = decoder.attention_mask(
+    mask = attention_ops.attention_mask(
         jnp.broadcast_to(jnp.arange(length) + 1, (rows, length)),
         jnp.broadcast_to(jnp.arange(own_slots), (rows, own_slots)),
         segments,
         jnp.ones((rows, own_slots), jnp.int32).at[0, 0].set(0),  # row 0 cannot see slot 0
     )
-    shared = decoder.cached_attention(
+    shared = attention_ops.cached_attention(
         query, key, value, mask, segments, (prefix_key, prefix_value, prefix_segments)
     )
     whole_key = jnp.concatenate([prefix_key.repeat(copies, axis=0), key], axis=2)
     whole_value = jnp.concatenate([prefix_value.repeat(copies, axis=0), value], axis=2)
     visible = (prefix_segments.repeat(copies, axis=0) == 1)[:, None, None, :]
     whole_mask = jnp.concatenate([jnp.broadcast_to(visible, (*mask.shape[:3], 6)), mask], -1)
-    expected = decoder.cached_attention(query, whole_key, whole_value, whole_mask, segments)
+    expected = attention_ops.cached_attention(query, whole_key, whole_value, whole_mask, segments)
     np.testing.assert_allclose(shared, expected, atol=1e-6, rtol=1e-5)

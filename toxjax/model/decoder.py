@@ -227,82 +227,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return rotated.astype(x.dtype)
 
 
-def attention_mask(
-    query_index: jax.Array,
-    key_index: jax.Array,
-    query_segments: jax.Array | None,
-    key_segments: jax.Array | None,
-) -> jax.Array:
-    """[b, 1, q, k] boolean: causal in sequence index AND same packed document.
-
-    Indices (not the per-document positions) decide causality so it also holds across the
-    boundary of two packed documents; taking indices as arguments lets a decode cache reuse it.
-    """
-    mask = query_index[:, :, None] >= key_index[:, None, :]
-    if query_segments is not None and key_segments is not None:
-        mask = mask & (query_segments[:, :, None] == key_segments[:, None, :])
-    return mask[:, None, :, :]
-
-
-SharedPrefix = tuple[jax.Array, jax.Array, jax.Array]  # keys, values, segment ids
-_MASKED = 0.7 * float(np.finfo(np.float32).min)  # as jax.nn.dot_product_attention
-
-
-def cached_attention(
-    query: jax.Array,
-    key: jax.Array,
-    value: jax.Array,
-    mask: jax.Array,
-    query_segments: jax.Array,
-    prefix: SharedPrefix | None = None,
-) -> jax.Array:
-    """Attention of query [b, q, heads, h] over a cache laid out [b, kv_heads, slots, h].
-
-    Same maths as jax.nn.dot_product_attention (scale 1/sqrt(h), float32 logits and softmax,
-    query heads grouped [kv_heads, group]), but with the cache's batch and head axes leading,
-    XLA contracts it in place (a [b, slots, kv_heads, h] cache was transposed whole in every
-    layer at every decode step: 2.6x slower per step on CPU at 84 slots).
-
-    prefix: keys/values [p, kv_heads, prefix_slots, h] and segment ids [p, prefix_slots] of p
-    prompts, each shared by b // p consecutive rows (several samples of one prompt), which
-    attend to it in front of their own cache, one softmax over both. The prompt is read once
-    per prompt, by plain batched matmuls over [p, kv_heads, rows of p x group x q, ...]
-    (contracting the rows' [p, c, ...] layout directly made XLA transpose and recompute the
-    prefix logits in each fusion reading them: ~5% of a CPU decode step).
-    """
-    batch, length, heads, head_dim = query.shape
-    kv_heads = key.shape[1]
-    scale = 1.0 / math.sqrt(head_dim)
-    grouped = query.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    logits = jnp.einsum("bqkgh,bksh->bkgqs", grouped, key, preferred_element_type=jnp.float32)
-    logits = jnp.where(mask[:, None], logits * scale, _MASKED)
-    if prefix is None:
-        probs = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-        out = jnp.einsum("bkgqs,bksh->bqkgh", probs, value)
-        return out.reshape(batch, length, heads, head_dim)
-    prefix_key, prefix_value, prefix_segments = prefix
-    prompts, _, prefix_slots, _ = prefix_key.shape
-    copies, group = batch // prompts, heads // kv_heads
-    blocks = (prompts, kv_heads, copies, group, length)  # the prefix matmuls' row order
-    shared = grouped.reshape(prompts, copies, length, kv_heads, group, head_dim)
-    shared = shared.transpose(0, 3, 1, 4, 2, 5).reshape(prompts, kv_heads, -1, head_dim)
-    shared_logits = jnp.einsum(
-        "pkmh,pksh->pkms", shared, prefix_key, preferred_element_type=jnp.float32
-    ).reshape(*blocks, prefix_slots)
-    segments = query_segments.reshape(prompts, 1, copies, 1, length, 1)
-    visible = segments == prefix_segments[:, None, None, None, None, :]
-    shared_logits = jnp.where(visible, shared_logits * scale, _MASKED)
-    shared_logits = jnp.swapaxes(shared_logits, 1, 2).reshape(*logits.shape[:-1], prefix_slots)
-    probs = jax.nn.softmax(jnp.concatenate([shared_logits, logits], axis=-1), axis=-1)
-    probs = probs.astype(value.dtype)
-    out = jnp.einsum("bkgqs,bksh->bqkgh", probs[..., prefix_slots:], value)
-    shared_probs = probs[..., :prefix_slots].reshape(prompts, copies, *probs.shape[1:-1], -1)
-    shared_probs = jnp.swapaxes(shared_probs, 1, 2).reshape(prompts, kv_heads, -1, prefix_slots)
-    shared_out = jnp.einsum("pkms,pksh->pkmh", shared_probs, prefix_value)
-    shared_out = shared_out.reshape(*blocks, head_dim).transpose(0, 2, 4, 1, 3, 5)
-    return (out + shared_out.reshape(out.shape)).reshape(batch, length, heads, head_dim)
-
-
 class Attention(nn.Module):
     """Multi-head / grouped-query self-attention with RoPE or none (learned positions).
 
@@ -350,9 +274,11 @@ class Attention(nn.Module):
             query_index = query_index + start
             slots = key.shape[2]
             key_index = jnp.broadcast_to(jnp.arange(slots, dtype=jnp.int32), (batch, slots))
-        mask = attention_mask(query_index, key_index, segment_ids, key_segments)
+        mask = attention_ops.attention_mask(query_index, key_index, segment_ids, key_segments)
         if self.decode:
-            out = cached_attention(query, key, value, mask, segment_ids, self._shared_prefix())
+            out = attention_ops.cached_attention(
+                query, key, value, mask, segment_ids, self._shared_prefix()
+            )
         else:
             # XLA implementation, softmax in float32, grouped-query heads natively; chunked, it
             # skips the keys the causal mask hides (as many chunks as divide the length).
@@ -372,7 +298,7 @@ class Attention(nn.Module):
             name="out",
         )(out)
 
-    def _shared_prefix(self) -> SharedPrefix | None:
+    def _shared_prefix(self) -> attention_ops.SharedPrefix | None:
         """A prompt cache shared by several rows, if the caller put one in the cache collection
         (prefix_key, prefix_value, prefix_segment_ids; see cached_attention)."""
         if not self.has_variable("cache", "prefix_key"):

@@ -11,7 +11,7 @@ of every real token's attention. Results therefore do not depend on how prompts 
 or batched (tests compare against a plain forward pass of each unpadded row).
 
 Cache: the prompt's keys/values are kept once per prompt and shared by its samples
-(`share_prompt_cache`; `decoder.cached_attention` reads them as a prefix), and each row caches
+(`share_prompt_cache`; `attention_ops.cached_attention` reads them as a prefix), and each row caches
 only its own max_new_tokens tokens. With RealToxicityPrompts' 25 samples per prompt that cuts
 the cache each step reads by about 4x. `Decoder.init(..., decode=True)` would size a cache for
 max_len tokens; the attention reads however many slots the arrays hold, so only what is needed
@@ -202,7 +202,7 @@ def init_cache(model: decoder.Decoder, batch: int, cache_len: int) -> PyTree:
 
 def share_prompt_cache(prompt_cache: PyTree, num_samples: int, steps: int) -> PyTree:
     """Decode cache for `num_samples` rows per prompt: the prompts' keys/values become a
-    shared prefix (read once per prompt, see decoder.cached_attention) and each row gets an
+    shared prefix (read once per prompt, see attention_ops.cached_attention) and each row gets an
     empty cache of `steps` slots for its own tokens."""
 
     def convert(node: Any) -> Any:
