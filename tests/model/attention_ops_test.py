@@ -76,11 +76,15 @@ def test_rejects_chunks_that_do_not_divide_the_length(num_chunks):
         attention_ops.causal_chunked_attention(query, key, value, mask, num_chunks)
 
 
+# A small grouped-query decoder in float32, so equalities are tight.
+SMALL_GQA = decoder.ModelConfig(
+    num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, vocab_size=50,
+    max_len=32, dtype="float32",
+)  # fmt: skip
+
+
 def test_decoder_logits_do_not_depend_on_the_chunks():
-    config = decoder.ModelConfig(
-        num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, vocab_size=50,
-        max_len=32, dtype="float32",
-    )  # fmt: skip
+    config = SMALL_GQA
     tokens = jax.random.randint(jax.random.key(2), (2, 24), 0, 50)
     segments = jnp.array([[1] * 10 + [2] * 14, [1] * 24], jnp.int32)
     params = decoder.Decoder(config).init(jax.random.key(3), tokens)
@@ -93,10 +97,7 @@ def test_decoder_logits_do_not_depend_on_the_chunks():
 
 
 def test_decoder_logits_with_bfloat16_scores_stay_close():
-    config = decoder.ModelConfig(
-        num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64, vocab_size=50,
-        max_len=32, dtype="float32",
-    )  # fmt: skip
+    config = SMALL_GQA
     tokens = jax.random.randint(jax.random.key(6), (2, 16), 0, 50)
     params = decoder.Decoder(config).init(jax.random.key(7), tokens)
     want = decoder.Decoder(config).apply(params, tokens)

@@ -105,12 +105,11 @@ def train_program(config: ml_collections.ConfigDict, devices: Sequence[Any]) -> 
         name: jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32, sharding=setup.batch_sharding)
         for name in input_pipeline.FEATURES
     }
-    model_flops = flops.train_flops_per_step(setup.model_config, seq_len, batch_size)
     step = StepProgram(
         name="train",
         function=train.make_train_step(setup),
         args=(setup.abstract_state, batch),
-        model_flops=model_flops,
+        model_flops=flops.train_flops_per_step(setup.model_config, seq_len, batch_size),
         tokens=batch_size * seq_len,
         trips=setup.grad_accum_steps,
     )
