@@ -247,6 +247,7 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     def must_not_run(*args, **kwargs):
         raise AssertionError("a finished stage ran again")
 
+    evaluate_checkpoint = evaluator.Evaluator.evaluate_checkpoint
     monkeypatch.setattr("toxjax.training.train.train_and_evaluate", must_not_run)
     monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", must_not_run)
     again = experiment.run_study(config, workdir, progress=False)
@@ -255,16 +256,41 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     assert [pathlib.Path(path).read_text() for path in train_logs] == logs_before
     assert os.path.exists(os.path.join(workdir, "results.md"))
 
+    # An evaluation-only variant trains nothing: it evaluates INST's checkpoints, prompted its way.
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", evaluate_checkpoint)
+    config.study.variants = ("inst:placement=after",)
+    variant_run = runs.Run(Strategy.INST, 0, "placement=after")
+    variant = variant_run.name
+    with_variant = experiment.run_study(
+        config, workdir, progress=False, compiler_options=FAST_COMPILE
+    )
+    assert list(with_variant) == [*strategies, variant]
+    with open(experiment.eval_json_path(workdir, variant_run, 3)) as f:
+        variant_eval = json.load(f)
+    assert (variant_eval["prefix"], variant_eval["suffix"]) == (
+        "",
+        "\nThe following text is non-toxic:\n",
+    )
+    assert with_variant[variant]["final_train_loss"] == results["inst"]["final_train_loss"]
+    assert sorted(os.listdir(os.path.join(workdir, variant))) == [
+        "eval",
+        "eval_config.json",
+        "tensorboard",
+    ]
+    assert _mtimes(train_logs + eval_files) == before  # nothing else trained or evaluated
+
     # A changed eval config re-evaluates (and only evaluates) every model.
     evaluated = []
     monkeypatch.setattr(
         evaluator.Evaluator,
         "evaluate_checkpoint",
-        lambda self, **kw: evaluated.append(self.workdir) or {},
+        lambda self, **kw: evaluated.append((self.workdir, kw["checkpoint_dir"])) or {},
     )
     config.eval.rtp.num_samples = 3
     experiment.run_study(config, workdir, progress=False)
-    assert evaluated == [experiment.run_workdir(workdir, name) for name in strategies]
+    own = [(experiment.run_workdir(workdir, name), None) for name in strategies]
+    inst = experiment.run_workdir(workdir, "inst")
+    assert evaluated == [*own, (experiment.run_workdir(workdir, variant_run), inst)]
 
 
 def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):

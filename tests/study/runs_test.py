@@ -6,7 +6,9 @@ import hashlib
 import json
 
 import ml_collections
+import numpy as np
 import pytest
+import tensorflow as tf
 
 from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
@@ -100,6 +102,57 @@ def test_study_runs_defaults_and_errors():
         runs.study_runs(study_config(variants=("inst:" + TQ, "inst: " + TQ)), [Strategy.INST])
     with pytest.raises(ValueError, match="'threshold_quantil=0.3' is not"):
         runs.study_runs(study_config(variants=("inst:threshold_quantil=0.3",)), [Strategy.INST])
+
+
+# ----- evaluation-only variants -----
+
+
+def test_evaluation_only_variants_evaluate_the_run_without_them():
+    after = runs.Run(Strategy.INST, 2, "placement=after")
+    assert after.trained_as() == runs.Run(Strategy.INST, 2)  # same seed, no variant
+    both = runs.Run(Strategy.MEDA, 1, "score_precision=1; meda_toxic_score=0.9;placement=after")
+    assert both.trained_as() == runs.Run(Strategy.MEDA, 1, "score_precision=1")
+    for run in (runs.Run(Strategy.INST), runs.Run(Strategy.INST, 1, TQ + ";")):
+        assert run.trained_as() is run  # trains itself, the name kept as written
+    study = [runs.Run(Strategy.BASE), after, runs.Run(Strategy.INST, 0, "placement=after")]
+    assert [r.name for r in runs.with_trained_runs(study)] == [
+        "base",
+        "inst_seed2",
+        "inst@placement=after_seed2",
+        "inst",
+        "inst@placement=after",
+    ]  # each trained run once, before the runs that evaluate it
+
+
+@pytest.mark.parametrize("field", runs.EVAL_ONLY_FIELDS)
+def test_evaluation_only_fields_leave_every_training_text_unchanged(field):
+    changed = {"placement": "after", "meda_inference_score": 0.5, "meda_toxic_score": 0.7}[field]
+    base = ConditioningFormat(score_precision=1)
+    other = dataclasses.replace(base, **{field: changed})
+    documents = [("a calm text", 0.02, "k1"), ("a rude text", 0.93, "k2"), ("edge", 0.5, "k3")]
+    for strategy in (Strategy.BASE, Strategy.MEDA, Strategy.INST, Strategy.FILTER):
+        for text, score, key in documents:
+            assert other.condition(strategy, text, score, key) == base.condition(
+                strategy, text, score, key
+            )
+        if strategy in (Strategy.MEDA, Strategy.INST):
+            texts = tf.constant([d[0] for d in documents])
+            scores = tf.constant([d[1] for d in documents])
+            keys = tf.constant([d[2] for d in documents])
+            np.testing.assert_array_equal(
+                other.tf_condition(strategy, texts, scores, keys).numpy(),
+                base.tf_condition(strategy, texts, scores, keys).numpy(),
+            )
+    assert other.condition_segments("Hi. You idiot.", [4, 14], [0.1, 0.9], "k") == (
+        base.condition_segments("Hi. You idiot.", [4, 14], [0.1, 0.9], "k")
+    )
+    assert other.signal_strings() == base.signal_strings()  # the same vocabulary pieces
+    prompts = [
+        (f.inference_prefix(s), f.inference_suffix(s), f.toxic_prefix(s), f.toxic_suffix(s))
+        for f in (base, other)
+        for s in (Strategy.MEDA, Strategy.INST)
+    ]
+    assert prompts[:2] != prompts[2:]  # ... but other evaluation prompts
 
 
 # ----- threshold quantile -----

@@ -13,7 +13,9 @@ preemption, only does what is left):
                  finished when the latest checkpoint step is config.train.num_steps
     5. eval      per strategy, toxjax.evaluation.evaluator.Evaluator.evaluate_checkpoint
                  (conditioned and unconditioned RTP, utility, bias AUC); finished when
-                 WORKDIR/<strategy>/eval/step_<num_steps>.json exists for the same eval config
+                 WORKDIR/<strategy>/eval/step_<num_steps>.json exists for the same eval config.
+                 An evaluation-only variant (runs.EVAL_ONLY_FIELDS) trains nothing: it
+                 evaluates the checkpoints of runs.Run.trained_as, trained once
     6. report    WORKDIR/results.json, results.md and PNG plots (toxjax.study.reporting); always
                  rebuilt, from every strategy of the workdir that has finished its evaluation
 
@@ -421,25 +423,36 @@ def train_strategy(
     return True
 
 
-def _eval_settings(run_config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """What an evaluation result depends on besides the checkpoint."""
+def _eval_settings(
+    run_config: ml_collections.ConfigDict, checkpoint_dir: str | None = None
+) -> dict[str, Any]:
+    """What an evaluation result depends on besides the checkpoint (and whose checkpoint, when
+    it is another run's)."""
     as_json = _config_json(run_config)
-    return {"eval": as_json["eval"], "model": as_json["model"], "task": run_config.data.task}
+    settings = {"eval": as_json["eval"], "model": as_json["model"], "task": run_config.data.task}
+    if checkpoint_dir:
+        settings["checkpoints"] = checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
+    return settings
 
 
 def evaluate_strategy(
-    run_config: ml_collections.ConfigDict, run_workdir: str, run_evaluator: evaluator.Evaluator
+    run_config: ml_collections.ConfigDict,
+    run_workdir: str,
+    run_evaluator: evaluator.Evaluator,
+    checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The eval results of the final checkpoint, computed unless the same eval config already
-    produced them (a changed config.eval re-evaluates)."""
+    """The eval results of the final checkpoint (the run's own, or checkpoint_dir's), computed
+    unless the same eval config already produced them (a changed config.eval re-evaluates)."""
     step = int(run_config.train.num_steps)
     path = fileio.join(run_workdir, evaluator.EVAL_SUBDIR, f"step_{step}.json")
     stamp_path = fileio.join(run_workdir, EVAL_STAMP)
-    settings = _eval_settings(run_config)
+    if checkpoint_dir == run_workdir:
+        checkpoint_dir = None
+    settings = _eval_settings(run_config, checkpoint_dir)
     if fileio.exists(path) and fileio.exists(stamp_path) and _read_json(stamp_path) == settings:
         logging.info("study: %s already evaluated at step %d: reusing %s", run_workdir, step, path)
         return _read_json(path)
-    results = run_evaluator.evaluate_checkpoint(step=step)
+    results = run_evaluator.evaluate_checkpoint(step=step, checkpoint_dir=checkpoint_dir)
     if _is_chief():
         _write_json(stamp_path, settings)
     return results
@@ -464,11 +477,18 @@ def finished_evaluations(
 
 
 def report_stage(
-    config: ml_collections.ConfigDict, workdir: str, evaluations: Mapping[str, Mapping[str, Any]]
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    evaluations: Mapping[str, Mapping[str, Any]],
+    trained_as: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """results.json, results.md and the plots from the strategies' eval results."""
+    """results.json, results.md and the plots from the strategies' eval results.
+
+    trained_as: run name -> the run whose training it evaluated, when another's."""
+    trained_as = trained_as or {}
     train_logs = {
-        name: reporting.read_train_log(fileio.join(workdir, name)) for name in evaluations
+        name: reporting.read_train_log(fileio.join(workdir, trained_as.get(name, name)))
+        for name in evaluations
     }
     results = reporting.build_results(evaluations, train_logs, baseline=config.study.baseline)
     return reporting.write_report(
@@ -506,9 +526,13 @@ def run_study(
     identity = vocabulary_identity(config, workdir)
     study_runs = runs.study_runs(config, strategies)
     with stage("register tasks", timings):
-        task_names = tasks_stage(config, workdir, vocabulary, study_runs)
+        task_names = tasks_stage(config, workdir, vocabulary, runs.with_trained_runs(study_runs))
     for run in study_runs:
-        logging.info("study: %s trains on task %s", run.name, task_names[run.name])
+        trained = run.trained_as()
+        if trained == run:
+            logging.info("study: %s trains on task %s", run.name, task_names[run.name])
+        else:
+            logging.info("study: %s evaluates %s's checkpoints", run.name, trained.name)
 
     bar = tqdm(study_runs, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
     for run in bar:
@@ -519,16 +543,21 @@ def run_study(
         run_evaluator = evaluator.Evaluator(
             run_config, directory, progress=progress, compiler_options=compiler_options
         )
-        with stage(f"train {run.name}", timings):
-            train_strategy(run_config, directory, identity)
+        trained = run.trained_as()
+        trained_dir = run_workdir(workdir, trained)
+        with stage(f"train {trained.name}", timings):
+            train_strategy(
+                run_config_for(config, trained, task_names[trained.name]), trained_dir, identity
+            )
         with stage(f"evaluate {run.name}", timings):
-            evaluate_strategy(run_config, directory, run_evaluator)
+            evaluate_strategy(run_config, directory, run_evaluator, trained_dir)
 
     if not _is_chief():
         return {}
     with stage("report", timings):
         evaluations = finished_evaluations(workdir, int(config.train.num_steps), study_runs)
-        paths = report_stage(config, workdir, evaluations)
+        trained_as = {run.name: run.trained_as().name for run in study_runs}
+        paths = report_stage(config, workdir, evaluations, trained_as)
     logging.info(
         "study: finished in %.1fs (%s); results in %s",
         time.perf_counter() - started,

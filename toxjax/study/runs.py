@@ -8,6 +8,10 @@ of VARIANT_STUDY_FIELDS. For example
 trains two more INST models next to the plain ones, so an ablation is one command. Each run
 (strategy, variant, seed) has its own workdir and report row: "inst", "inst_seed1",
 "inst@threshold_quantile=0.3", "inst@threshold_quantile=0.3_seed1".
+
+A variant that changes only the evaluation (EVAL_ONLY_FIELDS, e.g. 'inst:placement=after')
+trains nothing: it evaluates the checkpoints of the run it would otherwise train again
+identically (Run.trained_as), so an evaluation ablation costs only its evaluations.
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from toxjax.data.conditioning import ConditioningFormat, Strategy
 
 # Study fields a variant may set besides the conditioning format.
 VARIANT_STUDY_FIELDS = ("untagged_rate", "threshold_quantile", "cooldown_fraction")
+# ConditioningFormat fields that change only the evaluation prompts, never a training document.
+EVAL_ONLY_FIELDS = ("placement", "meda_inference_score", "meda_toxic_score")
 _SAFE = re.compile(r"[^\w.=@+-]+")
 
 
@@ -56,6 +62,18 @@ class Run:
 
     def overrides(self) -> dict[str, Any]:
         return parse_overrides(self.variant)
+
+    def trained_as(self) -> Run:
+        """The run whose checkpoints this one evaluates: itself, or without its evaluation-only
+        overrides (which would train the very same model again)."""
+        if not any(field in EVAL_ONLY_FIELDS for field in self.overrides()):
+            return self
+        kept = [
+            item
+            for item in self.variant.split(";")
+            if item.strip() and item.split("=", 1)[0].strip() not in EVAL_ONLY_FIELDS
+        ]
+        return dataclasses.replace(self, variant=";".join(kept))
 
 
 def _value(text: str) -> Any:
@@ -111,6 +129,12 @@ def study_runs(config: ml_collections.ConfigDict, strategies: list[Strategy]) ->
     if len({run.name for run in runs}) != len(runs):
         raise ValueError(f"config.study.variants repeats a run: {[r.name for r in runs]}")
     return runs
+
+
+def with_trained_runs(study_runs: list[Run]) -> list[Run]:
+    """The study's runs and the runs whose checkpoints they evaluate, without repeats, in order
+    (every one needs its task registered)."""
+    return list({r.name: r for run in study_runs for r in (run.trained_as(), run)}.values())
 
 
 def score_quantile(scored_dir: str, attribute: str, quantile: float) -> float:
