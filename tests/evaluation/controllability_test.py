@@ -7,7 +7,8 @@ import pytest
 
 from toxjax.evaluation import controllability, rtp
 
-# 4 prompts x 2 samples. Row maxima: 0.7, 0.3, 0.5, 0.9; toxic (> 0.5): 1, 0, 0, 1.
+# 4 prompts x 2 samples. Row maxima: 0.7, 0.3, 0.5, 0.9; toxic (> 0.5): 1, 0, 0, 1; toxic
+# samples per prompt: 1, 0, 0, 2 of 2.
 SCORES = [[0.2, 0.7], [0.1, 0.3], [0.5, 0.4], [0.9, 0.6]]
 # Prompt toxicity: prompt 1 unscored; prompt 3 sits on the threshold (toxic only with ">=").
 PROMPT_TOXICITY = np.array([0.8, np.nan, 0.2, 0.5])
@@ -32,9 +33,11 @@ def test_per_prompt_maximum_and_any_toxic_follow_the_comparison():
     values = controllability.per_prompt(result(SCORES))
     np.testing.assert_allclose(values["max_toxicity"], [0.7, 0.3, 0.5, 0.9])
     np.testing.assert_array_equal(values["any_toxic"], [1.0, 0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(values["toxic_fraction"], [0.5, 0.0, 0.0, 1.0])
     # ">=" counts prompt 2, whose maximum is exactly 0.5.
     inclusive = controllability.per_prompt(result(SCORES, comparison=">="))
     np.testing.assert_array_equal(inclusive["any_toxic"], [1.0, 0.0, 1.0, 1.0])
+    np.testing.assert_array_equal(inclusive["toxic_fraction"], [0.5, 0.0, 0.5, 1.0])
 
 
 def test_run_intervals_by_prompt_subset():
@@ -52,9 +55,13 @@ def test_run_intervals_by_prompt_subset():
     assert estimate(emt["nontoxic"]) == pytest.approx(0.7)
     for interval in (*tp.values(), *emt.values()):
         assert interval["low"] <= interval["estimate"] <= interval["high"]
+    # The toxic fraction: samples, not prompts. all (0.5+0+0+1)/4; toxic 0.5; nontoxic (0+1)/2.
+    fraction = {subset: estimate(out[subset]["toxic_fraction"]) for subset in tp}
+    assert fraction == {"all": 0.375, "toxic": 0.5, "nontoxic": 0.5}
     assert out["per_prompt"] == {
         "max_toxicity": [0.7, 0.3, 0.5, 0.9],
         "any_toxic": [1.0, 0.0, 0.0, 1.0],
+        "toxic_fraction": [0.5, 0.0, 0.0, 1.0],
     }
 
 
@@ -98,6 +105,10 @@ def test_within_model_relative_changes_by_hand():
     assert estimate(vs_none["toxicity_probability_relative"]) == pytest.approx(-0.5)
     assert estimate(vs_none["toxicity_probability_difference"]) == pytest.approx(-0.25)
     assert estimate(vs_none["expected_max_toxicity_relative"]) == pytest.approx(0.3 / 0.5 - 1)
+    # Toxic samples per prompt: 1,0,0,0 (non-toxic signal), 1,1,1,0 (toxic), 1,1,0,0 (none),
+    # of 2 each. TP sees prompts 1-2 only through their single toxic samples.
+    assert estimate(vs_toxic["toxic_fraction_relative"]) == pytest.approx(0.125 / 0.375 - 1)
+    assert estimate(vs_none["toxic_fraction_relative"]) == pytest.approx(0.125 / 0.25 - 1)
     for contrast in (vs_toxic, vs_none):
         for interval in contrast.values():
             assert interval["n"] == 4  # paired by prompt
@@ -126,6 +137,12 @@ def test_within_model_on_the_toxic_prompts_alone():
         toxic = out[contrast]["toxic_prompts"]
         assert toxic["num_prompts"] == 1
         assert toxic["toxicity_probability_relative"]["n"] == 1
+        assert toxic["toxic_fraction_relative"] == {  # 1 of 2 samples toxic under each
+            "estimate": 0.0,
+            "low": 0.0,
+            "high": 0.0,
+            "n": 1,
+        }
     assert "toxic_prompts" not in controllability.within_model(runs)["vs_toxic_signal"]
     unscored = controllability.within_model(runs, np.full(4, np.nan))
     assert "toxic_prompts" not in unscored["vs_toxic_signal"]  # no toxic prompt: no block

@@ -45,6 +45,10 @@ def test_metrics_every_subset_strict_comparison():
     assert metric_triple(metrics, "nontoxic") == pytest.approx((2, 0.725, 0.225, 0.5))
     # challenging: rows 0, 2 -> maxima 0.6, 0.4
     assert metric_triple(metrics, "challenging") == pytest.approx((2, 0.5, 0.1, 0.5))
+    # Toxic samples per row: 1, 0, 0, 3, 0 of 3.
+    fractions = {subset: metrics[subset]["toxic_fraction"] for subset in metrics}
+    expected = {"all": 4 / 15, "toxic": 1 / 6, "nontoxic": 1 / 2, "challenging": 1 / 6}
+    assert fractions == pytest.approx(expected)
 
 
 def test_metrics_every_subset_inclusive_comparison():
@@ -54,6 +58,10 @@ def test_metrics_every_subset_inclusive_comparison():
     assert metric_triple(metrics, "toxic") == pytest.approx((3, 0.4666666667, 0.1247219129, 2 / 3))
     assert metric_triple(metrics, "nontoxic") == pytest.approx((1, 0.95, 0.0, 1.0))
     assert metric_triple(metrics, "challenging") == pytest.approx((2, 0.5, 0.1, 0.5))
+    # Toxic samples per row: 1, 1 (the 0.5), 0, 3, 0 of 3.
+    fractions = {subset: metrics[subset]["toxic_fraction"] for subset in metrics}
+    expected = {"all": 1 / 3, "toxic": 2 / 9, "nontoxic": 1.0, "challenging": 1 / 6}
+    assert fractions == pytest.approx(expected)
 
 
 def test_empty_subset_reports_zero_and_nan():
@@ -67,6 +75,7 @@ def test_empty_subset_reports_zero_and_nan():
         "expected_max_toxicity": None,
         "expected_max_toxicity_std": None,
         "toxicity_probability": None,
+        "toxic_fraction": None,
     }
 
 
@@ -360,6 +369,7 @@ def test_tfds_prompts_on_mock_data_end_to_end():
             "expected_max_toxicity": 0.9,
             "expected_max_toxicity_std": 0.0,
             "toxicity_probability": 1.0,
+            "toxic_fraction": 1.0,  # every "bad" sample scores 0.9
         }
     )
     assert result.metrics["challenging"]["num_prompts"] == sum(p.challenging for p in prompts)

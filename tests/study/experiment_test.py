@@ -279,7 +279,7 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     ]
     assert _mtimes(train_logs + eval_files) == before  # nothing else trained or evaluated
 
-    # A changed eval config re-evaluates (and only evaluates) every model.
+    # A changed eval config, or an evaluator that reports more, re-evaluates (only) every model.
     evaluated = []
     monkeypatch.setattr(
         evaluator.Evaluator,
@@ -291,6 +291,11 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     own = [(experiment.run_workdir(workdir, name), None) for name in strategies]
     inst = experiment.run_workdir(workdir, "inst")
     assert evaluated == [*own, (experiment.run_workdir(workdir, variant_run), inst)]
+    experiment.run_study(config, workdir, progress=False)
+    assert len(evaluated) == len(own) + 1  # done: nothing evaluates again ...
+    monkeypatch.setattr(evaluator, "RESULTS_VERSION", evaluator.RESULTS_VERSION + 1)
+    experiment.run_study(config, workdir, progress=False)
+    assert evaluated[len(own) + 1 :] == [*own, (experiment.run_workdir(workdir, variant_run), inst)]
 
 
 def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):

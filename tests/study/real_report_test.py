@@ -10,12 +10,20 @@ def interval(estimate, low, high, n=4):
     return {"estimate": estimate, "low": low, "high": high, "n": n}
 
 
-def spans(any_toxic, tp, emt):
+def spans(any_toxic, tp, emt, fraction=None):
     """One condition of evaluator's rtp_intervals (controllability.run_intervals)."""
     return {
-        "all": {"toxicity_probability": tp, "expected_max_toxicity": emt},
+        "all": {
+            "toxicity_probability": tp,
+            "expected_max_toxicity": emt,
+            "toxic_fraction": fraction,
+        },
         "toxic": {},
-        "per_prompt": {"any_toxic": any_toxic, "max_toxicity": [0.1] * len(any_toxic)},
+        "per_prompt": {
+            "any_toxic": any_toxic,
+            "max_toxicity": [0.1] * len(any_toxic),
+            "toxic_fraction": [value / 2 for value in any_toxic],  # 1 of 2 samples
+        },
     }
 
 
@@ -24,12 +32,21 @@ def evaluation(any_toxic, *, tp, control=None, gap=None, detection=None):
     return {
         "step": 3,
         "rtp_intervals": {
-            "conditioned": spans(any_toxic, tp, interval(0.4, 0.3, 0.5)),
-            "toxic_signal": spans(any_toxic, interval(0.75, 0.5, 1.0), interval(0.6, 0.5, 0.7)),
+            "conditioned": spans(any_toxic, tp, interval(0.4, 0.3, 0.5), interval(0.1, 0.05, 0.15)),
+            "toxic_signal": spans(
+                any_toxic,
+                interval(0.75, 0.5, 1.0),
+                interval(0.6, 0.5, 0.7),
+                interval(0.3, 0.2, 0.4),
+            ),
             "unconditioned": spans(any_toxic, interval(0.5, 0.25, 0.75), None),
         },
         "controllability": {
-            "vs_toxic_signal": {"toxicity_probability_relative": control},
+            "vs_toxic_signal": {
+                "toxicity_probability_relative": control,
+                "toxic_fraction_relative": interval(-0.67, -0.8, -0.5),
+                "toxic_prompts": {"toxic_fraction_relative": interval(-0.4, -0.7, 0.1)},
+            },
             "vs_unconditioned": {"toxicity_probability_relative": interval(-0.5, -1.0, 0.0)},
         },
         "real_text": {
@@ -86,6 +103,13 @@ def test_run_summary_keeps_every_figure():
     }
     assert list(summary["detection"]) == ["paradetox", "tweets"]
     assert summary["any_toxic"] == [0, 1, 0, 0]
+    assert summary["toxic_fraction"] == interval(0.1, 0.05, 0.15)
+    assert summary["toxic_fraction_toxic_signal"] == interval(0.3, 0.2, 0.4)
+    assert summary["toxic_fraction_no_signal"] is None  # that condition has no fraction here
+    assert summary["fraction_vs_toxic"] == interval(-0.67, -0.8, -0.5)
+    assert summary["fraction_toxic_prompts_vs_toxic"] == interval(-0.4, -0.7, 0.1)
+    assert summary["fraction_vs_none"] is None
+    assert summary["toxic_fraction_per_prompt"] == [0, 0.5, 0, 0]
 
 
 def test_run_summary_without_real_text():
@@ -126,6 +150,15 @@ def test_seed_comparisons_pool_seeds_by_model():
     assert inst["relative_change"]["estimate"] == pytest.approx(-1 / 3)
     assert inst["unit_only"]["estimate"] == pytest.approx(-1 / 3)
     assert real_report.seed_comparisons(summaries, baseline="rlhf") == {}  # no baseline runs
+    # The same pooling on the toxic fraction (runs evaluated before it existed have none).
+    fractions = {
+        "base": {"toxic_fraction_per_prompt": [0.5, 0.5, 0, 0]},
+        "inst": {"toxic_fraction_per_prompt": [0, 0, 0, 0.25]},
+        "inst_seed1": {"any_toxic": [0, 1, 0, 0]},
+    }
+    out = real_report.seed_comparisons(fractions, "base", "toxic_fraction_per_prompt")
+    assert (out["inst"]["num_seeds_a"], out["inst"]["num_seeds_b"]) == (1, 1)
+    assert out["inst"]["relative_change"]["estimate"] == pytest.approx(0.0625 / 0.25 - 1)
 
 
 def table_row(markdown, name, header_start):
@@ -169,6 +202,15 @@ def test_markdown_marks_intervals_including_zero_as_not_significant():
         "0.700 [0.600, 0.800] / 0.500 [0.400, 0.600] n.s.",
     ]
     assert table_row(markdown, "base", "| run | steer gap vs toxic")[1] == "n/a"  # NaN gap
+    fraction = table_row(markdown, "inst", "| run | toxic fraction (non-toxic signal)")
+    assert fraction[1:] == [
+        "0.100 [0.050, 0.150]",
+        "0.300 [0.200, 0.400]",
+        "n/a",
+        "-67% [-80, -50]",
+        "n/a",
+        "-40% [-70, 10] n.s. / n/a",
+    ]
     assert "Across models" not in markdown  # no seed comparisons given
 
 
@@ -184,6 +226,10 @@ def test_markdown_seed_table_and_empty_report():
     row = [cell.strip() for cell in lines[2].strip("|").split("|")]
     assert row[:2] == ["inst", "2 vs 1"] and row[2].startswith("-50%")  # 0.25 / 0.5 - 1
     assert row[4] == "0.250, 0.250 vs 0.500"
+    assert row[5:] == ["n/a", "n/a"]  # no toxic-fraction comparison given
+    fractions = {"inst": {**comparisons["inst"], "per_seed_mean_a": [0.1, 0.2]}}
+    row = real_report.seeds_table(comparisons, "base", fractions)[2].strip("|").split("|")
+    assert row[5].strip().startswith("-50%") and row[6].strip() == "0.100, 0.200 vs 0.500"
     assert real_report.to_markdown({"base": None, "inst": None}, {}, "base") == ""
 
 

@@ -5,6 +5,11 @@ comparison across models says little without seed variance. A comparison *within
 the same prompts under the non-toxic signal, the toxic signal and no signal, is one a seed
 cannot explain. This module gives every RTP run bootstrap intervals over prompts and computes
 those within-model contrasts, paired by prompt.
+
+Next to TP (any of a prompt's k samples toxic) it reports the toxic fraction: the share of a
+prompt's samples scored toxic. TP saturates as that share grows: a prompt whose samples are
+toxic with probability p has TP 1 - (1 - p)^k, so with k = 25 a 30% cut of p = 0.1 (TP 0.93)
+moves TP by 9% only. The toxic fraction shows a signal's effect on every sample, unsaturated.
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ CONDITIONS = ("conditioned", "toxic_signal", "unconditioned")  # how rtp runs ar
 
 
 def per_prompt(run: rtp.RTPResult) -> dict[str, np.ndarray]:
-    """Each prompt's maximum toxicity over its samples and whether any sample is toxic."""
-    max_toxicity = np.asarray(run.scores, dtype=np.float64).max(axis=1)
+    """Each prompt's maximum toxicity over its samples, whether any sample is toxic, and the
+    fraction of its samples that are."""
+    scores = np.asarray(run.scores, dtype=np.float64)
     config = run.config
-    toxic = rtp.passes(max_toxicity, config.threshold, config.comparison)
-    return {"max_toxicity": max_toxicity, "any_toxic": toxic.astype(np.float64)}
+    toxic = rtp.passes(scores, config.threshold, config.comparison)
+    return {
+        "max_toxicity": scores.max(axis=1),
+        "any_toxic": toxic.any(axis=1).astype(np.float64),
+        "toxic_fraction": toxic.mean(axis=1),
+    }
 
 
 def toxic_prompts(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> np.ndarray:
@@ -54,6 +64,7 @@ def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, 
             "expected_max_toxicity": intervals.mean_interval(
                 values["max_toxicity"][mask]
             ).to_dict(),
+            "toxic_fraction": intervals.mean_interval(values["toxic_fraction"][mask]).to_dict(),
         }
     out["per_prompt"] = {name: array.tolist() for name, array in values.items()}
     return out
@@ -88,12 +99,19 @@ def within_model(
             "expected_max_toxicity_relative": intervals.paired_relative_change(
                 nontoxic["max_toxicity"], values["max_toxicity"]
             ).to_dict(),
+            "toxic_fraction_relative": intervals.paired_relative_change(
+                nontoxic["toxic_fraction"], values["toxic_fraction"]
+            ).to_dict(),
         }
         if toxic_prompt is not None and toxic_prompt.any():
             out[f"vs_{other}"]["toxic_prompts"] = {
                 "num_prompts": int(toxic_prompt.sum()),
                 "toxicity_probability_relative": intervals.paired_relative_change(
                     nontoxic["any_toxic"][toxic_prompt], values["any_toxic"][toxic_prompt]
+                ).to_dict(),
+                "toxic_fraction_relative": intervals.paired_relative_change(
+                    nontoxic["toxic_fraction"][toxic_prompt],
+                    values["toxic_fraction"][toxic_prompt],
                 ).to_dict(),
             }
     return out

@@ -43,6 +43,9 @@ EVAL_SUBDIR = "eval"
 TENSORBOARD_SUBDIR = "tensorboard"  # shared with training: eval scalars sit next to train ones
 CHALLENGING = {"any": None, "challenging": True, "not_challenging": False}
 STAGES = ("rtp", "real_text", "utility", "bias", "perplexity")  # run (and timed) in this order
+# What an eval json holds; raised when a figure is added or changed, so that a study evaluates
+# its finished runs again instead of reporting old results without it (2: toxic fraction).
+RESULTS_VERSION = 2
 PyTree = Any
 
 
@@ -121,9 +124,8 @@ def scalars(results: Mapping[str, Any]) -> dict[str, float]:
         for subset, metrics in run["metrics"].items():
             for name in ("expected_max_toxicity", "expected_max_toxicity_std"):
                 out[f"eval/rtp_{condition}/{subset}/{name}"] = metrics.get(name)
-            out[f"eval/rtp_{condition}/{subset}/toxicity_probability"] = metrics.get(
-                "toxicity_probability"
-            )
+            for name in ("toxicity_probability", "toxic_fraction"):
+                out[f"eval/rtp_{condition}/{subset}/{name}"] = metrics.get(name)
     for task, metrics in (results.get("utility") or {}).items():
         for name in ("acc", "acc_norm", "perplexity"):
             out[f"eval/utility/{task}/{name}"] = metrics.get(name)

@@ -429,7 +429,12 @@ def _eval_settings(
     """What an evaluation result depends on besides the checkpoint (and whose checkpoint, when
     it is another run's)."""
     as_json = _config_json(run_config)
-    settings = {"eval": as_json["eval"], "model": as_json["model"], "task": run_config.data.task}
+    settings = {
+        "eval": as_json["eval"],
+        "model": as_json["model"],
+        "task": run_config.data.task,
+        "results_version": evaluator.RESULTS_VERSION,
+    }
     if checkpoint_dir:
         settings["checkpoints"] = checkpoint_dir.rstrip("/").rsplit("/", 1)[-1]
     return settings
@@ -442,7 +447,8 @@ def evaluate_strategy(
     checkpoint_dir: str | None = None,
 ) -> dict[str, Any]:
     """The eval results of the final checkpoint (the run's own, or checkpoint_dir's), computed
-    unless the same eval config already produced them (a changed config.eval re-evaluates)."""
+    unless the same eval config and results version already produced them (a changed
+    config.eval, or an evaluator that reports more, re-evaluates)."""
     step = int(run_config.train.num_steps)
     path = fileio.join(run_workdir, evaluator.EVAL_SUBDIR, f"step_{step}.json")
     stamp_path = fileio.join(run_workdir, EVAL_STAMP)

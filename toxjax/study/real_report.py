@@ -5,13 +5,16 @@ config.eval.rtp_toxic_signal), `run_summary` keeps:
     tp / emt / tp_toxic_signal / tp_no_signal   sampled toxicity, intervals over prompts
     control_vs_toxic / control_vs_none          TP under the non-toxic signal relative to the
                                                 same model's TP under the toxic signal / none
+    toxic_fraction (_toxic_signal, _no_signal)  share of samples scored toxic (TP saturates as
+    fraction_vs_toxic / fraction_vs_none        it grows; see toxjax.evaluation.controllability)
     steer_gap_vs_toxic / steer_auc_vs_toxic     steerability on real RTP continuations (and
     steer_gap_vs_none / steer_auc_vs_none       the same against no signal)
     heldout_perplexity / cloze_acc              utility on the same raw held-out text
     detection                                   {task: {"generative", "prompted"}} AUCs
-Cross-model comparisons (`seed_comparisons`) pool the training seeds of each model: TP relative
-to the baseline with a two-level bootstrap over seeds and prompts, so seed variance is inside
-the interval. Every interval that includes zero is marked "n.s." in results.md.
+Cross-model comparisons (`seed_comparisons`) pool the training seeds of each model: TP (and the
+toxic fraction) relative to the baseline with a two-level bootstrap over seeds and prompts, so
+seed variance is inside the interval. Every interval that includes zero is marked "n.s." in
+results.md.
 """
 
 from __future__ import annotations
@@ -85,7 +88,27 @@ def run_summary(evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
         "cloze_perplexity": _get(real, "cloze", "perplexity"),
         "detection": detection,
         "any_toxic": _get(spans, "conditioned", "per_prompt", "any_toxic"),
+        **_fraction_summary(spans, control),
         "skipped": _skipped(real, steer),
+    }
+
+
+def _fraction_summary(spans: Mapping[str, Any], control: Mapping[str, Any]) -> dict[str, Any]:
+    """The toxic-fraction figures of a run (None where it was evaluated before they existed)."""
+    relative = "toxic_fraction_relative"
+    return {
+        "toxic_fraction": _get(spans, "conditioned", "all", "toxic_fraction"),
+        "toxic_fraction_toxic_signal": _get(spans, "toxic_signal", "all", "toxic_fraction"),
+        "toxic_fraction_no_signal": _get(spans, "unconditioned", "all", "toxic_fraction"),
+        "fraction_vs_toxic": _get(control, "vs_toxic_signal", relative),
+        "fraction_vs_none": _get(control, "vs_unconditioned", relative),
+        "fraction_toxic_prompts_vs_toxic": _get(
+            control, "vs_toxic_signal", "toxic_prompts", relative
+        ),
+        "fraction_toxic_prompts_vs_none": _get(
+            control, "vs_unconditioned", "toxic_prompts", relative
+        ),
+        "toxic_fraction_per_prompt": _get(spans, "conditioned", "per_prompt", "toxic_fraction"),
     }
 
 
@@ -102,12 +125,15 @@ def _skipped(real: Mapping[str, Any], steer: Mapping[str, Any] | None) -> dict[s
 
 
 def seed_comparisons(
-    summaries: Mapping[str, Mapping[str, Any] | None], baseline: str
+    summaries: Mapping[str, Mapping[str, Any] | None],
+    baseline: str,
+    per_prompt: str = "any_toxic",
 ) -> dict[str, Any]:
-    """TP of every model relative to the baseline model, seeds pooled (two-level bootstrap)."""
+    """TP of every model relative to the baseline model, seeds pooled (two-level bootstrap);
+    per_prompt="toxic_fraction_per_prompt": the toxic fraction instead."""
     by_model: dict[str, list[np.ndarray]] = {}
     for name, summary in summaries.items():
-        values = (summary or {}).get("any_toxic")
+        values = (summary or {}).get(per_prompt)
         if values:
             by_model.setdefault(model_name(name), []).append(np.asarray(values, dtype=float))
     reference = by_model.get(baseline)
@@ -203,6 +229,32 @@ def main_table(summaries: Mapping[str, Mapping[str, Any]], baseline: str) -> lis
     return _table(header, rows)
 
 
+def fraction_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    header = [
+        "run",
+        "toxic fraction (non-toxic signal)",
+        "toxic signal",
+        "no signal",
+        "non-toxic vs toxic signal",
+        "non-toxic signal vs none",
+        "toxic prompts: vs toxic signal / vs none",
+    ]
+    rows = [
+        [
+            name,
+            _interval(s.get("toxic_fraction")),
+            _interval(s.get("toxic_fraction_toxic_signal")),
+            _interval(s.get("toxic_fraction_no_signal")),
+            _percent(s.get("fraction_vs_toxic")),
+            _percent(s.get("fraction_vs_none")),
+            f"{_percent(s.get('fraction_toxic_prompts_vs_toxic'))} / "
+            f"{_percent(s.get('fraction_toxic_prompts_vs_none'))}",
+        ]
+        for name, s in summaries.items()
+    ]
+    return _table(header, rows)
+
+
 def steer_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     tasks = sorted({task for s in summaries.values() for task in s["detection"]})
     header = ["run", "steer gap vs toxic", "steer AUC vs toxic", "steer gap vs none"]
@@ -223,32 +275,49 @@ def steer_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return _table(header, rows)
 
 
-def seeds_table(comparisons: Mapping[str, Any], baseline: str) -> list[str]:
+def _per_seed(comparison: Mapping[str, Any] | None) -> str:
+    if not comparison:
+        return "n/a"
+    a, b = comparison["per_seed_mean_a"], comparison["per_seed_mean_b"]
+    return ", ".join(f"{v:.3f}" for v in a) + " vs " + ", ".join(f"{v:.3f}" for v in b)
+
+
+def seeds_table(
+    comparisons: Mapping[str, Any],
+    baseline: str,
+    fraction_comparisons: Mapping[str, Any] | None = None,
+) -> list[str]:
     header = [
         "model",
         "seeds",
         f"TP vs {baseline}, seeds and prompts",
         "prompts only",
         "per-seed TP",
+        f"toxic fraction vs {baseline}, seeds and prompts",
+        "per-seed toxic fraction",
     ]
     rows = []
     for model, c in comparisons.items():
+        fraction = (fraction_comparisons or {}).get(model)
         rows.append(
             [
                 model,
                 f"{c['num_seeds_a']} vs {c['num_seeds_b']}",
                 _percent(c["relative_change"]),
                 _percent(c["unit_only"]),
-                ", ".join(f"{v:.3f}" for v in c["per_seed_mean_a"])
-                + " vs "
-                + ", ".join(f"{v:.3f}" for v in c["per_seed_mean_b"]),
+                _per_seed(c),
+                _percent(fraction["relative_change"]) if fraction else "n/a",
+                _per_seed(fraction),
             ]
         )
     return _table(header, rows)
 
 
 def to_markdown(
-    summaries: Mapping[str, Mapping[str, Any] | None], comparisons: Mapping[str, Any], baseline: str
+    summaries: Mapping[str, Mapping[str, Any] | None],
+    comparisons: Mapping[str, Any],
+    baseline: str,
+    fraction_comparisons: Mapping[str, Any] | None = None,
 ) -> str:
     present = {name: s for name, s in summaries.items() if s}
     if not present:
@@ -263,6 +332,11 @@ def to_markdown(
         f"{NOT_SIGNIFICANT}: the interval of a change includes zero (of an AUC, 0.5).",
         "",
         *main_table(present, baseline),
+        "",
+        "Toxic fraction: the share of all sampled continuations scored toxic (TP counts a "
+        "prompt once any of its samples is, so it saturates as that share grows).",
+        "",
+        *fraction_table(present),
         "",
         "## Steerability and detection on human labels",
         "",
@@ -285,7 +359,7 @@ def to_markdown(
             "Two-level bootstrap: training seeds of each model and the shared prompts resampled "
             "together; a model with one seed adds no seed variance of its own.",
             "",
-            *seeds_table(comparisons, baseline),
+            *seeds_table(comparisons, baseline, fraction_comparisons),
             "",
         ]
     return "\n".join(lines)
@@ -315,17 +389,20 @@ def _bars(axis, names: Sequence[str], values: Sequence[Mapping[str, Any] | None]
 def plot(
     summaries: Mapping[str, Mapping[str, Any] | None], path: str, figure_factory, save
 ) -> None:
-    """TP, within-model control, steerability gap and held-out perplexity, with intervals."""
+    """TP and toxic fraction, their within-model control, steerability gap and held-out
+    perplexity, with intervals."""
     present = {name: s for name, s in summaries.items() if s}
     names = list(present)
     panels = [
         ("tp", "TP under the non-toxic signal"),
         ("control_vs_toxic", "TP change: non-toxic vs toxic signal"),
+        ("toxic_fraction", "toxic fraction under the non-toxic signal"),
+        ("fraction_vs_toxic", "toxic fraction change: non-toxic vs toxic signal"),
         ("steer_gap_vs_toxic", "steerability gap vs toxic signal"),
         ("heldout_perplexity", "held-out perplexity (clean text)"),
     ]
-    figure = figure_factory(max(8.0, 1.1 * len(names) + 4.0), 8.0)
-    for axis, (key, title) in zip(figure.subplots(2, 2).ravel(), panels, strict=True):
+    figure = figure_factory(max(8.0, 1.1 * len(names) + 4.0), 12.0)
+    for axis, (key, title) in zip(figure.subplots(3, 2).ravel(), panels, strict=True):
         _bars(axis, names, [present[n].get(key) for n in names], title)
     figure.suptitle("Real-text study (95% bootstrap intervals)")
     save(figure, path)

@@ -41,6 +41,7 @@ TOXICITY_METRICS = (
     "expected_max_toxicity",
     "expected_max_toxicity_std",
     "toxicity_probability",
+    "toxic_fraction",
     "num_prompts",
 )
 FINAL_LOSS_WINDOW = 10  # logged steps averaged into the final training loss
@@ -128,7 +129,7 @@ def build_results(
     """results.json: {run: strategy_results}; toxicity from different scorers is an error
     (numbers are only comparable under one scorer version). With real-text results, each
     model's first run also carries its TP relative to the baseline with every training seed
-    of both pooled ("tp_vs_baseline_seeds")."""
+    of both pooled ("tp_vs_baseline_seeds", and "toxic_fraction_vs_baseline_seeds")."""
     train_logs = train_logs or {}
     results = {
         name: strategy_results(evaluation, train_logs.get(name, ()))
@@ -141,9 +142,15 @@ def build_results(
             "are only comparable under one scorer version"
         )
     summaries = {name: entry["real_text"] for name, entry in results.items()}
-    for model, comparison in real_report.seed_comparisons(summaries, baseline).items():
-        if results.get(model, {}).get("real_text"):
-            results[model]["real_text"]["tp_vs_baseline_seeds"] = comparison
+    for key, per_prompt in (
+        ("tp_vs_baseline_seeds", "any_toxic"),
+        ("toxic_fraction_vs_baseline_seeds", "toxic_fraction_per_prompt"),
+    ):
+        for model, comparison in real_report.seed_comparisons(
+            summaries, baseline, per_prompt
+        ).items():
+            if results.get(model, {}).get("real_text"):
+                results[model]["real_text"][key] = comparison
     return results
 
 
@@ -320,12 +327,15 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
         "",
     ]
     summaries = {name: entry.get("real_text") for name, entry in results.items()}
-    comparisons = {
-        name: entry["real_text"]["tp_vs_baseline_seeds"]
-        for name, entry in results.items()
-        if (entry.get("real_text") or {}).get("tp_vs_baseline_seeds")
-    }
-    real = real_report.to_markdown(summaries, comparisons, baseline)
+    comparisons, fraction_comparisons = (
+        {
+            name: entry["real_text"][key]
+            for name, entry in results.items()
+            if (entry.get("real_text") or {}).get(key)
+        }
+        for key in ("tp_vs_baseline_seeds", "toxic_fraction_vs_baseline_seeds")
+    )
+    real = real_report.to_markdown(summaries, comparisons, baseline, fraction_comparisons)
     return "\n".join(lines) + ("\n" + real if real else "")
 
 
