@@ -9,7 +9,7 @@ those within-model contrasts, paired by prompt.
 Next to TP (any of a prompt's k samples toxic) it reports the toxic fraction: the share of a
 prompt's samples scored toxic. TP saturates as that share grows: a prompt whose samples are
 toxic with probability p has TP 1 - (1 - p)^k, so with k = 25 a 30% cut of p = 0.1 (TP 0.93)
-moves TP by 9% only. The toxic fraction shows a signal's effect on every sample, unsaturated.
+moves TP by 10% only. The toxic fraction shows a signal's effect on every sample, unsaturated.
 """
 
 from __future__ import annotations

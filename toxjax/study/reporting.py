@@ -2,9 +2,10 @@
 
 results.json, per strategy:
     toxicity / toxicity_unconditioned   {subset: {expected_max_toxicity, ..._std,
-                                        toxicity_probability, num_prompts}} for the subsets
-                                        all / toxic / nontoxic / challenging; "toxicity" is the
-                                        run with the strategy's inference prefix
+                                        toxicity_probability, toxic_fraction, num_prompts}}
+                                        for the subsets all / toxic / nontoxic / challenging;
+                                        "toxicity" is the run with the strategy's inference
+                                        prefix
     utility                             {task: {acc, acc_norm}}
     bias_auc                            {task: AUC} (identities: mean subgroup AUC)
     plus task, prefix, scorer, step, held-out perplexity and the final training loss.
