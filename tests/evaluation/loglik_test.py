@@ -8,6 +8,7 @@ import pytest
 import seqio
 
 from configs import default as default_config
+from toxjax.data import input_pipeline
 from toxjax.evaluation import loglik
 from toxjax.evaluation.requests import LoglikelihoodRequest, call_loglikelihood
 from toxjax.model import decoder, partitioning
@@ -25,7 +26,7 @@ CFG = decoder.ModelConfig(
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 VOCAB = seqio.ByteVocabulary()
-EOS = 1
+START = input_pipeline.START_ID
 
 
 INITIAL = nn.unbox(
@@ -59,22 +60,21 @@ REQUESTS = [
     LoglikelihoodRequest("The cat sat on the", " mat"),
     LoglikelihoodRequest("Question: is it raining?\nAnswer:", " no"),
     LoglikelihoodRequest("Trailing space ", "moves"),  # scored as " moves"
-    LoglikelihoodRequest("", "Starts from EOS"),
+    LoglikelihoodRequest("", "Starts at START"),
     LoglikelihoodRequest("long context " * 5, " end of it"),  # truncated; its space moves
     LoglikelihoodRequest("x", " y"),
 ]
 
 
 def expected_sequences() -> list[tuple[list[int], int]]:
-    """Byte tokens by hand: context (EOS if empty) + continuation, last max_len + 1 kept."""
+    """Byte tokens by hand: START + context + continuation, last max_len + 1 kept."""
     out = []
     for request in REQUESTS:
         context, continuation = request.context, request.continuation
         if context.endswith(" "):
             context, continuation = context[:-1], " " + continuation
-        context_ids = VOCAB.encode(context) if context else [EOS]
-        continuation_ids = VOCAB.encode(continuation)
-        out.append(((context_ids + continuation_ids)[-(CFG.max_len + 1) :], len(continuation_ids)))
+        ids = [START, *VOCAB.encode(context), *VOCAB.encode(continuation)]
+        out.append((ids[-(CFG.max_len + 1) :], len(VOCAB.encode(continuation))))
     return out
 
 
@@ -119,19 +119,20 @@ def test_truncated_requests_score_the_first_window_after_the_whole_context():
     )
     long_text = "abcdefghij" * 5  # 50 byte tokens > max_len 32
     (result,) = engine([LoglikelihoodRequest("sig:", long_text, truncate=True)])
-    # The whole 4-token context stays and the first 33 - 4 = 29 text tokens are scored.
-    assert result.num_tokens == CFG.max_len + 1 - 4
-    (shorter,) = engine([LoglikelihoodRequest("sig:", long_text[:29])])
+    # START and the whole 4-token context stay and the first 33 - 5 = 28 text tokens are scored.
+    assert result.num_tokens == CFG.max_len + 1 - 5
+    (shorter,) = engine([LoglikelihoodRequest("sig:", long_text[:28])])
     np.testing.assert_allclose(result.logprob, shorter.logprob, rtol=1e-5)
     (fits,) = engine([LoglikelihoodRequest("sig:", "short", truncate=True)])
     assert fits.num_tokens == 5  # nothing cut when the text fits
 
 
 def test_encode_pair_follows_the_harness():
-    assert loglik.encode_pair(VOCAB, "ab ", "c") == (VOCAB.encode("ab"), VOCAB.encode(" c"))
+    ab = [START, *VOCAB.encode("ab")]  # every context starts from the training start id
+    assert loglik.encode_pair(VOCAB, "ab ", "c") == (ab, VOCAB.encode(" c"))
     # The harness moves all trailing whitespace (str.rstrip()), newlines included.
-    assert loglik.encode_pair(VOCAB, "ab\n ", "c") == (VOCAB.encode("ab"), VOCAB.encode("\n c"))
-    assert loglik.encode_pair(VOCAB, "", "c") == ([EOS], VOCAB.encode("c"))
+    assert loglik.encode_pair(VOCAB, "ab\n ", "c") == (ab, VOCAB.encode("\n c"))
+    assert loglik.encode_pair(VOCAB, "", "c") == ([START], VOCAB.encode("c"))
 
 
 def test_heldout_perplexity_equals_the_mean_cross_entropy_of_its_batches():
@@ -164,3 +165,29 @@ def test_heldout_perplexity_equals_the_mean_cross_entropy_of_its_batches():
     np.testing.assert_allclose(result["perplexity"], np.exp(ce_sum / weight_sum), rtol=1e-4)
     # A freshly initialised model is close to uniform over its 264 ids.
     assert 200 < result["perplexity"] < 330
+
+
+def test_scoring_a_document_reads_what_training_read():
+    """The engine's log-likelihood of a document equals the one in its packed training row:
+    both start from START at position 0 (a context-free EOS start would not match)."""
+    params = init_params(scale=8.0)
+    (batch,) = loglik.heldout_batches(
+        "toxjax_demo_base", split="validation", seq_len=32, batch_size=4, num_batches=1
+    )
+    first = batch["decoder_segment_ids"][0] == 1
+    assert batch["decoder_input_tokens"][0, 0] == START
+    targets = batch["decoder_target_tokens"][0][first]
+    log_probs = forward(
+        params,
+        batch["decoder_input_tokens"][:1],
+        positions=batch["decoder_positions"][:1],
+        segment_ids=batch["decoder_segment_ids"][:1],
+    )
+    picked = log_probs[0, np.arange(len(targets)), targets]
+    text_tokens = targets[:-1] if targets[-1] == 1 else targets  # EOS ends a whole document
+    engine = loglik.make_loglikelihood_fn(
+        params, CFG, VOCAB, one_device_mesh(), RULES, batch_size=2, compiler_options=FAST_COMPILE
+    )
+    (result,) = engine([LoglikelihoodRequest("", VOCAB.decode(text_tokens.tolist()))])
+    assert result.num_tokens == len(text_tokens) > 3
+    np.testing.assert_allclose(result.logprob, picked[: len(text_tokens)].sum(), rtol=1e-4)

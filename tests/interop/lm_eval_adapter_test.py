@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from toxjax.data import input_pipeline
 from toxjax.demo import eval_tasks
 from toxjax.evaluation import loglik, utility_tasks
 from toxjax.evaluation.requests import LoglikelihoodRequest
@@ -180,13 +181,19 @@ def test_rolling_loglikelihood_agrees(setup):
     ]
     instances = _instances("loglikelihood_rolling", [(t,) for t in texts])
     ours = adapter.loglikelihood_rolling(instances)
+    # The harness' rolling windows score every token of tok_encode(text); with the start id
+    # the tokenizer adds, that would include the start id itself. Without it, the start id is
+    # only the windows' prefix token (the tokenizer's BOS), as in our adapter.
+    hf = HFLM(pretrained=hf.pretrained, device="cpu", dtype="float32", add_bos_token=False)
+    assert hf.prefix_token_id == input_pipeline.START_ID
     theirs = hf.loglikelihood_rolling(instances)
     delta = np.abs(np.subtract(ours, theirs)).max()
     print(f"\nrolling log-likelihood: max |delta nats| {delta:.2g} (totals {np.round(ours, 2)})")
     assert delta < NATS
-    windows = lm_eval_adapter.rolling_windows(list(range(10, 310)), [], 1, 128)
+    windows = lm_eval_adapter.rolling_windows(list(range(10, 310)), [], 128)
     assert [count for _, count in windows] == [128, 128, 44]
     assert all(len(sequence) <= 129 for sequence, _ in windows)
+    assert windows[0][0][0] == input_pipeline.START_ID
 
 
 def test_greedy_generation_agrees(setup):
@@ -199,11 +206,16 @@ def test_greedy_generation_agrees(setup):
     suppress = [0, *range(vocabulary.vocab_size, adapter.run.model_config.vocab_size)]
     generator = adapter._generator(gen_kwargs)
     for prompt in prompts:
-        ids = [int(i) for i in vocabulary.encode(prompt)]
+        ids = generator.encode(prompt)
+        assert ids == hf.tokenizer(prompt)["input_ids"]  # both start from the start id
         ours = generator.generate_ids([ids], 1, [0])[0][0]
         with torch.no_grad():
             out = hf.model.generate(
-                torch.tensor([ids]), do_sample=False, max_new_tokens=24, suppress_tokens=suppress
+                torch.tensor([ids]),
+                attention_mask=torch.ones((1, len(ids)), dtype=torch.long),  # id 0 is PAD too
+                do_sample=False,
+                max_new_tokens=24,
+                suppress_tokens=suppress,
             )
         theirs = out[0, len(ids) :].tolist()
         eos = int(vocabulary.eos_id)

@@ -13,6 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from configs import default as default_config
+from toxjax.data import input_pipeline
 from toxjax.model import decoder, draws, partitioning, sampling
 
 CFG = decoder.ModelConfig(
@@ -27,6 +28,7 @@ CFG = decoder.ModelConfig(
     positions="rope",
 )
 EOS = 1
+START = input_pipeline.START_ID
 RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
@@ -344,10 +346,11 @@ def test_generate_fn_strings_in_strings_out():
     assert generate([TEXTS[3], TEXTS[0]], 2) == [outputs[3], outputs[0]]
     # Batch composition and padding do not matter: one call of 4 prompts padded to 32 tokens.
     assert generator(mesh, batch_size=64)(TEXTS, 2) == outputs
-    # A prompt longer than max_len - max_new_tokens (40) keeps its end; "" starts from EOS.
+    # Prompts start from the training start id; one longer than max_len - max_new_tokens (40)
+    # keeps that and its last 39 tokens.
     long_prompt = "x" * 100 + TEXTS[0]
-    assert generate.encode(long_prompt) == vocabulary.encode(long_prompt[-40:])
-    assert generate.encode("") == [EOS]
+    assert generate.encode(long_prompt) == [START, *vocabulary.encode(long_prompt[-39:])]
+    assert generate.encode("") == [START]
     with pytest.raises(ValueError, match="EOS"):
         generator(mesh, banned_ids=[EOS])
 

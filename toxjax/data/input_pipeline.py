@@ -37,6 +37,11 @@ FEATURES = (
     "decoder_positions",
 )
 _CACHE_FORMAT_VERSION = 1
+# The id every document starts from: seqio.LMFeatureConverter shifts a document's targets right
+# and puts this id first, so the decoder reads it at position 0 of every training document.
+# Scoring (evaluation.loglik) and sampling (model.sampling) put it before every context too;
+# without it the model reads text at a position where it only ever saw this id.
+START_ID = 0
 
 
 def get_task(name: str):
@@ -149,7 +154,7 @@ def _packed_dataset(
     dataset = seqio.get_dataset(
         task,
         task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True),
+        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=START_ID),
         dataset_split=split,
         shuffle=True,
         seed=seed,

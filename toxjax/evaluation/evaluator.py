@@ -44,8 +44,9 @@ TENSORBOARD_SUBDIR = "tensorboard"  # shared with training: eval scalars sit nex
 CHALLENGING = {"any": None, "challenging": True, "not_challenging": False}
 STAGES = ("rtp", "real_text", "utility", "bias", "perplexity")  # run (and timed) in this order
 # What an eval json holds; raised when a figure is added or changed, so that a study evaluates
-# its finished runs again instead of reporting old results without it (2: toxic fraction).
-RESULTS_VERSION = 2
+# its finished runs again instead of reporting old results without it (2: toxic fraction;
+# 3: scoring and sampling start from the training start id).
+RESULTS_VERSION = 3
 PyTree = Any
 
 

@@ -4,9 +4,12 @@ Tokenization follows lm-evaluation-harness: trailing whitespace of the context (
 so newlines too, as the harness' `_encode_pair`) moves to the continuation, the pair is encoded
 whole and the context alone, and the continuation is what the whole encoding adds after the
 context's tokens (so tokenizers that merge across the boundary score the text the model would
-really see). An empty context starts from EOS, as the harness starts from its end-of-text
-token. Sequences longer than `max_len` + 1 tokens keep their end (left truncation of the
-context); a continuation alone longer than that is an error.
+really see). Every sequence then starts from `input_pipeline.START_ID`, the id every training
+document starts from (where the harness starts an empty context from its end-of-text token):
+without it the model reads the context's first token at a position where it only ever saw the
+start id, and a conditioning prefix in particular is scored out of distribution. Sequences
+longer than `max_len` + 1 tokens keep their end (left truncation, the start id included, as
+the harness does); a continuation alone longer than that is an error.
 
 Requests are sorted by length, cut into batches of `batch_size` rows and right-padded to one of
 a few bucket lengths (powers of two), so a whole task compiles a handful of shapes. Right
@@ -26,6 +29,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
+from toxjax.data import input_pipeline
 from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
 from toxjax.model import decoder, partitioning, sampling
 from toxjax.training import optim
@@ -34,16 +38,14 @@ PyTree = Any
 
 
 def encode_pair(vocabulary: Any, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """(context ids, continuation ids) the harness' way (see module docstring)."""
+    """(start id + context ids, continuation ids) the harness' way (see module docstring)."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         continuation = context[-spaces:] + continuation
         context = context[:-spaces]
     whole = [int(i) for i in vocabulary.encode(context + continuation)]
-    if not context:
-        return [int(vocabulary.eos_id)], whole
-    context_ids = [int(i) for i in vocabulary.encode(context)]
-    return context_ids, whole[len(context_ids) :]
+    context_ids = [int(i) for i in vocabulary.encode(context)] if context else []
+    return [input_pipeline.START_ID, *context_ids], whole[len(context_ids) :]
 
 
 def score_batch(
@@ -187,13 +189,11 @@ def heldout_batches(
     """
     import seqio
 
-    from toxjax.data import input_pipeline
-
     input_pipeline.get_task(task_name)  # registers toxjax tasks; clear error for unknown names
     dataset = seqio.get_dataset(
         task_name,
         task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True),
+        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=input_pipeline.START_ID),
         dataset_split=split,
         shuffle=False,
         num_epochs=1,

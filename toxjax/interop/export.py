@@ -25,6 +25,7 @@ from absl import logging
 from flax import traverse_util
 
 from toxjax import fileio
+from toxjax.data import input_pipeline
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.interop import hf_checkpoint, hf_layout, hf_tokenizer, trained_run
@@ -55,9 +56,12 @@ def write_model(
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     hf_layout.architecture(model_config)  # unsupported configs fail before any fetch
     np_dtype = np.dtype(jnp.dtype(dtype))
-    eos = int(vocabulary.eos_id)
     config = hf_layout.hf_config(
-        model_config, bos_id=eos, eos_id=eos, pad_id=int(vocabulary.pad_id), dtype=dtype
+        model_config,
+        bos_id=input_pipeline.START_ID,
+        eos_id=int(vocabulary.eos_id),
+        pad_id=int(vocabulary.pad_id),
+        dtype=dtype,
     )
     sizes = {
         name: hf_checkpoint.tensor_bytes(shape, np_dtype)
@@ -152,8 +156,10 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         *_conditioning_lines(strategy, fmt, prefix, info.get("inference_suffix", "")),
         f"- architecture: `{info['architecture']}`, {config['num_layers']} layers, width "
         f"{config['d_model']}, {config['vocab_size']} embedding rows",
-        f"- tokenizer: {tokenizer['kind']} ({tokenizer['size']} ids; pad 0, eos 1, unk 2, no "
-        "BOS: an empty context starts from EOS). " + padding,
+        f"- tokenizer: {tokenizer['kind']} ({tokenizer['size']} ids; pad 0, eos 1, unk 2). "
+        f"Every sequence starts with id {input_pipeline.START_ID}, as every training document "
+        "did: the tokenizer "
+        "puts it first (lm-evaluation-harness' `hf` model: pass `add_bos_token=True`). " + padding,
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",
@@ -161,12 +167,13 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         'tokenizer = AutoTokenizer.from_pretrained("PATH")',
         'model = AutoModelForCausalLM.from_pretrained("PATH")',
         f"prefix = {json.dumps(prefix)}",
-        'ids = tokenizer(prefix + "Your prompt", return_tensors="pt").input_ids',
+        'inputs = tokenizer(prefix + "Your prompt", return_tensors="pt")  # start id first',
         f"suppress = {_short_list(info['suppress_tokens'])}  # {EXPORT_INFO}: suppress_tokens",
-        "out = model.generate(",
-        "    ids, do_sample=True, top_p=0.9, max_new_tokens=20, suppress_tokens=suppress",
+        "out = model.generate(  # with the attention mask: the start id is also PAD",
+        "    **inputs, do_sample=True, top_p=0.9, max_new_tokens=20, suppress_tokens=suppress",
         ")",
-        "print(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True))",
+        "start = inputs.input_ids.shape[1]",
+        "print(tokenizer.decode(out[0, start:], skip_special_tokens=True))",
         "```",
         "",
         "toxjax samples as above: nucleus sampling, never PAD, the padding rows or a piece "

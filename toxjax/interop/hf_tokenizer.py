@@ -1,7 +1,9 @@
 """A task's seqio vocabulary as a transformers tokenizer (tokenizer.json, `tokenizers` library).
 
-The files load with `AutoTokenizer.from_pretrained(dir)` as a `PreTrainedTokenizerFast`, with
-no BOS or EOS added, and encode text to the ids seqio encodes it to:
+The files load with `AutoTokenizer.from_pretrained(dir)` as a `PreTrainedTokenizerFast` that
+puts the start id (`input_pipeline.START_ID`, 0, spelled "<pad>") first, as every training
+document starts, adds no EOS, and otherwise encodes text to the ids seqio encodes it to
+(`add_special_tokens=False`: exactly seqio's ids):
 
 - SentencePiece (`seqio.SentencePieceVocabulary`, e.g. trained by toxjax.data.vocab): the
   model's own pieces and scores as a `tokenizers` Unigram (or BPE, merges ranked by score)
@@ -27,6 +29,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from toxjax import fileio
+from toxjax.data import input_pipeline
 
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")  # seqio ids 0, 1, 2
 _UNIGRAM, _BPE = 1, 2  # sentencepiece TrainerSpec.ModelType
@@ -158,7 +161,7 @@ def vocabulary_kind(vocabulary: Any) -> str:
 
 def make_tokenizer(vocabulary: Any) -> Any:
     """The `tokenizers.Tokenizer` of a seqio vocabulary, special tokens marked."""
-    from tokenizers import AddedToken
+    from tokenizers import AddedToken, processors
 
     if vocabulary_kind(vocabulary) == "sentencepiece":
         tokenizer = sentencepiece_tokenizer(vocabulary.sp_model)
@@ -169,6 +172,12 @@ def make_tokenizer(vocabulary: Any) -> Any:
             raise ValueError(f"the vocabulary's id {index} is not {piece!r} (seqio's layout)")
     tokenizer.add_special_tokens(
         [AddedToken(p, special=True, normalized=False) for p in SPECIAL_PIECES]
+    )
+    start = SPECIAL_PIECES[input_pipeline.START_ID]
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A",
+        pair=f"{start} $A $B",
+        special_tokens=[(start, input_pipeline.START_ID)],
     )
     return tokenizer
 
@@ -184,8 +193,8 @@ def save_tokenizer(vocabulary: Any, directory: str, *, model_max_length: int) ->
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,
-        "bos_token": None,
-        "add_bos_token": False,
+        "bos_token": SPECIAL_PIECES[input_pipeline.START_ID],
+        "add_bos_token": True,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
         "model_max_length": int(model_max_length),

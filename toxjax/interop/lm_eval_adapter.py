@@ -13,9 +13,10 @@ or a strategy name) put in front of every context, vocabulary / strategy (see
 toxjax.interop.trained_run), seed (sampling).
 
 - loglikelihood: `toxjax.evaluation.loglik` (the harness' tokenization: trailing whitespace of
-  the context moves to the continuation; an empty context starts from EOS).
-- loglikelihood_rolling: the harness' disjoint rolling windows of max_length tokens (EOS
-  first), scored by the same engine.
+  the context moves to the continuation; every context starts from the start id every
+  training document starts from, `input_pipeline.START_ID`, where the harness uses EOS).
+- loglikelihood_rolling: the harness' disjoint rolling windows of max_length tokens (the
+  start id first, as its prefix token), scored by the same engine.
 - generate_until: the KV-cache sampler (`toxjax.model.sampling`), greedy unless do_sample
   with a temperature > 0; the text is cut at the first stop sequence.
 """
@@ -27,6 +28,7 @@ from typing import Any
 
 from absl import logging
 
+from toxjax.data import input_pipeline
 from toxjax.data.conditioning import Strategy
 from toxjax.evaluation import loglik
 from toxjax.evaluation.requests import LoglikelihoodRequest
@@ -68,17 +70,19 @@ def _stops(gen_kwargs: Mapping[str, Any]) -> list[str]:
 
 
 def rolling_windows(
-    tokens: Sequence[int], prefix_ids: Sequence[int], eos_id: int, max_length: int
+    tokens: Sequence[int], prefix_ids: Sequence[int], max_length: int
 ) -> list[tuple[list[int], int]]:
     """(sequence, scored count) windows predicting every token once: the harness' disjoint
-    rolling windows (context length 1, EOS first), the first one read after the prefix."""
+    rolling windows (context length 1, the start id first), the first one read after the
+    prefix."""
+    start = input_pipeline.START_ID
     windows = []
     rolling = lm_eval_utils.get_rolling_token_windows(
-        token_list=list(tokens), prefix_token=eos_id, max_seq_len=max_length, context_len=1
+        token_list=list(tokens), prefix_token=start, max_seq_len=max_length, context_len=1
     )
     for context, predicted in map(lm_eval_utils.make_disjoint_window, rolling):
         if not windows and prefix_ids:
-            context = [eos_id, *prefix_ids]  # the engine keeps the end if this is too long
+            context = [start, *prefix_ids]  # the engine keeps the end if this is too long
         windows.append(([*context, *predicted], len(predicted)))
     return windows
 
@@ -148,13 +152,12 @@ class ToxjaxLM(LM):
 
     def loglikelihood_rolling(self, requests: list[Any], disable_tqdm: bool = False) -> list:
         vocabulary = self.run.vocabulary
-        eos = int(vocabulary.eos_id)
         prefix_ids = [int(i) for i in vocabulary.encode(self.prefix)] if self.prefix else []
         windows, owners = [], []
         for index, request in enumerate(requests):
             (text,) = request.args
             tokens = [int(i) for i in vocabulary.encode(self.prefix + text)][len(prefix_ids) :]
-            for window in rolling_windows(tokens, prefix_ids, eos, self.max_length):
+            for window in rolling_windows(tokens, prefix_ids, self.max_length):
                 windows.append(window)
                 owners.append(index)
         scored = self.engine.score_tokens(windows) if windows else []

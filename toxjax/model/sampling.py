@@ -41,6 +41,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from toxjax.data import input_pipeline
 from toxjax.model import decoder, draws, partitioning
 
 PyTree = Any
@@ -428,8 +429,9 @@ class Generator:
     """`GenerateFn` over a Decoder: tokenizes, buckets by length, samples, detokenizes.
 
     `batch_size` counts decoded rows (prompts x samples); prompts are grouped by token length
-    so each compiled shape is reused. Prompts longer than max_len - max_new_tokens keep their
-    last tokens (left truncation); an empty prompt starts from EOS, as GPT-2 starts a text.
+    so each compiled shape is reused. Every prompt starts from the start id every training
+    document starts from (`input_pipeline.START_ID`); prompts longer than max_len -
+    max_new_tokens keep it and their last tokens (left truncation).
     """
 
     def __init__(
@@ -470,8 +472,14 @@ class Generator:
             )
         self.eos_id = int(vocabulary.eos_id)
         pad_id = int(vocabulary.pad_id)
-        # Padding rows of the embedding table (ids the vocabulary cannot decode) and PAD itself.
-        banned = {*sampling.banned_ids, pad_id, *range(vocab_size, model_config.vocab_size)}
+        # Padding rows of the embedding table (ids the vocabulary cannot decode), PAD itself and
+        # the start id (never a training target).
+        banned = {
+            *sampling.banned_ids,
+            pad_id,
+            input_pipeline.START_ID,
+            *range(vocab_size, model_config.vocab_size),
+        }
         if self.eos_id in banned:
             raise ValueError(
                 f"banned_ids must not contain EOS ({self.eos_id}): rows could not stop"
@@ -509,11 +517,13 @@ class Generator:
         return self._compiled[num_samples]
 
     def encode(self, text: str) -> list[int]:
-        """Prompt ids: empty -> [EOS]; longer than max_len - max_new_tokens -> its end."""
+        """Prompt ids: the start id every training document starts from, then the text's
+        (its end, when longer than max_len - max_new_tokens - 1)."""
         return self._fit([int(i) for i in self.vocabulary.encode(text)])
 
     def _fit(self, ids: list[int]) -> list[int]:
-        return (ids or [self.eos_id])[-self.max_prompt_len :]
+        keep = self.max_prompt_len - 1  # the start id takes one slot
+        return [input_pipeline.START_ID, *ids[max(0, len(ids) - keep) :]]
 
     def generate_ids(
         self, prompts: Sequence[Sequence[int]], num_samples: int, keys: Sequence[int]
@@ -561,10 +571,10 @@ class Generator:
 
     def __call__(self, prompts: Sequence[str], num_samples: int) -> list[list[str]]:
         full = [[int(i) for i in self.vocabulary.encode(p)] for p in prompts]
-        truncated = sum(len(ids) > self.max_prompt_len for ids in full)
+        truncated = sum(len(ids) >= self.max_prompt_len for ids in full)
         if truncated:
             logging.warning(
-                "%d prompts left-truncated to %d tokens", truncated, self.max_prompt_len
+                "%d prompts left-truncated to %d tokens", truncated, self.max_prompt_len - 1
             )
         keys = [prompt_key(p) for p in prompts]
         ids = self.generate_ids([self._fit(x) for x in full], num_samples, keys)
