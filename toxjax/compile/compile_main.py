@@ -46,7 +46,9 @@ _UNROLL_LAYERS = flags.DEFINE_bool(
     "the config as it runs (faster; memory as trained; no projection of a scanned stack).",
 )
 _PROMPT_LEN = flags.DEFINE_integer(
-    "generate_prompt_len", 64, "Prompt tokens of the generate step (its power-of-two bucket)."
+    "generate_prompt_len",
+    64,
+    "Prompt tokens of the generate step, the start id included (its power-of-two bucket).",
 )
 _JSON = flags.DEFINE_bool("json", True, "One JSON line per step; --nojson prints readable lines.")
 flags.mark_flags_as_required(["config", "topology"])
