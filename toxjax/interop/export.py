@@ -158,8 +158,8 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         f"{config['d_model']}, {config['vocab_size']} embedding rows",
         f"- tokenizer: {tokenizer['kind']} ({tokenizer['size']} ids; pad 0, eos 1, unk 2). "
         f"Every sequence starts with id {input_pipeline.START_ID}, as every training document "
-        "did: the tokenizer "
-        "puts it first (lm-evaluation-harness' `hf` model: pass `add_bos_token=True`). " + padding,
+        "did: the tokenizer puts it first (lm-evaluation-harness' `hf` model does too; for "
+        "rolling perplexity pass `add_bos_token=False`, or it also scores that id). " + padding,
         "",
         "```python",
         "from transformers import AutoModelForCausalLM, AutoTokenizer",

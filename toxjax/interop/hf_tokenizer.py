@@ -32,6 +32,7 @@ from toxjax import fileio
 from toxjax.data import input_pipeline
 
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")  # seqio ids 0, 1, 2
+START_PIECE = SPECIAL_PIECES[input_pipeline.START_ID]  # put first, as training did
 _UNIGRAM, _BPE = 1, 2  # sentencepiece TrainerSpec.ModelType
 _USER_DEFINED = 4  # sentencepiece ModelProto.SentencePiece.Type
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -173,11 +174,10 @@ def make_tokenizer(vocabulary: Any) -> Any:
     tokenizer.add_special_tokens(
         [AddedToken(p, special=True, normalized=False) for p in SPECIAL_PIECES]
     )
-    start = SPECIAL_PIECES[input_pipeline.START_ID]
     tokenizer.post_processor = processors.TemplateProcessing(
-        single=f"{start} $A",
-        pair=f"{start} $A $B",
-        special_tokens=[(start, input_pipeline.START_ID)],
+        single=f"{START_PIECE} $A",
+        pair=f"{START_PIECE} $A $B",
+        special_tokens=[(START_PIECE, input_pipeline.START_ID)],
     )
     return tokenizer
 
@@ -193,7 +193,7 @@ def save_tokenizer(vocabulary: Any, directory: str, *, model_max_length: int) ->
     config = {
         "tokenizer_class": "PreTrainedTokenizerFast",
         **special,
-        "bos_token": SPECIAL_PIECES[input_pipeline.START_ID],
+        "bos_token": START_PIECE,
         "add_bos_token": True,
         "add_eos_token": False,
         "clean_up_tokenization_spaces": False,
