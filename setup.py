@@ -65,8 +65,8 @@ CONSOLE_SCRIPTS = [
     "toxjax-memory = toxjax.model.memory_main:run",
     "toxjax-compile = toxjax.compile.compile_main:run",
     "toxjax-launch = toxjax.launch.launcher:run",
-    "toxjax-demo-prompts = toxjax.demo.prompt_file_main:run",
-    "toxjax-real-corpus = toxjax.demo.real_corpus_main:run",
+    "toxjax-demo-prompts = toxjax.scoring.prompt_file_main:run",
+    "toxjax-real-corpus = toxjax.datasets.real_corpus_main:run",
     "toxjax-export = toxjax.interop.export_main:run",
 ]
 

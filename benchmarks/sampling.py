@@ -39,8 +39,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import gpt_1p3b
-from toxjax.model import decoder, flops, partitioning, sampling
+from toxjax.configs import gpt_1p3b
+from toxjax.inference import sampling
+from toxjax.model import decoder, flops, partitioning
 
 NUM_SAMPLES = 25
 NEW_TOKENS = 20
@@ -266,7 +267,7 @@ H100 = {"name": "H100 SXM 80GB", "bf16_flops": 989e12, "hbm_bytes_per_s": 3.35e1
 
 
 def projection(args: argparse.Namespace) -> dict:
-    """Projected wall time of the full RTP generation for configs/gpt_1p3b.py on one H100.
+    """Projected wall time of the full RTP generation for toxjax/configs/gpt_1p3b.py on one H100.
 
     Mirrors what `sampling.generate_tokens` does: per batch, one prefill of the prompts, then
     NEW_TOKENS decode steps of B rows (25 per prompt). Per decode step: time = max(compute,
@@ -300,7 +301,7 @@ def projection(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "sampling_projection",
         "kind": "PROJECTION from FLOP and bandwidth arithmetic; not a measurement",
-        "config": "configs/gpt_1p3b.py",
+        "config": "toxjax/configs/gpt_1p3b.py",
         "device": H100["name"],
         "projected_minutes": round(passes * pass_s / 60, 1),
         "projected_minutes_per_pass": round(pass_s / 60, 1),

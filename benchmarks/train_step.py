@@ -29,7 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from configs import tiny
+from toxjax.configs import tiny
 from toxjax.data import input_pipeline
 from toxjax.model import decoder, flops
 from toxjax.training import train

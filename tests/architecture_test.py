@@ -1,7 +1,9 @@
-"""The package's shape: no import cycles, no re-export shims, names imported from their home.
+"""The package's shape: layers that only import downward, no import cycles, no re-export shims,
+names imported from their home.
 
-Every `import` statement counts, including those inside functions: a cycle hidden behind a
-late import is still a cycle (two modules that cannot be understood one without the other).
+Every `import` statement counts, including those inside functions: a cycle or an upward import
+hidden behind a late import is still one (modules that cannot be understood one without the
+other).
 """
 
 from __future__ import annotations
@@ -20,6 +22,28 @@ def _module_name(path: pathlib.Path) -> str:
 
 
 MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+# The data flow, bottom to top; written once. A module may import its own layer's packages and
+# any layer below, never one above. Packages of one layer must not form a loop either.
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("toxjax", "toxjax.fileio", "toxjax.tf_import", "toxjax.commands", "toxjax.distributed"),
+    ("toxjax.datasets",),  # the packaged real and synthetic data
+    ("toxjax.model",),
+    ("toxjax.scoring",),
+    ("toxjax.data",),  # SeqIO tasks, vocabularies, the training input
+    ("toxjax.training",),
+    ("toxjax.inference",),  # sampling, log-likelihood, request types
+    ("toxjax.evaluation",),
+    ("toxjax.interop", "toxjax.compile", "toxjax.launch"),
+    ("toxjax.study", "toxjax.main", "toxjax.configs", "toxjax.testing"),
+)
+LAYER_OF = {unit: level for level, units in enumerate(LAYERS) for unit in units}
+
+
+def unit_of(module: str) -> str:
+    """The layer unit of a module: its subpackage (toxjax.data), or a top-level module."""
+    parts = module.split(".")
+    return ".".join(parts[:2])
 TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
 
 
@@ -88,6 +112,50 @@ def _defined_names(tree: ast.Module) -> set[str]:
             for target in targets:
                 names |= {n.id for n in ast.walk(target) if isinstance(n, ast.Name)}
     return names
+
+
+def upward_imports(graph: dict[str, set[str]] | None = None) -> list[str]:
+    """`file:line: a imports b (layer i < j)` for every import from a lower layer to a higher one."""
+    wrong = []
+    for name, tree in TREES.items():
+        for module, imported, line in _imports(tree):
+            submodule = f"{module}.{imported}"
+            target = submodule if submodule in MODULES else module
+            source, dest = unit_of(name), unit_of(target)
+            if LAYER_OF[dest] > LAYER_OF[source]:
+                wrong.append(
+                    f"{MODULES[name].relative_to(PACKAGE.parent)}:{line}: {source} imports "
+                    f"{dest}, a higher layer ({LAYER_OF[source]} < {LAYER_OF[dest]})"
+                )
+    return wrong
+
+
+def package_graph() -> dict[str, set[str]]:
+    graph: dict[str, set[str]] = {unit: set() for unit in LAYER_OF}
+    for name, targets in import_graph().items():
+        graph[unit_of(name)] |= {unit_of(t) for t in targets} - {unit_of(name)}
+    return graph
+
+
+def test_every_module_has_a_layer():
+    assert sorted({unit_of(name) for name in MODULES} - set(LAYER_OF)) == []
+
+
+def test_imports_only_go_down_the_layers():
+    assert upward_imports() == []
+
+
+def test_the_layer_check_names_an_upward_import(monkeypatch):
+    """A late import of training from model is caught and named by file, line and packages."""
+    tree = ast.parse("def f():\n    from toxjax.training import train\n")
+    monkeypatch.setitem(TREES, "toxjax.model.decoder", tree)
+    assert upward_imports() == [
+        "toxjax/model/decoder.py:2: toxjax.model imports toxjax.training, a higher layer (2 < 5)"
+    ]
+
+
+def test_packages_form_no_loops():
+    assert find_cycles(package_graph()) == []
 
 
 def test_the_cycle_finder_finds_cycles():

@@ -10,12 +10,12 @@ import flax.linen as nn
 import jax
 import pytest
 
-from configs import gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m, tiny
+from toxjax.configs import gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m, tiny
 from toxjax.model import decoder, flops, partitioning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
-# Configs loaded by file path (--config=configs/<name>.py[:<config string>]).
+# Configs loaded by file path (--config=toxjax/configs/<name>.py[:<config string>]).
 FLAG_CONFIGS = {
     path.stem: "base,126m" if path.stem == "study_paper" else ""
     for path in CONFIG_FILES
@@ -85,7 +85,7 @@ def test_tiny_fits_the_demo_task_and_test_devices():
 
 
 def test_every_default_field_is_commented():
-    """configs/default.py is the schema: each field assignment carries a comment."""
+    """toxjax/configs/default.py is the schema: each field assignment carries a comment."""
     source = (REPO / "configs" / "default.py").read_text()
     lines = source.splitlines()
     tree = ast.parse(source)
@@ -159,10 +159,10 @@ def test_configs_import_as_a_package_from_anywhere(tmp_path):
 
 
 def test_no_import_fallbacks_or_sys_path_patches():
-    """Configs and benchmarks import configs normally; configs/__init__.py is a docstring."""
+    """Configs and benchmarks import configs normally; toxjax/configs/__init__.py is a docstring."""
     init_path = REPO / "configs" / "__init__.py"
     init = ast.parse(init_path.read_text())
-    assert len(init.body) == 1 and ast.get_docstring(init), "configs/__init__.py: docstring only"
+    assert len(init.body) == 1 and ast.get_docstring(init), "toxjax/configs/__init__.py: docstring only"
     assert {"default", "tiny", "demo", "study_paper", "_gpt"} <= {p.stem for p in CONFIG_FILES}
     for path in [init_path, *CONFIG_FILES, *sorted((REPO / "benchmarks").glob("*.py"))]:
         text = path.read_text()

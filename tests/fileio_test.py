@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 
+import numpy as np
 import pytest
 
 from toxjax import fileio
@@ -118,3 +121,13 @@ def test_read_jsonl_allows_an_empty_file_when_asked(tmp_path):
 def test_open_write_refuses_to_append_to_a_url():
     with pytest.raises(ValueError, match="cannot append"):
         fileio.open_write("gs://bucket/log.jsonl", "a")
+
+
+def test_jsonl_is_strict_json(tmp_path):
+    path = tmp_path / "out.jsonl"
+    records = [
+        {"x": np.float32(0.5), "nan": math.nan, "arr": np.array([1, 2]), "flag": np.bool_(1)}
+    ]
+    assert fileio.write_jsonl(str(path), records) == 1
+    assert json.loads(path.read_text()) == {"x": 0.5, "nan": None, "arr": [1, 2], "flag": True}
+    assert fileio.jsonable({"inf": float("inf"), "t": (1, np.int64(2))}) == {"inf": None, "t": [1, 2]}

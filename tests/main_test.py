@@ -24,7 +24,7 @@ def _command(workdir: str, cache_dir: str, *extra: str) -> list[str]:
         sys.executable,
         "-m",
         "toxjax.main",
-        "--config=configs/tiny.py",
+        "--config=toxjax/configs/tiny.py",
         f"--workdir={workdir}",
         "--mode=train",
         f"--config.train.num_steps={NUM_STEPS}",

@@ -9,12 +9,16 @@ JSON-lines file is read by `read_jsonl`, so errors always name the file and line
 
 from __future__ import annotations
 
+import dataclasses
 import glob as glob_lib
 import json
+import math
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any, BinaryIO
+
+import numpy as np
 
 from toxjax.tf_import import import_tensorflow
 
@@ -191,3 +195,35 @@ def write_atomic(path: str, data: bytes) -> None:
     with AtomicFile(path) as out:
         out.write(data)
         out.commit()
+
+
+def jsonable(value: Any) -> Any:
+    """Plain-JSON version of metrics/records: numpy scalars unwrapped, NaN/inf become None."""
+    if isinstance(value, Mapping):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return [jsonable(item) for item in value.tolist()]
+    if isinstance(value, (np.bool_, bool)):
+        return bool(value)
+    if isinstance(value, (np.integer, int)):
+        return int(value)
+    if isinstance(value, (np.floating, float)):
+        value = float(value)
+        return value if math.isfinite(value) else None
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return jsonable(dataclasses.asdict(value))
+    return value
+
+
+def write_jsonl(
+    path: str, records: Sequence[Mapping[str, Any]] | Iterator[Mapping[str, Any]]
+) -> int:
+    """Writes one strict-JSON object per line (NaN -> null); returns the number written."""
+    count = 0
+    with open_write(path) as f:
+        for record in records:
+            f.write(json.dumps(jsonable(record), ensure_ascii=False, allow_nan=False) + "\n")
+            count += 1
+    return count

@@ -1,4 +1,4 @@
-"""Entry point: python -m toxjax.main --config=configs/tiny.py --workdir=DIR --mode=train.
+"""Entry point: python -m toxjax.main --config=toxjax/configs/tiny.py --workdir=DIR --mode=train.
 
 Thin on purpose (lm1b shape): flags, multi-process start-up, config record, then train.py.
 """
@@ -19,7 +19,7 @@ from toxjax.distributed import maybe_initialize_distributed
 MODES = ("train", "eval", "train_and_eval")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (configs/*.py); override fields with --config.x=y."
+    "config", None, "Path to a config file (toxjax/configs/*.py); override fields with --config.x=y."
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, logs, TensorBoard, data cache."
@@ -64,11 +64,14 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     maybe_initialize_distributed(_DISTRIBUTED.value)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
+    from toxjax.data import tasks
     from toxjax.evaluation.evaluator import Evaluator
+    from toxjax.interop import hf_import
     from toxjax.training import train
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     record_config(config, workdir)
+    tasks.import_task_modules(config)
     if _MODE.value == "eval":
         Evaluator(config, workdir).evaluate_checkpoint(
             step=_EVAL_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value
@@ -77,7 +80,9 @@ def main(argv: Sequence[str]) -> None:
     # One evaluator for the whole run, built before training so that bad prompt or label
     # files fail first; its compiled engines are reused at every eval step.
     evaluator = Evaluator(config, workdir) if _MODE.value == "train_and_eval" else None
-    train.train_and_evaluate(config, workdir, eval_fn=evaluator)
+    train.train_and_evaluate(
+        config, workdir, eval_fn=evaluator, warm_start_fn=hf_import.warm_starter(config)
+    )
 
 
 def run() -> None:

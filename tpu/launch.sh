@@ -2,7 +2,7 @@
 # Start `python -m MODULE ARGS` (default toxjax.main) detached on every worker,
 # appending to ~/toxjax_runs/RUN_NAME.log there.
 #   tpu/launch.sh --name=NAME --zone=ZONE [--module=M] [--run_name=R] [--env=K=V] -- \
-#       --config=configs/X.py --workdir=gs://BUCKET/runs/X --mode=train [--config.a.b=c ...]
+#       --config=toxjax/configs/X.py --workdir=gs://BUCKET/runs/X --mode=train [--config.a.b=c ...]
 # DRY_RUN=1 (or --dry_run) prints the commands instead of running them; --help lists all flags.
 # Thin wrapper: the logic is in toxjax/launch/launcher.py ("python -m toxjax.launch run").
 set -euo pipefail

@@ -1,6 +1,6 @@
 """toxjax.compile.aot: the real steps compile for TPU slices on this CPU host.
 
-The command's own test (compile_main_test) compiles all three steps of configs/tiny.py; here
+The command's own test (compile_main_test) compiles all three steps of toxjax/configs/tiny.py; here
 the parts: unrolled layers, several slices, the report's arithmetic and XLA's refusals.
 """
 
@@ -10,8 +10,8 @@ import types
 
 import pytest
 
-from configs import tiny
 from toxjax.compile import aot, topology
+from toxjax.configs import tiny
 
 needs_libtpu = pytest.mark.skipif(
     not topology.libtpu_available(), reason="libtpu is not installed (pip install -e .[tpu-aot])"

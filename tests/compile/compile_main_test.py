@@ -1,4 +1,4 @@
-"""`python -m toxjax.compile`: configs/tiny.py compiles for a v5e:2x2 slice on this CPU host."""
+"""`python -m toxjax.compile`: toxjax/configs/tiny.py compiles for a v5e:2x2 slice on this CPU host."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ MEMORY_FIELDS = ("argument", "output", "temp", "alias", "total", "generated_code
 
 def _compile(*flags: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "toxjax.compile", "--config=configs/tiny.py", *flags]
+    command = [sys.executable, "-m", "toxjax.compile", "--config=toxjax/configs/tiny.py", *flags]
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
@@ -31,7 +31,7 @@ def test_tiny_compiles_for_v5e_2x2_with_every_field():
     reports = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["step"] for r in reports] == list(aot.STEPS)
     for report in reports:
-        assert report["config"] == "configs/tiny.py" and report["topology"] == "v5e:2x2"
+        assert report["config"] == "toxjax/configs/tiny.py" and report["topology"] == "v5e:2x2"
         assert report["num_devices"] == 4 and report["mesh"] == {"data": 4, "fsdp": 1, "tensor": 1}
         assert report["layers"] == "unrolled" and report["fits"] is True
         memory = report["bytes_per_device"]

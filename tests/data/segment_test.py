@@ -14,7 +14,7 @@ from toxjax.data import input_pipeline, scored_data, signal_mask, tasks
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.data.preprocessors import condition_text
 from toxjax.data.vocab import train_vocabulary
-from toxjax.demo import template_corpus
+from toxjax.datasets import template_corpus
 from toxjax.scoring import job
 from toxjax.scoring.scorers import Scorer
 

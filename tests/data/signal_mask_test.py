@@ -8,7 +8,7 @@ import seqio
 from toxjax.data import input_pipeline, signal_mask
 from toxjax.data.conditioning import ConditioningFormat
 from toxjax.data.vocab import train_vocabulary
-from toxjax.demo import template_corpus
+from toxjax.datasets import template_corpus
 
 FMT = ConditioningFormat(mask_signal_loss=True)
 START, OTHER_START, SEP = 90, 91, 7  # ids standing in for signal pieces

@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.data.vocab import iter_texts, signal_pieces, train_vocabulary
-from toxjax.demo import template_corpus
+from toxjax.datasets import template_corpus
 
 FMT = ConditioningFormat()
 TRICKY_TEXTS = [

@@ -9,7 +9,7 @@ from sklearn.metrics import roc_auc_score
 from tensorflow_datasets.text.civil_comments import IDENTITY_LABELS
 
 from toxjax.evaluation import bias
-from toxjax.evaluation.requests import LoglikelihoodResult
+from toxjax.inference.requests import LoglikelihoodResult
 
 
 def count_a_engine(requests):

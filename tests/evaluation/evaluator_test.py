@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
-from toxjax.evaluation import evaluator, loglik, rtp
+from toxjax.configs import tiny
+from toxjax.evaluation import evaluator, rtp
 from toxjax.evaluation.evaluator import Evaluator
-from toxjax.model import sampling
+from toxjax.inference import loglik, sampling
 from toxjax.training import checkpoints, train
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
@@ -256,7 +256,7 @@ def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
 
     from toxjax.data import vocab
     from toxjax.data.conditioning import ConditioningFormat
-    from toxjax.demo import template_corpus
+    from toxjax.datasets import template_corpus
 
     fmt = ConditioningFormat()
     texts = [doc["text"] for doc in template_corpus.generate(300)]
@@ -287,7 +287,7 @@ BAD_FILES = {
 def test_bad_real_text_files_fail_before_any_model(tmp_path, monkeypatch):
     import shutil
 
-    from toxjax.demo import real_corpus
+    from toxjax.datasets import real_corpus
 
     directory = tmp_path / "real"
     shutil.copytree(real_corpus.PACKAGED_DIR, directory)

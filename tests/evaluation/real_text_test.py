@@ -9,11 +9,11 @@ import math
 import pytest
 
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.demo import real_corpus
+from toxjax.datasets import real_corpus
 from toxjax.evaluation import bias, real_text
 from toxjax.evaluation.bias import LabeledText
-from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
 from toxjax.evaluation.rtp import Prompt
+from toxjax.inference.requests import LoglikelihoodRequest, LoglikelihoodResult
 
 FMT = ConditioningFormat()
 N, T = FMT.inference_prefix("inst"), FMT.toxic_prefix("inst")  # INST's two signals

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 from loglik_test import CFG, FAST_COMPILE, RULES, VOCAB, init_params, one_device_mesh
 
-from toxjax.evaluation import loglik, steering
+from toxjax.evaluation import steering
 from toxjax.evaluation.bias import LabeledText
-from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult, jsonable
 from toxjax.evaluation.rtp import Prompt
+from toxjax.inference import loglik
+from toxjax.inference.requests import LoglikelihoodRequest, LoglikelihoodResult, jsonable
 
 SIGNALS = {"nontoxic": "N\n", "toxic": "T\n", "none": ""}
 FEW = {"n_resamples": 200}  # hand-made data: few resamples keep the tests quick

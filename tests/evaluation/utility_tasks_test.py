@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from toxjax.evaluation import utility_tasks
-from toxjax.evaluation.requests import LoglikelihoodRequest, LoglikelihoodResult
+from toxjax.inference.requests import LoglikelihoodRequest, LoglikelihoodResult
 
 
 def table_fn(table):

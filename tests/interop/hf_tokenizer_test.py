@@ -8,7 +8,7 @@ import seqio
 from toxjax.data import input_pipeline
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.data.vocab import iter_texts, train_vocabulary
-from toxjax.demo import template_corpus
+from toxjax.datasets import template_corpus
 from toxjax.interop import hf_tokenizer
 
 transformers = pytest.importorskip("transformers")

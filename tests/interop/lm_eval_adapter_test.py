@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from toxjax.data import input_pipeline
-from toxjax.demo import eval_tasks
-from toxjax.evaluation import loglik, utility_tasks
-from toxjax.evaluation.requests import LoglikelihoodRequest
+from toxjax.evaluation import template_tasks, utility_tasks
+from toxjax.inference import loglik
+from toxjax.inference.requests import LoglikelihoodRequest
 from toxjax.interop import export, trained_run
 from toxjax.testing import tiny_run
 
@@ -88,7 +88,7 @@ def _instances(kind: str, args: list[tuple]) -> list[Instance]:
 
 def test_loglikelihood_agrees_per_request_and_in_accuracy(setup):
     _, _, ours, adapter, hf = setup
-    questions = eval_tasks.cloze_examples(NUM_QUESTIONS)
+    questions = template_tasks.cloze_examples(NUM_QUESTIONS)
     requests = [r for q in questions for r in q.requests]
     pairs = [(r.context, r.continuation) for r in requests]
     # A context ending in a newline: all trailing whitespace moves, as in the harness.
@@ -119,7 +119,7 @@ def _local_task(directory: str) -> str:
     """demo_cloze as an lm-eval multiple-choice task over a local JSON-lines file."""
     data = os.path.join(directory, "cloze.jsonl")
     with open(data, "w") as f:
-        for q in eval_tasks.cloze_examples(NUM_QUESTIONS):
+        for q in template_tasks.cloze_examples(NUM_QUESTIONS):
             choices = [r.continuation[1:] for r in q.requests]  # without the delimiter space
             f.write(
                 json.dumps({"context": q.requests[0].context, "choices": choices, "gold": q.gold})
@@ -157,7 +157,7 @@ def test_simple_evaluate_through_the_adapter_and_on_the_export(setup, tmp_path):
             model=model, tasks=[TASK], task_manager=manager, log_samples=True
         )
         results[name] = out
-    ours_metrics = eval_tasks.evaluate_cloze(ours, limit=NUM_QUESTIONS)
+    ours_metrics = template_tasks.evaluate_cloze(ours, limit=NUM_QUESTIONS)
     for name, out in results.items():
         metrics = out["results"][TASK]
         assert metrics["acc,none"] == pytest.approx(ours_metrics["acc"]), name

@@ -13,11 +13,11 @@ import pytest
 
 from toxjax.launch import fit_check, launcher
 
-# `python -m toxjax.compile --config=configs/gpt_8p3b.py --topology=v5e:2x2 --steps=train
+# `python -m toxjax.compile --config=toxjax/configs/gpt_8p3b.py --topology=v5e:2x2 --steps=train
 # --nounroll_layers --json`, as printed (XLA:TPU refused it: out of HBM).
 RECORDED_8P3B_V5E_2X2 = {
     "step": "train",
-    "config": "configs/gpt_8p3b.py",
+    "config": "toxjax/configs/gpt_8p3b.py",
     "topology": "v5e:2x2",
     "num_devices": 4,
     "mesh": {"data": 1, "fsdp": 4, "tensor": 1},
@@ -44,7 +44,7 @@ RECORDED_8P3B_V5E_2X2 = {
     "temporaries (247.46G) exceeds available HBM (15.75G).",
 }
 RUN = ["run", "--name=t", "--zone=z", "--dry_run"]
-ARGS = ["--", "--config=configs/gpt_8p3b.py", "--workdir=gs://bkt/w"]
+ARGS = ["--", "--config=toxjax/configs/gpt_8p3b.py", "--workdir=gs://bkt/w"]
 
 
 @pytest.fixture
@@ -76,14 +76,14 @@ def test_dry_run_refuses_a_config_that_does_not_fit(compiles, capsys):
     argv = [*RUN, "--topology=v5e:2x2", *ARGS, "--config.optim.z_loss", "1e-4"]
     code, out, err = _launch(argv, capsys)
     assert code == 2 and out == ""
-    assert "configs/gpt_8p3b.py does not fit v5e:2x2: its train step needs 270.73 GiB" in err
+    assert "toxjax/configs/gpt_8p3b.py does not fit v5e:2x2: its train step needs 270.73 GiB" in err
     assert "16.00 GiB of HBM" in err and "arguments 23.27 GiB, temporaries 247.46 GiB" in err
     for hint in ("config.mesh.ici.fsdp", "remat_policy", "global_batch_size", "grad_accum_steps"):
         assert hint in err
     (command,) = calls
     assert command[1:3] == ["-m", "toxjax.compile"]
     assert command[3:] == [
-        "--config=configs/gpt_8p3b.py",
+        "--config=toxjax/configs/gpt_8p3b.py",
         "--config.optim.z_loss=1e-4",
         "--topology=v5e:2x2",
         "--steps=train",
@@ -127,7 +127,7 @@ def test_a_failed_compile_stops_the_launch(compiles, capsys):
     answer.update(reports=[], returncode=1, stderr="x\nModuleNotFoundError: No module named 'jax'")
     code, _, err = _launch([*RUN, "--topology=v5e:2x2", *ARGS], capsys)
     assert code == 2
-    assert "could not compile configs/gpt_8p3b.py for v5e:2x2: ModuleNotFoundError" in err
+    assert "could not compile toxjax/configs/gpt_8p3b.py for v5e:2x2: ModuleNotFoundError" in err
     assert "tpu-aot" in err and "--skip_fit_check" in err
 
 

@@ -115,7 +115,7 @@ def test_delete_and_logs(trap_path):
 def test_run_prints_one_ssh_line_for_all_workers(trap_path):
     line = (
         "--name=tox-v4 --zone=us-central2-b --dry_run -- "
-        "--config=configs/tiny.py --workdir=gs://my-bucket/runs/a --mode=train"
+        "--config=toxjax/configs/tiny.py --workdir=gs://my-bucket/runs/a --mode=train"
     )
     lines = ok_lines(wrapper(trap_path, "launch", line))
     expected_script = (
@@ -127,11 +127,11 @@ def test_run_prints_one_ssh_line_for_all_workers(trap_path):
         '$(hostname): run the setup subcommand first" >&2; exit 1; fi; '
         'cd "$HOME"/toxjax; export PYTHONUNBUFFERED=1; '
         'echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $(hostname)" \'=== toxjax launch toxjax: '
-        "toxjax_venv/bin/python -m toxjax.main --config=configs/tiny.py "
+        "toxjax_venv/bin/python -m toxjax.main --config=toxjax/configs/tiny.py "
         "--workdir=gs://my-bucket/runs/a --mode=train --distributed=true' "
         '>> "$HOME"/toxjax_runs/toxjax.log; '
         'setsid nohup sh -c \'echo $$ > "$0"; exec "$@"\' "$HOME"/toxjax_runs/toxjax.pid '
-        '"$HOME"/toxjax_venv/bin/python -m toxjax.main --config=configs/tiny.py '
+        '"$HOME"/toxjax_venv/bin/python -m toxjax.main --config=toxjax/configs/tiny.py '
         "--workdir=gs://my-bucket/runs/a --mode=train --distributed=true "
         '>> "$HOME"/toxjax_runs/toxjax.log 2>&1 < /dev/null & '
         'echo "started toxjax run toxjax on $(hostname); log: $HOME/toxjax_runs/toxjax.log"'
@@ -159,7 +159,7 @@ def test_run_turns_on_jax_distributed_for_toxjax_main_only(module, args, expecte
 
 def test_run_quotes_config_flags_with_spaces_and_quotes(trap_path):
     tricky = '--config.train.warm_start_from=it\'s "q" $HOME'
-    args = ["--config=configs/tiny.py", "--workdir", "gs://b-1/runs/x y", "--config.data.task=a b"]
+    args = ["--config=toxjax/configs/tiny.py", "--workdir", "gs://b-1/runs/x y", "--config.data.task=a b"]
     args.append(tricky)
     line = (
         "run --name=t --zone=z --module=toxjax.study --run_name=study1 "
@@ -230,11 +230,11 @@ def test_stop_script_parses(trap_path):
 
 
 def test_gpu_node_prints_every_node_or_one(trap_path):
-    run_args = "-- --config=configs/tiny.py '--workdir=/shared/runs/a b'"
+    run_args = "-- --config=toxjax/configs/tiny.py '--workdir=/shared/runs/a b'"
     line = f"--coordinator_address=10.0.0.1:8476 --num_processes=2 {run_args}"
     assert ok_lines(wrapper(trap_path, "gpu_multinode", line, DRY_RUN="true")) == [
         f"env JAX_COORDINATOR_ADDRESS=10.0.0.1:8476 JAX_NUM_PROCESSES=2 JAX_PROCESS_ID={i} "
-        "python -m toxjax.main --config=configs/tiny.py '--workdir=/shared/runs/a b'"
+        "python -m toxjax.main --config=toxjax/configs/tiny.py '--workdir=/shared/runs/a b'"
         for i in (0, 1)
     ]
     line = (
@@ -243,10 +243,10 @@ def test_gpu_node_prints_every_node_or_one(trap_path):
     )
     assert ok_lines(launch_cli(trap_path, line)) == [
         "env JAX_COORDINATOR_ADDRESS=h:1 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=3 python3 -m "
-        "toxjax.main --config=configs/tiny.py '--workdir=/shared/runs/a b'"
+        "toxjax.main --config=toxjax/configs/tiny.py '--workdir=/shared/runs/a b'"
     ]
     assert ok_lines(launch_cli(trap_path, f"gpu-node --slurm --dry_run {run_args}")) == [
-        "srun --ntasks-per-node=1 python -m toxjax.main --config=configs/tiny.py "
+        "srun --ntasks-per-node=1 python -m toxjax.main --config=toxjax/configs/tiny.py "
         "'--workdir=/shared/runs/a b'"
     ]
 
@@ -333,7 +333,7 @@ def test_readme_shows_current_dry_run_output(trap_path):
     create = ok_lines(wrapper(trap_path, "create", line))
     line = (
         "--coordinator_address=10.0.0.1:8476 --num_processes=2 --process_id=0 --dry_run -- "
-        "--config=configs/tiny.py --workdir=/shared/runs/tiny --mode=train"
+        "--config=toxjax/configs/tiny.py --workdir=/shared/runs/tiny --mode=train"
     )
     node = ok_lines(wrapper(trap_path, "gpu_multinode", line))
     assert create[0] in readme and node[0] in readme
@@ -363,11 +363,11 @@ def test_pack_source_ships_what_git_would(tmp_path):
 
 def test_pack_source_without_git_skips_build_debris(tmp_path):
     source = tmp_path / "plain"
-    names = "setup.py configs/tiny.py .venv/x.py toxjax/__pycache__/m.pyc toxjax/m.py"
+    names = "setup.py toxjax/configs/tiny.py .venv/x.py toxjax/__pycache__/m.pyc toxjax/m.py"
     for name in [*names.split(), "toxjax.egg-info/PKG-INFO", ".ruff_cache/x"]:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text("")
-    assert launcher.source_files(str(source)) == ["configs/tiny.py", "setup.py", "toxjax/m.py"]
+    assert launcher.source_files(str(source)) == ["toxjax/configs/tiny.py", "setup.py", "toxjax/m.py"]
 
 
 # ----------------------------------------------------------------------------- execution
@@ -403,7 +403,7 @@ def test_setup_executes_pack_scp_ssh_in_order(tmp_path):
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines() == dry[1:]  # the same lines, minus the pack note
     with tarfile.open(archive) as tar:
-        assert sorted(tar.getnames()) == ["configs/tiny.py", "setup.py"]
+        assert sorted(tar.getnames()) == ["toxjax/configs/tiny.py", "setup.py"]
     assert "# packed 2 files" in result.stdout
 
 
@@ -431,11 +431,11 @@ def test_dry_run_refuses_8p3b_on_v5e_2x2_after_really_compiling_it(trap_path):
     """The compile really runs (XLA:TPU refuses the step in a few seconds: out of HBM)."""
     line = (
         "run --name=t --zone=z --accelerator_type=v5litepod-4 --dry_run -- "
-        "--config=configs/gpt_8p3b.py --workdir=gs://bkt/runs/w"
+        "--config=toxjax/configs/gpt_8p3b.py --workdir=gs://bkt/runs/w"
     )
     result = _run([sys.executable, "-m", "toxjax.launch", *shlex.split(line)], trap_path, ROOT, {})
     assert result.returncode == 2 and result.stdout == ""
     error = result.stderr.strip().splitlines()[-1]
-    assert re.search(r"configs/gpt_8p3b\.py does not fit v5e:2x2: its train step needs \d", error)
+    assert re.search(r"toxjax/configs/gpt_8p3b\.py does not fit v5e:2x2: its train step needs \d", error)
     assert re.search(r"needs [\d.]+ GiB per device \(arguments 23\.27 GiB, temporaries", error)
     assert "but a chip has 16.00 GiB of HBM" in error

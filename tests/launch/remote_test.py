@@ -36,7 +36,7 @@ def test_run_script_detaches_refuses_a_second_run_and_stop_checkpoints(tmp_path)
     venv_bin.mkdir(parents=True)
     (venv_bin / "python").write_text(FAKE_TRAINER)
     (venv_bin / "python").chmod(0o755)
-    args = ["--config=configs/tiny.py", "--workdir=gs://b1/x", "--config.data.task=a b",
+    args = ["--config=toxjax/configs/tiny.py", "--workdir=gs://b1/x", "--config.data.task=a b",
             '--config.train.warm_start_from=it\'s "q" $HOME']  # fmt: skip
     run = remote.run_script("toxjax.main", args, run_name="r1", env={"K": "v w"})
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from configs import gpt_1p3b, gpt_8p3b
+from toxjax.configs import gpt_1p3b, gpt_8p3b
 from toxjax.model import decoder, flops, memory
 
 F32 = 4  # bytes
@@ -89,7 +89,7 @@ def test_command_line_with_config_override():
             sys.executable,
             "-m",
             "toxjax.model.memory_main",
-            "--config=configs/gpt_1p3b.py",
+            "--config=toxjax/configs/gpt_1p3b.py",
             "--mesh=data:1,fsdp:256,tensor:1",
             "--config.model.num_layers=12",
             "--json",

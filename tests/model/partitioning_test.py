@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from configs import default
+from toxjax.configs import default
 from toxjax.model import decoder, partitioning
 
 

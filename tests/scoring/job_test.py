@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
-from toxjax.demo import template_corpus
+from toxjax.datasets import template_corpus
 from toxjax.scoring import job, run_manifest, scorer_specs, scorers
 from toxjax.scoring.corpora import BadRecordError
 

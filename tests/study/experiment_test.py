@@ -9,7 +9,7 @@ import pathlib
 
 import pytest
 
-from configs import demo, demo_synthetic, study_paper, study_smoke
+from toxjax.configs import demo, demo_synthetic, study_paper, study_smoke
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops

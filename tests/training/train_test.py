@@ -15,7 +15,7 @@ import seqio
 import tensorflow as tf
 from jax.sharding import PartitionSpec
 
-from configs import tiny
+from toxjax.configs import tiny
 from toxjax.data import input_pipeline
 from toxjax.training import checkpoints, optim, train
 

@@ -35,8 +35,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from toxjax.compile.topology import GIB, Topology, compile_only_devices
 from toxjax.data import input_pipeline
-from toxjax.evaluation import loglik, rtp
-from toxjax.model import decoder, flops, partitioning, sampling
+from toxjax.evaluation import rtp
+from toxjax.inference import loglik, sampling
+from toxjax.model import decoder, flops, partitioning
 from toxjax.training import train
 
 STEPS = ("train", "generate", "loglik")

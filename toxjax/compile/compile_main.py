@@ -3,7 +3,7 @@
 Compiles a config's train step (and the evaluation's sampling and log-likelihood steps) for a
 TPU slice on this host, with libtpu's compile-only devices, and prints one JSON line per step:
 
-    python -m toxjax.compile --config=configs/gpt_1p3b.py --topology=v5p:2x2x1 --steps=train
+    python -m toxjax.compile --config=toxjax/configs/gpt_1p3b.py --topology=v5p:2x2x1 --steps=train
 
 Fields: step, config, topology, num_devices, mesh, layers ("unrolled": XLA's figures cover
 every layer), bytes_per_device {argument, output, temp, alias, total = argument + output +
@@ -30,7 +30,7 @@ from ml_collections import config_flags
 from toxjax.commands import run_command
 from toxjax.compile import aot, topology
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (toxjax/configs/*.py).")
 _TOPOLOGY = flags.DEFINE_string(
     "topology", None, "TPU slice GENERATION:SHAPE: v4:2x2x1, v5e:2x2, v5p:2x2x2, v6e:4x4, ..."
 )

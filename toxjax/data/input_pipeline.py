@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import importlib
-import importlib.util
 import json
 import os
 import re
@@ -27,6 +25,7 @@ import numpy as np
 from absl import logging
 
 from toxjax import fileio
+from toxjax.data import vocab
 from toxjax.tf_import import import_tensorflow
 
 FEATURES = (
@@ -37,26 +36,20 @@ FEATURES = (
     "decoder_positions",
 )
 _CACHE_FORMAT_VERSION = 1
-# The id every document starts from: seqio.LMFeatureConverter shifts a document's targets right
-# and puts this id first, so the decoder reads it at position 0 of every training document.
-# Scoring (evaluation.loglik) and sampling (model.sampling) put it before every context too;
-# without it the model reads text at a position where it only ever saw this id.
-START_ID = 0
 
 
 def get_task(name: str):
-    """The registered seqio Task or Mixture, importing toxjax.data.tasks so the demo tasks exist."""
+    """The registered seqio Task or Mixture; its task module must be imported already
+    (`tasks.import_task_modules(config.data.task_modules)`)."""
     import seqio
 
-    if importlib.util.find_spec("toxjax.data.tasks") is not None:
-        importlib.import_module("toxjax.data.tasks")
     try:
         return seqio.get_mixture_or_task(name)
     except ValueError as err:
         raise ValueError(
             f"config.data.task={name!r} is not a registered seqio Task or Mixture ({err}); "
-            "register it in a module imported before training (toxjax.data.tasks is imported "
-            "automatically)"
+            "list the module that registers it in config.data.task_modules, e.g. "
+            "--config.data.task_modules=\"('toxjax.data.demo_tasks','mypackage.my_tasks')\""
         ) from None
 
 
@@ -154,7 +147,7 @@ def _packed_dataset(
     dataset = seqio.get_dataset(
         task,
         task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=START_ID),
+        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID),
         dataset_split=split,
         shuffle=True,
         seed=seed,

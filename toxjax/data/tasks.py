@@ -1,60 +1,58 @@
-"""SeqIO tasks for toxicity-conditioned LM pretraining: the demo family and users' corpora.
+"""SeqIO tasks for toxicity-conditioned LM pretraining over any scored corpus.
 
-`import toxjax.data.tasks` registers, for the embedded demo corpus (byte vocabulary):
-
-    toxjax_demo_base     raw text (control)
-    toxjax_demo_meda     "toxicity: 0.93\\n" + text
-    toxjax_demo_inst     "The following text is toxic:\\n" / "...non-toxic:\\n" + text
-    toxjax_demo_filter   raw text, documents scored above the threshold dropped
-    toxjax_demo_inst_mix INST, with DEMO_UNTAGGED_RATE of the examples drawn untagged from BASE
-
-The mixture follows Korbak et al. (2023), who leave a small share of pretraining data without
-control tokens so the model keeps an unconditional mode (prompts with no signal still get
-fluent text), and cf. MeCo's metadata-free cooldown. Unlike augment_fraction < 1 (which leaves
-fixed documents untagged), the mixture draws untagged copies of any document at random.
-
-Importing is cheap: the demo corpus is scored (offline scorer, about a second) the first time
-a demo task is read, into $TOXJAX_DATA_DIR (default ~/.cache/toxjax), once per scorer version
-and corpus content, guarded by a file lock.
-
-`register_toxicity_tasks` registers the same family over any scored corpus.
+`register_toxicity_tasks` registers one task per strategy (BASE, MEDA, INST, FILTER, SEGMENT)
+and the untagged mixtures over a scored corpus. A module that calls it is a *task module*:
+list it in `config.data.task_modules` and every command (training, evaluation, the study,
+export, the launcher) imports it by name before it looks a task up (`import_task_modules`),
+as t5x's MIXTURE_OR_TASK_MODULE does. `toxjax.data.demo_tasks` is the packaged one.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
-import importlib.metadata
-import json
-import os
+import importlib
 import re
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
+import ml_collections
 import seqio
 from absl import logging
 
-from toxjax import fileio
 from toxjax.data.conditioning import PAPER_STRATEGIES, ConditioningFormat, Strategy
 from toxjax.data.preprocessors import TARGETS, lm_preprocessors
 from toxjax.data.scored_data import (
     DEFAULT_VALIDATION_FRACTION,
-    MANIFEST,
     ScoredShardsSource,
     ScoredSpec,
 )
 
-DATA_DIR_ENV = "TOXJAX_DATA_DIR"
-DEFAULT_DATA_DIR = "~/.cache/toxjax"
-DEMO_NAME = "toxjax_demo"
-# Our reconstruction of the paper's formats (see toxjax.data.conditioning); the evaluation of the
-# demo tasks must condition with this same object.
-DEMO_FORMAT = ConditioningFormat()
-# Share of the demo INST mixture drawn untagged from BASE (Korbak et al. leave 1% untagged; 5%
-# keeps the untagged mode visible in a corpus of a few thousand documents).
-DEMO_UNTAGGED_RATE = 0.05
 MIX_SUFFIX = "_mix"
+# config.data.task_modules of a config that has none (configs/default.py sets the same).
+DEFAULT_TASK_MODULES = ("toxjax.data.demo_tasks",)
 _NAME = re.compile(r"[\w.:#]+")  # what SeqIO accepts in task names
+
+
+def import_task_modules(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """Imports, by name, the modules that register tasks and mixtures (config.data.task_modules).
+
+    Every command calls this before it looks a task up, so a corpus registered in a user's own
+    module trains, evaluates and exports like the demo family. Importing twice is a no-op. A
+    config saved before the field existed gets the default, the demo family.
+    """
+    modules = config.data.get("task_modules", DEFAULT_TASK_MODULES)
+    if isinstance(modules, str):
+        raise TypeError(
+            f"config.data.task_modules must be a tuple of module names, not {modules!r}: "
+            "--config.data.task_modules=\"('toxjax.data.demo_tasks','my.tasks')\""
+        )
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ImportError(
+                f"config.data.task_modules: cannot import task module {name!r} ({err}); it must "
+                "be importable by name (installed, or on PYTHONPATH)"
+            ) from err
+    return tuple(modules)
 
 
 class ConditionedTask(seqio.Task):
@@ -86,7 +84,7 @@ def register_toxicity_tasks(
     scored: ScoredSpec | Callable[[], str],
     *,
     vocabulary: seqio.Vocabulary,
-    fmt: ConditioningFormat = DEMO_FORMAT,
+    fmt: ConditioningFormat = ConditioningFormat(),
     strategies: Sequence[Strategy | str] = PAPER_STRATEGIES,
     validation_fraction: float = DEFAULT_VALIDATION_FRACTION,
     split_seed: int = 0,
@@ -192,6 +190,21 @@ def conditioning_for(task_or_mixture: str) -> tuple[Strategy, ConditioningFormat
     return provider.strategy, provider.fmt
 
 
+def resolve_conditioning(task_name: str, strategy: str = "") -> tuple[Strategy, ConditioningFormat]:
+    """The strategy and format to evaluate with: the training task's, unless overridden."""
+    try:
+        trained_strategy, fmt = conditioning_for(task_name)
+    except ValueError:
+        if not strategy:
+            logging.warning(
+                "task %r carries no conditioning (not a register_toxicity_tasks task): "
+                "evaluating as BASE; set config.eval.strategy to choose",
+                task_name,
+            )
+        trained_strategy, fmt = Strategy.BASE, ConditioningFormat()
+    return (Strategy.parse(strategy) if strategy else trained_strategy), fmt
+
+
 def inference_prefix(task_or_mixture: str) -> str:
     """The prompt prefix asking a model trained on this task for non-toxic text."""
     strategy, fmt = conditioning_for(task_or_mixture)
@@ -260,71 +273,3 @@ def _check_names_are_free(family: str, names: Sequence[str]) -> None:
                 f"{provider!r} is already registered by someone else; choose another family "
                 f"name than {family!r} (re-registering the same family replaces it)"
             )
-
-
-# ----------------------------------------------------------------------------------------------
-# The demo corpus, scored on first use.
-
-
-def data_dir() -> str:
-    return os.path.expanduser(os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR)
-
-
-def _demo_fingerprint() -> str:
-    """Changes when the demo corpus or the offline scorer changes, so a stale cache is unused."""
-    from toxjax.demo import template_corpus
-
-    digest = hashlib.sha256()
-    for record in template_corpus.generate():
-        digest.update(json.dumps(record, sort_keys=True).encode())
-    digest.update(importlib.metadata.version("alt-profanity-check").encode())
-    return digest.hexdigest()[:12]
-
-
-def _is_complete(directory: str) -> bool:
-    try:
-        return fileio.read_json(fileio.join(directory, MANIFEST)).get("complete") is True
-    except (OSError, ValueError):  # missing or unreadable: not complete
-        return False
-
-
-@contextlib.contextmanager
-def _file_lock(path: str) -> Iterator[None]:
-    """One process at a time (other processes of a test run, several trainings on one host)."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def demo_scored_dir(root: str | None = None) -> str:
-    """The scored demo corpus, scoring it with the offline scorer if it is not cached yet."""
-    root = os.path.join(root or data_dir(), "demo")
-    directory = os.path.join(root, f"offline-{_demo_fingerprint()}")
-    if _is_complete(directory):
-        return directory
-    os.makedirs(root, exist_ok=True)
-    with _file_lock(directory + ".lock"):
-        if not _is_complete(directory):  # another process may have finished meanwhile
-            from toxjax.scoring import job
-
-            logging.info("Scoring the demo corpus into %s (once)", directory)
-            job.score_corpus("demo", directory, "offline", progress=False)
-    return directory
-
-
-def register_demo_tasks() -> dict[str, str]:
-    """The demo family (see module docstring); called on import, safe to call again."""
-    return register_toxicity_tasks(
-        DEMO_NAME,
-        demo_scored_dir,
-        vocabulary=seqio.ByteVocabulary(),
-        fmt=DEMO_FORMAT,
-        mixture_with=[(f"{DEMO_NAME}_{Strategy.BASE.value}", DEMO_UNTAGGED_RATE)],
-        mix_strategies=(Strategy.INST,),
-    )
-
-
-DEMO_TASKS = register_demo_tasks()

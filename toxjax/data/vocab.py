@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import sentencepiece as spm
 from absl import logging
@@ -29,6 +30,11 @@ from toxjax.data.conditioning import ConditioningFormat
 from toxjax.data.scored_data import MANIFEST, iter_scored_records, load_scored_corpus
 
 SPECIAL_IDS = {"pad_id": 0, "eos_id": 1, "unk_id": 2, "bos_id": -1}
+# The id every document starts from: seqio.LMFeatureConverter shifts a document's targets right
+# and puts this id (its bos_id, here PAD) first, so the decoder reads it at position 0 of every
+# training document. Scoring and sampling (toxjax.inference) put it before every context too;
+# without it the model reads text at a position where it only ever saw this id.
+START_ID = SPECIAL_IDS["pad_id"]
 MODEL_TYPES = ("unigram", "bpe")
 _WHITESPACE_PIECE = "\u2581"  # how SentencePiece writes a space inside a piece
 _REQUIRED_CHARS = "0123456789."  # MEDA scores
@@ -52,6 +58,22 @@ def signal_pieces(fmt: ConditioningFormat, *, segment: bool = False) -> list[str
         if piece and piece not in unique:
             unique.append(piece)
     return unique
+
+
+def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
+    """Ids of vocabulary pieces that spell a whole conditioning signal (SentencePiece only).
+
+    `train_vocabulary` trains SentencePiece models with every signal as one user-defined piece;
+    banning those ids keeps a model from writing a signal into its own continuation (the
+    separator piece, e.g. a newline, stays allowed). Byte vocabularies have no such pieces.
+    """
+    tokenizer = getattr(vocabulary, "tokenizer", None)
+    if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
+        return []
+    separator = fmt.separator.replace(" ", "\u2581")  # as SentencePiece writes spaces
+    # SEGMENT's control tokens too, wherever the vocabulary has them as pieces.
+    pieces = [p for p in signal_pieces(fmt, segment=True) if p != separator]
+    return sorted({tokenizer.piece_to_id(p) for p in pieces} - {tokenizer.unk_id()})
 
 
 def _escape(piece: str) -> str:

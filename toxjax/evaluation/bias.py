@@ -33,7 +33,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from toxjax import fileio
-from toxjax.evaluation.requests import (
+from toxjax.inference.requests import (
     LoglikelihoodFn,
     LoglikelihoodRequest,
     call_loglikelihood,

@@ -6,7 +6,7 @@
 
 The evaluator keeps its compiled engines and its scorer, so every later evaluation of a run
 (train_and_eval) only swaps the params. Every stage is driven by `config.eval`
-(configs/default.py) and can be switched off there. Outputs, written by process 0:
+(toxjax/configs/default.py) and can be switched off there. Outputs, written by process 0:
     WORKDIR/eval/step_<N>.json    all metrics (strict JSON; NaN -> null), `report.py` layout
     WORKDIR/eval/step_<N>.md      markdown summary (report.to_markdown plus perplexity, timings)
     WORKDIR/eval/step_<N>/rtp_{conditioned,unconditioned}.jsonl   per-prompt continuations
@@ -31,12 +31,19 @@ import numpy as np
 from absl import logging
 
 from toxjax import fileio
-from toxjax.data import input_pipeline
-from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.demo import eval_tasks
-from toxjax.evaluation import bias, controllability, loglik, real_text, report, rtp, utility_tasks
-from toxjax.evaluation.requests import LoglikelihoodFn, jsonable
-from toxjax.model import decoder, partitioning, sampling
+from toxjax.data import input_pipeline, tasks, vocab
+from toxjax.evaluation import (
+    bias,
+    controllability,
+    real_text,
+    report,
+    rtp,
+    template_tasks,
+    utility_tasks,
+)
+from toxjax.inference import loglik, sampling
+from toxjax.inference.requests import LoglikelihoodFn
+from toxjax.model import decoder, partitioning
 from toxjax.training import checkpoints
 
 EVAL_SUBDIR = "eval"
@@ -81,41 +88,6 @@ def parse_paths(spec: str) -> dict[str, str]:
             raise ValueError(f"config.eval.bias_paths: {item!r} is not task=path")
         paths[name.strip()] = path.strip()
     return paths
-
-
-def signal_token_ids(vocabulary: Any, fmt: ConditioningFormat) -> list[int]:
-    """Ids of vocabulary pieces that spell a whole conditioning signal (SentencePiece only).
-
-    `toxjax.data.vocab` trains SentencePiece models with every signal as one user-defined piece;
-    banning those ids keeps a model from writing a signal into its own continuation (the
-    separator piece, e.g. a newline, stays allowed). Byte vocabularies have no such pieces.
-    """
-    from toxjax.data import vocab
-
-    tokenizer = getattr(vocabulary, "tokenizer", None)
-    if tokenizer is None or not hasattr(tokenizer, "piece_to_id"):
-        return []
-    separator = fmt.separator.replace(" ", "\u2581")  # as SentencePiece writes spaces
-    # SEGMENT's control tokens too, wherever the vocabulary has them as pieces.
-    pieces = [p for p in vocab.signal_pieces(fmt, segment=True) if p != separator]
-    return sorted({tokenizer.piece_to_id(p) for p in pieces} - {tokenizer.unk_id()})
-
-
-def resolve_conditioning(task_name: str, strategy: str = "") -> tuple[Strategy, ConditioningFormat]:
-    """The strategy and format to evaluate with: the training task's, unless overridden."""
-    from toxjax.data import tasks
-
-    try:
-        trained_strategy, fmt = tasks.conditioning_for(task_name)
-    except ValueError:
-        if not strategy:
-            logging.warning(
-                "task %r carries no conditioning (not a register_toxicity_tasks task): "
-                "evaluating as BASE; set config.eval.strategy to choose",
-                task_name,
-            )
-        trained_strategy, fmt = Strategy.BASE, ConditioningFormat()
-    return (Strategy.parse(strategy) if strategy else trained_strategy), fmt
 
 
 def scalars(results: Mapping[str, Any]) -> dict[str, float]:
@@ -166,17 +138,17 @@ def write_results(results: Mapping[str, Any], workdir: str) -> dict[str, str]:
     fileio.make_dirs(directory)
     stem = fileio.join(directory, f"step_{results['step']}")
     paths = {"json": stem + ".json", "markdown": stem + ".md"}
-    as_json = json.dumps(jsonable(results), indent=2, allow_nan=False)
+    as_json = json.dumps(fileio.jsonable(results), indent=2, allow_nan=False)
     fileio.write_atomic(paths["json"], as_json.encode("utf-8"))
-    fileio.write_atomic(paths["markdown"], to_markdown(jsonable(results)).encode("utf-8"))
+    fileio.write_atomic(paths["markdown"], to_markdown(fileio.jsonable(results)).encode("utf-8"))
     return paths
 
 
 def _run_utility(
     name: str, loglikelihood_fn: LoglikelihoodFn, limit: int | None, data_dir: str | None
 ) -> dict[str, Any]:
-    if name in eval_tasks.UTILITY_TASKS:
-        return eval_tasks.UTILITY_TASKS[name](loglikelihood_fn, limit=limit)
+    if name in template_tasks.UTILITY_TASKS:
+        return template_tasks.UTILITY_TASKS[name](loglikelihood_fn, limit=limit)
     return utility_tasks.evaluate_task(name, loglikelihood_fn, limit=limit, data_dir=data_dir)
 
 
@@ -188,8 +160,8 @@ def _run_bias(
     paths: Mapping[str, str],
     data_dir: str | None,
 ) -> dict[str, Any]:
-    if name in eval_tasks.BIAS_TASKS:
-        return eval_tasks.BIAS_TASKS[name](loglikelihood_fn, limit=limit, config=prompt_config)
+    if name in template_tasks.BIAS_TASKS:
+        return template_tasks.BIAS_TASKS[name](loglikelihood_fn, limit=limit, config=prompt_config)
     return bias.evaluate_task(
         name,
         loglikelihood_fn,
@@ -232,9 +204,10 @@ class Evaluator:
         self.mesh = mesh or partitioning.create_mesh(config.mesh)
         self.rules = tuple(rules or partitioning.logical_rules(config))
         self.task_name = task_name or config.data.task
+        tasks.import_task_modules(config)
         task = input_pipeline.get_task(self.task_name)
         self.vocabulary = task.output_features["targets"].vocabulary
-        self.strategy, self.fmt = resolve_conditioning(
+        self.strategy, self.fmt = tasks.resolve_conditioning(
             self.task_name, strategy or config.eval.strategy
         )
         self.is_chief = jax.process_index() == 0
@@ -278,18 +251,18 @@ class Evaluator:
         """Task names must exist, and every local label file of config.eval.bias_tasks must
         read cleanly (TFDS tasks are read when evaluated)."""
         for name in _names(self.config.eval.utility_tasks):
-            if name not in utility_tasks.TASKS and name not in eval_tasks.UTILITY_TASKS:
-                known = sorted({*utility_tasks.TASKS, *eval_tasks.UTILITY_TASKS})
+            if name not in utility_tasks.TASKS and name not in template_tasks.UTILITY_TASKS:
+                known = sorted({*utility_tasks.TASKS, *template_tasks.UTILITY_TASKS})
                 raise ValueError(
                     f"config.eval.utility_tasks: unknown task {name!r}; known: {known}"
                 )
         paths = parse_paths(self.config.eval.bias_paths)
         for name in _names(self.config.eval.bias_tasks):
             task = bias.TASKS.get(name)
-            if task is None and name not in eval_tasks.BIAS_TASKS:
-                known = sorted({*bias.TASKS, *eval_tasks.BIAS_TASKS})
+            if task is None and name not in template_tasks.BIAS_TASKS:
+                known = sorted({*bias.TASKS, *template_tasks.BIAS_TASKS})
                 raise ValueError(f"config.eval.bias_tasks: unknown task {name!r}; known: {known}")
-            if name in eval_tasks.BIAS_TASKS or task.read_file is None:
+            if name in template_tasks.BIAS_TASKS or task.read_file is None:
                 continue
             if name not in paths:
                 raise ValueError(f"config.eval.bias_paths: bias task {name!r} needs task=path")
@@ -343,7 +316,7 @@ class Evaluator:
         holding `params`."""
         ev = self.config.eval
         rtp_config = rtp_config or rtp.RTPConfig.from_dict(ev.rtp.to_dict())
-        banned = signal_token_ids(self.vocabulary, self.fmt) if ev.ban_signal_tokens else []
+        banned = vocab.signal_token_ids(self.vocabulary, self.fmt) if ev.ban_signal_tokens else []
         settings = dict(
             **rtp_config.sampling_kwargs(),
             top_k=int(ev.top_k),
@@ -522,7 +495,7 @@ class Evaluator:
                 )
                 bar.update(1)
 
-        results = jsonable(results)
+        results = fileio.jsonable(results)
         if self.is_chief:
             paths = write_results(results, self.workdir)
             logging.info("eval step %d written to %s", step, paths["json"])
@@ -549,7 +522,7 @@ class Evaluator:
     ) -> dict[str, Any]:
         """Restores params of `step` (default: latest) from checkpoint_dir (default: the
         workdir's checkpoints/) and evaluates them, writing under the workdir."""
-        params, restored_step = restore_params(
+        params, restored_step = checkpoints.restore_run_params(
             self.config,
             checkpoint_dir or self.workdir,
             step=step,
@@ -557,23 +530,3 @@ class Evaluator:
             rules=self.rules,
         )
         return self.evaluate(params, restored_step, writer=writer)
-
-
-def restore_params(
-    config: ml_collections.ConfigDict,
-    checkpoint_dir: str,
-    *,
-    step: int | None = None,
-    mesh: jax.sharding.Mesh,
-    rules: partitioning.LogicalRules,
-) -> tuple[PyTree, int]:
-    """Params only (no optimizer state) of `step` (default: the latest) of a training run,
-    checked against config.model and read straight into their shardings on `mesh`."""
-    model_config = decoder.ModelConfig.from_config(config.model)
-    return checkpoints.restore_params(
-        checkpoint_dir,
-        partitioning.abstract_params(model_config, mesh, rules),
-        dataclasses.asdict(model_config),
-        step=step,
-        what=f"evaluation of {checkpoint_dir!r}",
-    )

@@ -1,7 +1,7 @@
 """Metrics on real, human-written text that work at any model size (the real-text study).
 
 One call, `evaluate_real_text`, scores a model on the packaged held-out sets of
-toxjax.demo.real_corpus (or any files in the same layout), all through one LoglikelihoodFn:
+toxjax.datasets.real_corpus (or any files in the same layout), all through one LoglikelihoodFn:
     heldout_clean   perplexity of the same raw clean documents for every model
     cloze           LAMBADA-style last-word prediction on held-out book paragraphs
     steerability    how the strategy's non-toxic signal moves real RTP continuations
@@ -27,14 +27,14 @@ from absl import logging
 from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import bias, intervals, rtp, steering, utility_tasks
-from toxjax.evaluation.requests import LoglikelihoodFn, LoglikelihoodRequest, call_loglikelihood
+from toxjax.inference.requests import LoglikelihoodFn, LoglikelihoodRequest, call_loglikelihood
 
 DETECTION_TASKS = ("paradetox", "tweets", "wikipedia")
 
 
 def data_paths(spec: str) -> dict[str, str]:
     """config.eval.real_text: "packaged" (toxjax/assets/real) or a directory of that layout."""
-    from toxjax.demo import real_corpus
+    from toxjax.datasets import real_corpus
 
     directory = real_corpus.PACKAGED_DIR if spec == "packaged" else spec
     paths = {
@@ -210,7 +210,7 @@ def evaluate_real_text(
     prompted_config: bias.BiasPromptConfig = bias.BiasPromptConfig(),
 ) -> dict[str, Any]:
     """Every real-text metric of one model. paths: "heldout_clean", "cloze" and
-    "detection_<task>" files (toxjax.demo.real_corpus layout); limit caps each set (and the
+    "detection_<task>" files (toxjax.datasets.real_corpus layout); limit caps each set (and the
     steerability prompts)."""
     # Documents and detection texts have no prompt: the signal goes in front of them, as
     # training writes it (for SEGMENT, its control token heads the text).

@@ -15,7 +15,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from toxjax.evaluation.requests import jsonable
+from toxjax import fileio
 
 RTP_SUBSETS = ("all", "toxic", "nontoxic", "challenging")
 UTILITY_METRIC = {"lambada": "acc"}  # every other task: acc_norm where reported, else acc
@@ -95,7 +95,7 @@ def build_report(models: Sequence[Mapping[str, Any]], *, baseline: str = "base")
         }
         for model in models
     ]
-    return jsonable(
+    return fileio.jsonable(
         {
             "scorer": next(iter(scorers), None),
             "baseline": baseline,
@@ -173,7 +173,7 @@ def write_report(report: Mapping[str, Any], output_dir: str) -> dict[str, str]:
         "markdown": os.path.join(output_dir, "report.md"),
     }
     with open(paths["json"], "w", encoding="utf-8") as f:
-        json.dump(jsonable(report), f, indent=2, allow_nan=False)
+        json.dump(fileio.jsonable(report), f, indent=2, allow_nan=False)
     with open(paths["markdown"], "w", encoding="utf-8") as f:
         f.write(to_markdown(report))
     return paths

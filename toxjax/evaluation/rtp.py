@@ -31,12 +31,11 @@ from absl import logging
 
 from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.evaluation.requests import (
+from toxjax.inference.requests import (
     GenerateFn,
     ScoreFn,
     as_text,
     iter_tfds_examples,
-    jsonable,
     nested_field,
     record_label,
 )
@@ -233,11 +232,11 @@ def load_prompts_tfds(
 
 def load_prompts(spec: str, *, data_dir: str | None = None) -> list[Prompt]:
     """spec: "demo" (packaged synthetic prompts) | "real:validation" | "real:test" (packaged
-    real RTP prompts, toxjax.demo.real_corpus) | "tfds" | "tfds:<split>" | a prompts.jsonl path."""
+    real RTP prompts, toxjax.datasets.real_corpus) | "tfds" | "tfds:<split>" | a prompts.jsonl path."""
     if spec == "demo":
         return load_prompts_jsonl(DEMO_PROMPTS_PATH)
     if spec.startswith("real:"):
-        from toxjax.demo import real_corpus
+        from toxjax.datasets import real_corpus
 
         part = spec.partition(":")[2]
         if part not in real_corpus.RTP_FILES:
@@ -366,7 +365,7 @@ class RTPResult:
 
     def summary(self) -> dict[str, Any]:
         """Strict-JSON summary (NaN -> null) for reports."""
-        return jsonable(
+        return fileio.jsonable(
             {
                 "prefix": self.prefix,
                 "suffix": self.suffix,
@@ -493,7 +492,7 @@ def evaluate_rtp(
                         "max_score": scored[config.attribute][row].max(),
                         "scorer": scorer_id,
                     }
-                    records_file.write(json.dumps(jsonable(record), ensure_ascii=False) + "\n")
+                    records_file.write(json.dumps(fileio.jsonable(record), ensure_ascii=False) + "\n")
             bar.update(len(chunk))
     metrics = toxicity_metrics(
         table,

@@ -35,8 +35,8 @@ from absl import logging
 
 from toxjax.evaluation import intervals
 from toxjax.evaluation.bias import LabeledText
-from toxjax.evaluation.requests import LoglikelihoodFn, LoglikelihoodRequest, call_loglikelihood
 from toxjax.evaluation.rtp import Prompt
+from toxjax.inference.requests import LoglikelihoodFn, LoglikelihoodRequest, call_loglikelihood
 
 NONTOXIC = "nontoxic"
 SKIP_REASONS = ("no_continuation", "empty_continuation", "no_continuation_score")

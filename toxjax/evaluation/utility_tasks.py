@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from toxjax.evaluation.requests import (
+from toxjax.inference.requests import (
     LoglikelihoodFn,
     LoglikelihoodRequest,
     LoglikelihoodResult,

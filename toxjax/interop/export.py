@@ -25,9 +25,8 @@ from absl import logging
 from flax import traverse_util
 
 from toxjax import fileio
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.evaluation import evaluator
 from toxjax.interop import hf_checkpoint, hf_layout, hf_tokenizer, trained_run
 from toxjax.model import decoder
 
@@ -58,7 +57,7 @@ def write_model(
     np_dtype = np.dtype(jnp.dtype(dtype))
     config = hf_layout.hf_config(
         model_config,
-        bos_id=input_pipeline.START_ID,
+        bos_id=vocab.START_ID,
         eos_id=int(vocabulary.eos_id),
         pad_id=int(vocabulary.pad_id),
         dtype=dtype,
@@ -92,10 +91,10 @@ def export_info(run: trained_run.TrainedRun, tokenizer: Mapping[str, Any]) -> di
 
 def suppress_tokens(run: trained_run.TrainedRun) -> list[int]:
     """Ids toxjax never samples: PAD, embedding rows past the vocabulary, and pieces that
-    spell a whole conditioning signal (evaluator.signal_token_ids)."""
+    spell a whole conditioning signal (vocab.signal_token_ids)."""
     vocabulary = run.vocabulary
     padding = range(int(vocabulary.vocab_size), run.model_config.vocab_size)
-    signals = evaluator.signal_token_ids(vocabulary, run.fmt)
+    signals = vocab.signal_token_ids(vocabulary, run.fmt)
     return sorted({int(vocabulary.pad_id), *padding, *signals})
 
 
@@ -157,7 +156,7 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         f"- architecture: `{info['architecture']}`, {config['num_layers']} layers, width "
         f"{config['d_model']}, {config['vocab_size']} embedding rows",
         f"- tokenizer: {tokenizer['kind']} ({tokenizer['size']} ids; pad 0, eos 1, unk 2). "
-        f"Every sequence starts with id {input_pipeline.START_ID}, as every training document "
+        f"Every sequence starts with id {vocab.START_ID}, as every training document "
         "did: the tokenizer puts it first (lm-evaluation-harness' `hf` model does too; for "
         "rolling perplexity pass `add_bos_token=False`, or it also scores that id). " + padding,
         "",

@@ -20,10 +20,11 @@ holds one leaf at a time.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import traverse_util
@@ -215,6 +216,21 @@ def warm_start_params(
         path, abstract_params, dict(model_config), task_name=task_name, what=what
     )
     return params, 0
+
+
+def warm_starter(config: ml_collections.ConfigDict) -> Callable[[Any, dict[str, Any]], Any] | None:
+    """train.train_and_evaluate's warm_start_fn for config.train.warm_start_from (None if unset)."""
+    path = config.train.get("warm_start_from", "")
+    if not path:
+        return None
+
+    def warm_start(abstract_params: Any, model_config: dict[str, Any]) -> Any:
+        params, _ = warm_start_params(
+            path, abstract_params, model_config, task_name=config.data.task
+        )
+        return params
+
+    return warm_start
 
 
 def model_config_fields(path: str) -> dict[str, Any]:

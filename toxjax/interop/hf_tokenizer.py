@@ -1,7 +1,7 @@
 """A task's seqio vocabulary as a transformers tokenizer (tokenizer.json, `tokenizers` library).
 
 The files load with `AutoTokenizer.from_pretrained(dir)` as a `PreTrainedTokenizerFast` that
-puts the start id (`input_pipeline.START_ID`, 0, spelled "<pad>") first, as every training
+puts the start id (`vocab.START_ID`, 0, spelled "<pad>") first, as every training
 document starts, adds no EOS, and otherwise encodes text to the ids seqio encodes it to
 (`add_special_tokens=False`: exactly seqio's ids):
 
@@ -29,10 +29,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from toxjax import fileio
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 
 SPECIAL_PIECES = ("<pad>", "</s>", "<unk>")  # seqio ids 0, 1, 2
-START_PIECE = SPECIAL_PIECES[input_pipeline.START_ID]  # put first, as training did
+START_PIECE = SPECIAL_PIECES[vocab.START_ID]  # put first, as training did
 _UNIGRAM, _BPE = 1, 2  # sentencepiece TrainerSpec.ModelType
 _USER_DEFINED = 4  # sentencepiece ModelProto.SentencePiece.Type
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
@@ -61,9 +61,9 @@ def byte_tokenizer() -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 
     chars = bytes_to_unicode()
-    vocab = {piece: index for index, piece in enumerate(SPECIAL_PIECES)}
-    vocab.update({chars[byte]: byte + len(SPECIAL_PIECES) for byte in range(256)})
-    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    piece_ids = {piece: index for index, piece in enumerate(SPECIAL_PIECES)}
+    piece_ids.update({chars[byte]: byte + len(SPECIAL_PIECES) for byte in range(256)})
+    tokenizer = Tokenizer(models.BPE(vocab=piece_ids, merges=[], unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     tokenizer.decoder = decoders.ByteLevel()
     return tokenizer
@@ -90,8 +90,8 @@ def sentencepiece_tokenizer(model_proto: bytes) -> Any:
     spec, trainer = proto.normalizer_spec, proto.trainer_spec
     byte_fallback = trainer.byte_fallback
     if trainer.model_type == _UNIGRAM:
-        vocab = [(p.piece, p.score) for p in proto.pieces]
-        model = models.Unigram(vocab, unk_id=trainer.unk_id, byte_fallback=byte_fallback)
+        scored_pieces = [(p.piece, p.score) for p in proto.pieces]
+        model = models.Unigram(scored_pieces, unk_id=trainer.unk_id, byte_fallback=byte_fallback)
     elif trainer.model_type == _BPE:
         vocab_ids = {p.piece: i for i, p in enumerate(proto.pieces)}
         model = models.BPE(
@@ -177,7 +177,7 @@ def make_tokenizer(vocabulary: Any) -> Any:
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{START_PIECE} $A",
         pair=f"{START_PIECE} $A $B",
-        special_tokens=[(START_PIECE, input_pipeline.START_ID)],
+        special_tokens=[(START_PIECE, vocab.START_ID)],
     )
     return tokenizer
 

@@ -12,12 +12,12 @@ per log-likelihood call), max_length (default config.model.max_len), max_gen_tok
 or a strategy name) put in front of every context, vocabulary / strategy (see
 toxjax.interop.trained_run), seed (sampling).
 
-- loglikelihood: `toxjax.evaluation.loglik` (the harness' tokenization: trailing whitespace of
+- loglikelihood: `toxjax.inference.loglik` (the harness' tokenization: trailing whitespace of
   the context moves to the continuation; every context starts from the start id every
-  training document starts from, `input_pipeline.START_ID`, where the harness uses EOS).
+  training document starts from, `vocab.START_ID`, where the harness uses EOS).
 - loglikelihood_rolling: the harness' disjoint rolling windows of max_length tokens (the
   start id first, as its prefix token), scored by the same engine.
-- generate_until: the KV-cache sampler (`toxjax.model.sampling`), greedy unless do_sample
+- generate_until: the KV-cache sampler (`toxjax.inference.sampling`), greedy unless do_sample
   with a temperature > 0; the text is cut at the first stop sequence.
 """
 
@@ -28,12 +28,11 @@ from typing import Any
 
 from absl import logging
 
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.data.conditioning import Strategy
-from toxjax.evaluation import loglik
-from toxjax.evaluation.requests import LoglikelihoodRequest
+from toxjax.inference import loglik, sampling
+from toxjax.inference.requests import LoglikelihoodRequest
 from toxjax.interop import trained_run
-from toxjax.model import sampling
 
 try:
     from lm_eval import utils as lm_eval_utils
@@ -75,7 +74,7 @@ def rolling_windows(
     """(sequence, scored count) windows predicting every token once: the harness' disjoint
     rolling windows (context length 1, the start id first), the first one read after the
     prefix."""
-    start = input_pipeline.START_ID
+    start = vocab.START_ID
     windows = []
     rolling = lm_eval_utils.get_rolling_token_windows(
         token_list=list(tokens), prefix_token=start, max_seq_len=max_length, context_len=1

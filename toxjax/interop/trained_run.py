@@ -18,10 +18,10 @@ import jax
 import ml_collections
 
 from toxjax import fileio
-from toxjax.data import input_pipeline
+from toxjax.data import input_pipeline, tasks
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.evaluation import evaluator
 from toxjax.model import decoder, partitioning
+from toxjax.training import checkpoints
 
 CONFIG_FILE = "config.json"  # written by toxjax.main.record_config
 BYTES = "bytes"
@@ -105,16 +105,19 @@ def load_run(
     """Reads a run (see module docstring); `step` defaults to the latest checkpoint."""
     config = config if config is not None else load_config(workdir)
     model_config = decoder.ModelConfig.from_config(config.model)
+    tasks.import_task_modules(config)
     vocab = resolve_vocabulary(config.data.task, vocabulary)
     if int(vocab.vocab_size) > model_config.vocab_size:
         raise ValueError(
             f"the vocabulary has {vocab.vocab_size} ids but config.model.vocab_size is "
             f"{model_config.vocab_size}: not this run's vocabulary"
         )
-    chosen, fmt = evaluator.resolve_conditioning(config.data.task, strategy)
+    chosen, fmt = tasks.resolve_conditioning(config.data.task, strategy)
     mesh = local_mesh(model_config)
     rules = partitioning.logical_rules(config)
-    params, restored = evaluator.restore_params(config, workdir, step=step, mesh=mesh, rules=rules)
+    params, restored = checkpoints.restore_run_params(
+        config, workdir, step=step, mesh=mesh, rules=rules
+    )
     return TrainedRun(
         workdir=workdir,
         config=config,

@@ -4,12 +4,12 @@
         --spot
     python -m toxjax.launch setup  --name=tox --zone=us-central2-b
     python -m toxjax.launch run    --name=tox --zone=us-central2-b -- \
-        --config=configs/tiny.py --workdir=gs://BUCKET/runs/tiny --mode=train
+        --config=toxjax/configs/tiny.py --workdir=gs://BUCKET/runs/tiny --mode=train
     python -m toxjax.launch logs   --name=tox --zone=us-central2-b
     python -m toxjax.launch stop   --name=tox --zone=us-central2-b
     python -m toxjax.launch delete --name=tox --zone=us-central2-b
     python -m toxjax.launch gpu-node --coordinator_address=10.0.0.1:8476 --num_processes=2 \
-        --process_id=0 -- --config=configs/tiny.py --workdir=/shared/runs/tiny
+        --process_id=0 -- --config=toxjax/configs/tiny.py --workdir=/shared/runs/tiny
 
 Everything after `--` is passed verbatim to `python -m MODULE` (default toxjax.main) on every
 worker. Before that, `run` compiles the config for the slice on this machine

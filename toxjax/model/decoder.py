@@ -49,7 +49,7 @@ BATCH_LENGTH_VOCAB = ("activation_batch", "activation_length", "activation_vocab
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Hyperparameters of `Decoder`; mirrors `config.model` (see configs/default.py)."""
+    """Hyperparameters of `Decoder`; mirrors `config.model` (see toxjax/configs/default.py)."""
 
     num_layers: int = 2
     d_model: int = 128

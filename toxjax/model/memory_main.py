@@ -13,7 +13,7 @@ from ml_collections import config_flags
 from toxjax.commands import run_command
 from toxjax.model import memory
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/*.py).")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (toxjax/configs/*.py).")
 _MESH = flags.DEFINE_string(
     "mesh", "", "Mesh sizes 'data:1,fsdp:256,tensor:1'; empty = config.mesh.ici"
 )

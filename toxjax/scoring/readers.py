@@ -341,7 +341,7 @@ class TfdsCorpus(Corpus):
 
 
 class DemoCorpus(Corpus):
-    """The embedded demo corpus (toxjax.demo.template_corpus); `demo` or `demo:<num_docs>`."""
+    """The embedded demo corpus (toxjax.datasets.template_corpus); `demo` or `demo:<num_docs>`."""
 
     def __init__(self, spec: str, num_docs: int | None, text_field: str, max_doc_chars: int):
         super().__init__(spec, text_field, max_doc_chars)
@@ -350,7 +350,7 @@ class DemoCorpus(Corpus):
 
     def _all(self) -> list[dict]:
         if self._records is None:
-            from toxjax.demo import template_corpus
+            from toxjax.datasets import template_corpus
 
             num_docs = template_corpus.DEFAULT_NUM_DOCS if self.num_docs is None else self.num_docs
             self._records = template_corpus.generate(num_docs)
@@ -396,7 +396,7 @@ def open_corpus(
     if kind == "real":
         if body:
             raise InputError(f"bad input {input_spec!r}: the packaged real-text corpus is 'real'")
-        from toxjax.demo import real_corpus
+        from toxjax.datasets import real_corpus
 
         path = real_corpus.packaged_path(real_corpus.CORPUS_FILE)
         return JsonlCorpus(input_spec, path, text_field, max_doc_chars)

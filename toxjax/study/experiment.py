@@ -1,6 +1,6 @@
 """The study in one command: score, build tasks, train and evaluate one model per strategy.
 
-    python -m toxjax.study --config=configs/demo.py --workdir=/tmp/toxjax_demo
+    python -m toxjax.study --config=toxjax/configs/demo.py --workdir=/tmp/toxjax_demo
 
 Stages, each skipped when its output is already complete (so a rerun, or a restart after a
 preemption, only does what is left):
@@ -20,7 +20,7 @@ preemption, only does what is left):
                  rebuilt, from every strategy of the workdir that has finished its evaluation
 
 The study config is a full training config (model/mesh/data/optim/train/eval, as in
-configs/default.py) plus a `study` section, see configs/demo.py. Every strategy trains with
+toxjax/configs/default.py) plus a `study` section, see toxjax/configs/demo.py. Every strategy trains with
 the same model, budget and seeds; only data.task differs.
 """
 
@@ -42,6 +42,7 @@ from toxjax import fileio
 from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
+from toxjax.interop import hf_import
 from toxjax.scoring import job
 from toxjax.study import reporting, runs
 from toxjax.training import checkpoints, train
@@ -413,7 +414,9 @@ def train_strategy(
         _write_json(fileio.join(run_workdir, CONFIG_JSON), _config_json(run_config))
         if vocabulary is not None:
             _write_json(fileio.join(run_workdir, VOCAB_STAMP), dict(vocabulary))
-    state = train.train_and_evaluate(run_config, run_workdir)
+    state = train.train_and_evaluate(
+        run_config, run_workdir, warm_start_fn=hf_import.warm_starter(run_config)
+    )
     reached = int(state.step)
     if reached < num_steps:  # a stop request (SIGTERM, preemption) saved and returned early
         raise StudyInterrupted(

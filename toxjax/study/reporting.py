@@ -25,7 +25,6 @@ from typing import Any
 
 from toxjax import fileio
 from toxjax.evaluation import report
-from toxjax.evaluation.requests import jsonable
 from toxjax.study import real_report
 
 RESULTS_JSON = "results.json"
@@ -103,7 +102,7 @@ def strategy_results(
         for task, result in sorted((evaluation.get("bias") or {}).items())
     }
     tail = [float(r["loss"]) for r in train_log[-FINAL_LOSS_WINDOW:]]
-    return jsonable(
+    return fileio.jsonable(
         {
             "task": evaluation.get("task"),
             "step": evaluation.get("step"),
@@ -459,7 +458,7 @@ def write_report(
         "markdown": fileio.join(output_dir, RESULTS_MD),
         **{kind: fileio.join(output_dir, name) for kind, name in PLOTS.items()},
     }
-    text = json.dumps(jsonable(results), indent=2, allow_nan=False) + "\n"
+    text = json.dumps(fileio.jsonable(results), indent=2, allow_nan=False) + "\n"
     fileio.write_atomic(paths["json"], text.encode())
     fileio.write_atomic(paths["markdown"], to_markdown(results, baseline=baseline).encode())
     plot_toxicity(results, paths["toxicity"])

@@ -15,7 +15,7 @@ from toxjax.study import experiment
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
-    "Study config (configs/demo.py, configs/study_paper.py:<strategy>,<size>); "
+    "Study config (toxjax/configs/demo.py, toxjax/configs/study_paper.py:<strategy>,<size>); "
     "override fields with --config.x=y.",
 )
 _WORKDIR = flags.DEFINE_string("workdir", None, "Study directory: scored/, <strategy>/, results.*")

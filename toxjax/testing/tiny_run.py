@@ -1,6 +1,6 @@
 """Tiny GPT- and Llama-style runs written to disk without training (interop tests).
 
-`tiny_config(style)` is configs/tiny.py at test size; `write_run` writes what toxjax.main and
+`tiny_config(style)` is toxjax/configs/tiny.py at test size; `write_run` writes what toxjax.main and
 a training run leave in a workdir - config.json and a checkpoint - with random params drawn on
 host (no compilation): every weight, bias and norm scale is random, so a wrong mapping of
 any of them shows.
@@ -15,15 +15,15 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
-from configs import tiny
 from toxjax import fileio
+from toxjax.configs import tiny
 from toxjax.training import checkpoints, train
 
 STYLES = ("gpt", "llama")
 
 
 def tiny_config(style: str = "gpt", **model: object) -> ml_collections.ConfigDict:
-    """configs/tiny.py shrunk (width 64, 2 layers, 64 tokens); "llama": RoPE, RMSNorm,
+    """toxjax/configs/tiny.py shrunk (width 64, 2 layers, 64 tokens); "llama": RoPE, RMSNorm,
     SwiGLU, 4 query / 2 key-value heads, no biases, untied embeddings. Float32 compute."""
     if style not in STYLES:
         raise ValueError(f"style must be one of {STYLES}, got {style!r}")

@@ -8,6 +8,7 @@ metadata before anything is compiled.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import signal
@@ -16,12 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
 from toxjax import fileio
+from toxjax.model import decoder, partitioning
 
 STATE = "state"
 META = "meta"
@@ -486,3 +489,23 @@ class StopRequest:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
             self._installed = False
+
+
+def restore_run_params(
+    config: ml_collections.ConfigDict,
+    checkpoint_dir: str,
+    *,
+    step: int | None = None,
+    mesh: jax.sharding.Mesh,
+    rules: partitioning.LogicalRules,
+) -> tuple[Any, int]:
+    """Params only (no optimizer state) of `step` (default: the latest) of a training run,
+    checked against config.model and read straight into their shardings on `mesh`."""
+    model_config = decoder.ModelConfig.from_config(config.model)
+    return restore_params(
+        checkpoint_dir,
+        partitioning.abstract_params(model_config, mesh, rules),
+        dataclasses.asdict(model_config),
+        step=step,
+        what=f"params of {checkpoint_dir!r}",
+    )

@@ -27,8 +27,7 @@ import optax
 from absl import logging
 
 from toxjax import fileio
-from toxjax.data import input_pipeline
-from toxjax.interop import hf_import
+from toxjax.data import input_pipeline, tasks
 from toxjax.model import decoder, flops, partitioning
 from toxjax.training import checkpoints, optim
 
@@ -39,6 +38,9 @@ WATCHED_METRICS = ("loss", "grad_norm", "param_norm")
 
 
 EvalFn = Callable[[Any, int], Any]  # (params, step) -> results, e.g. evaluator.Evaluator
+# (abstract params, config.model as a dict) -> params to start from, read into the abstract
+# params' shardings; the caller builds it (toxjax.interop.hf_import.warm_starter).
+WarmStartFn = Callable[[Any, dict[str, Any]], Any]
 
 
 class NonFiniteLossError(ValueError):
@@ -490,12 +492,17 @@ def _train_loop(
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir: str, eval_fn: EvalFn | None = None
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    eval_fn: EvalFn | None = None,
+    warm_start_fn: WarmStartFn | None = None,
 ) -> TrainState:
     """Train config.train.num_steps steps in workdir, resuming from its latest checkpoint.
 
     eval_fn(params, step), if given, runs every config.train.eval_every steps and at the end
     (toxjax.main passes one evaluator.Evaluator, built before training, for train_and_eval).
+    warm_start_fn, if given, gives the params a fresh run (no checkpoint yet) starts from;
+    config.train.warm_start_from needs one.
 
     Returns the final state. A SIGTERM (or, on many hosts, a preemption notice) at any point
     saves a checkpoint after the next step and returns normally. A NaN or infinite loss, grad
@@ -503,6 +510,12 @@ def train_and_evaluate(
     it on. A damaged latest checkpoint is skipped, with a warning, for the newest older one
     that restores (Checkpointer.restore_latest); CheckpointRestoreError if none does.
     """
+    if config.train.get("warm_start_from", "") and warm_start_fn is None:
+        raise ValueError(
+            f"config.train.warm_start_from={config.train.warm_start_from!r} needs a warm_start_fn "
+            "(toxjax.interop.hf_import.warm_starter(config) builds it; toxjax.main passes it)"
+        )
+    tasks.import_task_modules(config)
     fileio.make_dirs(workdir)
     stop = checkpoints.StopRequest().install()
     checkpointer = None
@@ -520,14 +533,8 @@ def train_and_evaluate(
         # Each step is checked (config, array shapes) before it is read into its shardings.
         restored = checkpointer.restore_latest(setup.abstract_state, setup.model_config_dict)
         warm_params = None
-        if restored is None and train_config.warm_start_from:
-            # Another run's orbax checkpoint, or a transformers GPT-2/Llama directory.
-            warm_params, _ = hf_import.warm_start_params(
-                train_config.warm_start_from,
-                setup.abstract_state.params,
-                setup.model_config_dict,
-                task_name=config.data.task,
-            )
+        if restored is None and warm_start_fn is not None:
+            warm_params = warm_start_fn(setup.abstract_state.params, setup.model_config_dict)
         pipeline = input_pipeline.create_train_pipeline(config, workdir, setup.batch_sharding)
 
         if restored is not None:
