@@ -14,7 +14,8 @@ from toxjax.configs import gpt_1p3b, gpt_8p3b, gpt_126m, gpt_357m, tiny
 from toxjax.model import decoder, flops, partitioning
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-CONFIG_FILES = sorted(p for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
+CONFIGS_DIR = REPO / "toxjax" / "configs"
+CONFIG_FILES = sorted(p for p in CONFIGS_DIR.glob("*.py") if p.name != "__init__.py")
 # Configs loaded by file path (--config=toxjax/configs/<name>.py[:<config string>]).
 FLAG_CONFIGS = {
     path.stem: "base,126m" if path.stem == "study_paper" else ""
@@ -118,18 +119,18 @@ def test_config_script_prints_its_parameter_count():
 def test_configs_import_as_a_package_from_anywhere(tmp_path):
     """Installed with toxjax (setup.py): from outside the repository, with no sys.path help
     (python -I: neither the working directory nor PYTHONPATH on the path), every config imports
-    as configs.<name>, and each loads by file path through config_flags as it does from the
-    repository (the config a console script or `python -m toxjax.main` elsewhere gets)."""
+    as toxjax.configs.<name>, and each loads by file path through config_flags as it does from
+    the repository (the config a console script or `python -m toxjax.main` elsewhere gets)."""
     script = textwrap.dedent(
         f"""
         import importlib, pathlib
         from absl import flags
         from ml_collections import config_flags
-        import configs
-        configs_dir = pathlib.Path({str(REPO / "configs")!r})
+        import toxjax.configs as configs
+        configs_dir = pathlib.Path({str(CONFIGS_DIR)!r})
         assert pathlib.Path(configs.__file__) == configs_dir / "__init__.py", configs.__file__
         names = {[path.stem for path in CONFIG_FILES]!r}
-        modules = {{name: importlib.import_module("configs." + name) for name in names}}
+        modules = {{name: importlib.import_module("toxjax.configs." + name) for name in names}}
         for name, module in modules.items():
             assert pathlib.Path(module.__file__) == configs_dir / (name + ".py"), module.__file__
         flag_configs = {FLAG_CONFIGS!r}
@@ -160,11 +161,38 @@ def test_configs_import_as_a_package_from_anywhere(tmp_path):
 
 def test_no_import_fallbacks_or_sys_path_patches():
     """Configs and benchmarks import configs normally; toxjax/configs/__init__.py is a docstring."""
-    init_path = REPO / "configs" / "__init__.py"
+    init_path = CONFIGS_DIR / "__init__.py"
     init = ast.parse(init_path.read_text())
-    assert len(init.body) == 1 and ast.get_docstring(init), "toxjax/configs/__init__.py: docstring only"
+    assert len(init.body) == 1 and ast.get_docstring(init), f"{init_path}: docstring only"
     assert {"default", "tiny", "demo", "study_paper", "_gpt"} <= {p.stem for p in CONFIG_FILES}
     for path in [init_path, *CONFIG_FILES, *sorted((REPO / "benchmarks").glob("*.py"))]:
         text = path.read_text()
         assert "except ImportError" not in text, path
         assert "sys.path" not in text, path
+
+
+def test_the_default_config_lists_the_default_task_modules():
+    """A config saved before data.task_modules existed resolves to what default.py sets."""
+    from toxjax.configs import default
+    from toxjax.data import tasks
+
+    assert tuple(default.get_config().data.task_modules) == tasks.DEFAULT_TASK_MODULES
+
+
+@pytest.mark.slow
+def test_the_wheel_installs_no_top_level_package_but_toxjax(tmp_path):
+    """`pip install .` must not install a `configs` (or `benchmarks`, `tests`) of its own."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+         "-w", str(tmp_path), str(REPO)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    (wheel,) = tmp_path.glob("toxjax-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {name.split("/")[0] for name in names}
+    assert {top for top in tops if not top.endswith(".dist-info")} == {"toxjax"}, sorted(tops)
+    assert "toxjax/configs/default.py" in names and "toxjax/assets/real/corpus.jsonl.gz" in names

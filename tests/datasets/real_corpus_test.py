@@ -1,5 +1,6 @@
-"""The packaged real-text data: builds from a tiny source tree laid out, quirks included, like
-../shared/data/real (see its README), and a check of the packaged files against their manifest."""
+"""The packaged real-text data: builds from a tiny source tree laid out, quirks included, like the
+raw sources (the layout toxjax.datasets.real_corpus describes), and a check of the packaged files
+against their manifest."""
 
 import gzip
 import hashlib
