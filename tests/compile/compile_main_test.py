@@ -60,3 +60,10 @@ def test_a_bad_topology_is_one_clear_line():
     assert "toxjax.compile: error: topology 'v5e:2x2x1': v5e slices have 2 dimensions" in (
         result.stderr
     )
+
+
+def test_a_task_module_that_does_not_import_is_one_clear_line():
+    """The launcher's fit check runs this command: a launch with a broken module stops here."""
+    result = _compile("--topology=v5e:2x2", "--config.data.task_modules=('my_missing_tasks',)")
+    assert result.returncode == 1
+    assert "cannot import task module 'my_missing_tasks'" in result.stderr.splitlines()[-1]

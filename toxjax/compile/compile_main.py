@@ -15,6 +15,9 @@ projected_mfu, projected_tokens_per_s_per_chip, compile_s, projection (what the 
 figures are: the compiler's estimate, never a measurement; or why there are none), and with
 gradient accumulation loop {trips, body_optimal_seconds, correction}. The
 command exits 0 whether or not the config fits: `fits` is the answer.
+
+It imports the config's task modules first (config.data.task_modules), so the launcher's fit
+check, which runs this command, refuses a launch whose task modules do not import.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from ml_collections import config_flags
 
 from toxjax.commands import run_command
 from toxjax.compile import aot, topology
+from toxjax.data import tasks
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (toxjax/configs/*.py).")
 _TOPOLOGY = flags.DEFINE_string(
@@ -62,6 +66,7 @@ def main(argv: list[str]) -> None:
         # The host's own arrays stay on CPU; the TPU devices are libtpu's compile-only ones.
         jax.config.update("jax_platforms", "cpu")
     try:
+        tasks.import_task_modules(_CONFIG.value)
         target = topology.parse_topology(_TOPOLOGY.value, _NUM_SLICES.value)
         reports = aot.compile_config(
             _CONFIG.value,
@@ -73,7 +78,7 @@ def main(argv: list[str]) -> None:
         )
         for report in reports:
             print(json.dumps(report) if _JSON.value else aot.format_report(report), flush=True)
-    except (ValueError, topology.LibtpuMissingError) as error:
+    except (ImportError, ValueError, topology.LibtpuMissingError) as error:
         print(f"{PROG}: error: {error}", file=sys.stderr)
         sys.exit(1)
 
