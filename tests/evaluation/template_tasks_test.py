@@ -4,7 +4,8 @@ import math
 
 import pytest
 
-from toxjax.evaluation import bias, template_corpus, template_tasks
+from toxjax.datasets import template_corpus
+from toxjax.evaluation import bias, template_tasks
 from toxjax.inference.requests import LoglikelihoodResult
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from toxjax.evaluation import rtp
-from toxjax.scoring import prompt_file, template_corpus
+from toxjax.datasets import template_corpus
+from toxjax.scoring import prompt_file
 
 NEUTRAL_KINDS = ("opener", "sentence")
 

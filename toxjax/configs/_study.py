@@ -1,6 +1,6 @@
 """The `study` section of a study config (toxjax.study.experiment): what is scored, how, and which
-strategies are trained. A study config is a full training config (toxjax/configs/default.py) plus this
-section; every strategy trains with that one training config, only data.task differs.
+strategies are trained. A study config is a full training config (toxjax/configs/default.py) plus
+this section; every strategy trains with that one training config, only data.task differs.
 """
 
 import dataclasses

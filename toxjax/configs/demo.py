@@ -2,13 +2,13 @@
 
 python -m toxjax.study --config=toxjax/configs/demo.py --workdir=/tmp/toxjax_demo
 
-Corpus: toxjax/assets/real (built by toxjax.datasets.real_corpus from ../shared/data/real; see its
-ATTRIBUTION.md): ~97k human-written documents, toxic (tweets, Civil Comments, ParaDetox's toxic
-sentences) and clean (Wikipedia talk comments, ParaDetox paraphrases, book paragraphs), scored
-offline. Evaluation on held-out real text: RealToxicityPrompts test prompts with their real
+Corpus: toxjax/assets/real (built by toxjax.datasets.real_corpus from the raw source files named
+in its ATTRIBUTION.md): ~97k human-written documents, toxic (tweets, Civil Comments, ParaDetox's
+toxic sentences) and clean (Wikipedia talk comments, ParaDetox paraphrases, book paragraphs),
+scored offline. Evaluation on held-out real text: RealToxicityPrompts test prompts with their real
 continuations, clean held-out documents, book cloze, human-labelled detection sets.
-Defaults were chosen on the validation prompts (toxjax/configs/demo_ablation.py); reports use the test
-prompts. The model is toxjax/configs/default.py's (2 layers of width 128).
+Defaults were chosen on the validation prompts (toxjax/configs/demo_ablation.py); reports use the
+test prompts. The model is toxjax/configs/default.py's (2 layers of width 128).
 """
 
 import ml_collections

@@ -3,9 +3,10 @@
 python -m toxjax.study --config=toxjax/configs/demo_ablation.py --workdir=/tmp/toxjax_ablation
 
 toxjax/configs/demo.py's study with INST and MEDA at the paper reconstruction's settings, plus one
-INST model per candidate cause of INST's failure on real text (issue 10): the 0.5 threshold on
-this scorer's scores (a score quantile instead), the untagged share, and wording without a
-shared word. Every run is evaluated on real:validation, never on the test prompts.
+INST model per candidate cause of INST's apparent failure on real text (seen before the
+evaluation's start-id fix; docs/results.md): the 0.5 threshold on this scorer's scores (a score
+quantile instead), the untagged share, and wording without a shared word. Every run is evaluated
+on real:validation, never on the test prompts.
 """
 
 import ml_collections

@@ -1,13 +1,15 @@
 """The paper's study at scale: one strategy at one GPT size per config string.
 
-    python -m toxjax.study --config=toxjax/configs/study_paper.py:inst,1p3b --workdir=gs://b/study_1p3b
+    python -m toxjax.study --config=toxjax/configs/study_paper.py:inst,1p3b \
+        --workdir=gs://b/study_1p3b
 
 Config string: "<strategy>,<size>" with strategy in base | meda | inst | filter | all (the four
 in turn, in one job) and size in 126m | 357m | 1p3b | 8p3b. Jobs of one size share a workdir:
 each trains WORKDIR/<strategy>/ and the report is rebuilt from every strategy finished there.
 
 Shared inputs first, once per workdir (concurrent first jobs would race on them):
-    python -m toxjax.study --config=toxjax/configs/study_paper.py:base,1p3b --workdir=... --prepare_only
+    python -m toxjax.study --config=toxjax/configs/study_paper.py:base,1p3b --workdir=... \
+        --prepare_only
 scores the corpus (resumable; for C4 at this scale rather score with Beam on Dataflow:
 `python -m toxjax.scoring --runner=DataflowRunner ...`, then set --config.study.scored_dir) and
 trains the SentencePiece vocabulary. Then start the four strategy jobs, in parallel.
@@ -42,7 +44,8 @@ SIZES = {
     "1p3b": (gpt_1p3b, 24_800, "train[:7%]"),
     "8p3b": (gpt_8p3b, 158_300, "train[:45%]"),
 }
-# Evaluated by every GPT config (toxjax/configs/_gpt.py). ToxiGen and Social Bias Frames come as files:
+# Evaluated by every GPT config (toxjax/configs/_gpt.py). ToxiGen and Social Bias Frames come as
+# files:
 # --config.eval.bias_tasks="('civil_comments','toxigen')" --config.eval.bias_paths="toxigen=/p.csv"
 UTILITY_TASKS = _gpt.UTILITY_TASKS
 BIAS_TASKS = _gpt.BIAS_TASKS

@@ -1,9 +1,9 @@
 """Smallest config: trains on the demo INST task on CPU in about 100 steps.
 
-The model, data and training loop of toxjax/configs/default.py already are this size: byte vocabulary
-(seqio.ByteVocabulary, 259 ids) padded to 384 rows so the table divides any small mesh, 2 layers
-of width 128, the demo INST task, batches of 16 (divide the 8 test devices), 100 steps (a couple
-of minutes on 2 CPU cores). `python toxjax/configs/tiny.py` prints its parameter count.
+The model, data and training loop of toxjax/configs/default.py already are this size: byte
+vocabulary (seqio.ByteVocabulary, 259 ids) padded to 384 rows so the table divides any small mesh,
+2 layers of width 128, the demo INST task, batches of 16 (divide the 8 test devices), 100 steps (a
+couple of minutes on 2 CPU cores). `python toxjax/configs/tiny.py` prints its parameter count.
 """
 
 import ml_collections

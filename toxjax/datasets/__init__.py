@@ -1,1 +1,2 @@
-"""The embedded demo: a template corpus, its evaluation tasks and its RTP-style prompt file."""
+"""The packaged data: the real-text corpus, prompts and detection sets (real_corpus) and the
+generated synthetic template corpus (template_corpus)."""

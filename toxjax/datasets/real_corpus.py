@@ -1,7 +1,17 @@
 """The real-text embedded default: a packaged corpus, RTP prompts and detection sets built from
-raw, permissively licensed files (the layout of ../shared/data/real, see its README).
+raw, permissively licensed files.
 
-    python -m toxjax.datasets.real_corpus_main --source=../shared/data/real --output=toxjax/assets/real
+    python -m toxjax.datasets.real_corpus_main --source=RAW_DIR --output=toxjax/assets/real
+
+RAW_DIR holds one folder per source of SOURCES (repository and commit of each in
+toxjax/assets/real/ATTRIBUTION.md), each with the source's licence file and its files unedited:
+    paradetox/               paradetox.tsv, LICENSE.txt
+    davidson_tweets/         labeled_data.csv, LICENSE.txt
+    wikipedia_talk/          CAT_LARGE_gn_out_of_context.csv, CAT_LARGE_gc_in_context.csv,
+                             LICENSE.txt
+    civil_comments_toxic/    comments.csv, LICENSE.txt
+    gutenberg/               <book>.txt (NLTK's Gutenberg selection), README
+    rtp_prompts/             toxic.jsonl, nontoxic.jsonl, LICENSE.DecodingTrust.txt
 
 Deterministic: every split is a SHA-1 hash of (source, record id), never a random draw or a file
 order, and gzip members carry no timestamp, so the same inputs give byte-identical outputs.
@@ -399,7 +409,8 @@ def attribution_markdown(builder: Builder) -> str:
     lines = [
         "# Attribution of the packaged real-text data",
         "",
-        "Built by `python -m toxjax.datasets.real_corpus_main` (toxjax/datasets/real_corpus.py) from the",
+        "Built by `python -m toxjax.datasets.real_corpus_main` (toxjax/datasets/real_corpus.py)"
+        " from the",
         "raw files below, unedited except for the cleaning that module documents. Each licence",
         "text is in `licenses/`.",
         "",

@@ -1,5 +1,6 @@
 """Rebuilds the packaged real-text data: `python -m toxjax.datasets.real_corpus_main
---source=../shared/data/real --output=toxjax/assets/real` (see toxjax.datasets.real_corpus)."""
+--source=RAW_DIR --output=toxjax/assets/real`, RAW_DIR a folder of the raw source files in the
+layout toxjax.datasets.real_corpus describes."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from absl import app, flags
 from toxjax.commands import run_command
 from toxjax.datasets import real_corpus
 
-_SOURCE = flags.DEFINE_string("source", None, "Folder of raw sources (../shared/data/real layout).")
+_SOURCE = flags.DEFINE_string(
+    "source", None, "Folder of the raw sources, laid out as toxjax.datasets.real_corpus describes."
+)
 _OUTPUT = flags.DEFINE_string("output", None, "Where to write the packaged data.")
 flags.mark_flags_as_required(["source", "output"])
 
