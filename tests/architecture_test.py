@@ -115,7 +115,7 @@ def _defined_names(tree: ast.Module) -> set[str]:
 
 
 def upward_imports(graph: dict[str, set[str]] | None = None) -> list[str]:
-    """`file:line: a imports b (layer i < j)` for every import from a lower layer to a higher one."""
+    """`file:line: a imports b, a higher layer (i < j)` for every import that goes up."""
     wrong = []
     for name, tree in TREES.items():
         for module, imported, line in _imports(tree):

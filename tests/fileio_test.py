@@ -130,4 +130,5 @@ def test_jsonl_is_strict_json(tmp_path):
     ]
     assert fileio.write_jsonl(str(path), records) == 1
     assert json.loads(path.read_text()) == {"x": 0.5, "nan": None, "arr": [1, 2], "flag": True}
-    assert fileio.jsonable({"inf": float("inf"), "t": (1, np.int64(2))}) == {"inf": None, "t": [1, 2]}
+    as_json = fileio.jsonable({"inf": float("inf"), "t": (1, np.int64(2))})
+    assert as_json == {"inf": None, "t": [1, 2]}

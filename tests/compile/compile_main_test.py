@@ -1,4 +1,4 @@
-"""`python -m toxjax.compile`: toxjax/configs/tiny.py compiles for a v5e:2x2 slice on this CPU host."""
+"""`python -m toxjax.compile`: the tiny config compiles for a v5e:2x2 slice on this CPU host."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ import pytest
 import seqio
 
 from toxjax.configs import default as default_config
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.inference import loglik
 from toxjax.inference.requests import LoglikelihoodRequest, call_loglikelihood
 from toxjax.model import decoder, partitioning
@@ -26,7 +26,7 @@ CFG = decoder.ModelConfig(
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 VOCAB = seqio.ByteVocabulary()
-START = input_pipeline.START_ID
+START = vocab.START_ID
 
 
 INITIAL = nn.unbox(

@@ -13,7 +13,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from toxjax.configs import default as default_config
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.inference import draws, sampling
 from toxjax.model import decoder, partitioning
 
@@ -29,7 +29,7 @@ CFG = decoder.ModelConfig(
     positions="rope",
 )
 EOS = 1
-START = input_pipeline.START_ID
+START = vocab.START_ID
 RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import seqio
 
-from toxjax.data import input_pipeline, tasks
+from toxjax.data import tasks, vocab
 from toxjax.interop import export, hf_checkpoint
 from toxjax.model import decoder
 from toxjax.testing import tiny_run
@@ -68,7 +68,7 @@ def test_transformers_computes_our_logits_on_tokenized_conditioned_text(exported
     text = info["inference_prefix"] + "Mild weather, busy market."
     vocabulary = seqio.ByteVocabulary()
     ids = tokenizer(text)["input_ids"]
-    assert ids == [input_pipeline.START_ID, *vocabulary.encode(text)]  # as training read it
+    assert ids == [vocab.START_ID, *vocabulary.encode(text)]  # as training read it
     cfg = decoder.ModelConfig.from_config(config.model)
     ours = np.asarray(decoder.Decoder(cfg).apply({"params": params}, np.asarray([ids])))
     with torch.no_grad():

@@ -175,7 +175,9 @@ def test_train_fails_before_compiling_on_a_mismatched_transformers_model(tmp_pat
     config.data.task = "toxjax_demo_inst"
     config.train.warm_start_from = str(tmp_path / "hf")
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"(?s)warm start.*d_model"):
-        train.train_and_evaluate(config, str(tmp_path / "run"))
+        train.train_and_evaluate(
+            config, str(tmp_path / "run"), warm_start_fn=hf_import.warm_starter(config)
+        )
 
 
 def _transformers_model(style: str, config: ml_collections.ConfigDict):
@@ -221,7 +223,9 @@ def test_continued_pretraining_of_a_transformers_model(tmp_path, style):
     model = _transformers_model(style, config)
     model.save_pretrained(str(tmp_path / "hf"))
     config.train.warm_start_from = str(tmp_path / "hf")
-    state = train.train_and_evaluate(config, str(tmp_path / "run"))
+    state = train.train_and_evaluate(
+        config, str(tmp_path / "run"), warm_start_fn=hf_import.warm_starter(config)
+    )
     with open(tmp_path / "run" / train.TRAIN_LOG) as f:
         losses = [json.loads(line)["loss"] for line in f]
     assert len(losses) == 8

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import seqio
 
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.data.vocab import iter_texts, train_vocabulary
 from toxjax.datasets import template_corpus
@@ -111,12 +111,12 @@ def test_saved_files_load_with_auto_tokenizer(vocabulary, tmp_path):
     assert (info["kind"] == "sentencepiece") == (tmp_path / "sentencepiece.model").exists()
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(tmp_path))
     assert (tokenizer.pad_token_id, tokenizer.eos_token_id, tokenizer.unk_token_id) == (0, 1, 2)
-    assert tokenizer.bos_token_id == input_pipeline.START_ID
+    assert tokenizer.bos_token_id == vocab.START_ID
     for text in texts_with_signals()[::7]:
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # seqio's ids
         assert ids == vocabulary.encode(text), text
         # By default the start id comes first, as in every training document; no EOS.
-        assert tokenizer(text)["input_ids"] == [input_pipeline.START_ID, *ids]
+        assert tokenizer(text)["input_ids"] == [vocab.START_ID, *ids]
         assert tokenizer.decode(ids, skip_special_tokens=True) == vocabulary.decode(ids)
 
 

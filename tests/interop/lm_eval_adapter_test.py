@@ -12,7 +12,7 @@ import sys
 import numpy as np
 import pytest
 
-from toxjax.data import input_pipeline
+from toxjax.data import vocab
 from toxjax.evaluation import template_tasks, utility_tasks
 from toxjax.inference import loglik
 from toxjax.inference.requests import LoglikelihoodRequest
@@ -35,7 +35,7 @@ def _sentencepiece_task(directory: str) -> str:
     """The demo INST task over a SentencePiece vocabulary trained here (signals kept whole)."""
     import seqio
 
-    from toxjax.data import tasks
+    from toxjax.data import demo_tasks, tasks
     from toxjax.data.vocab import iter_texts, train_vocabulary
 
     path = train_vocabulary(
@@ -43,7 +43,7 @@ def _sentencepiece_task(directory: str) -> str:
     )
     registered = tasks.register_toxicity_tasks(
         "interop_spm",
-        tasks.demo_scored_dir,
+        demo_tasks.demo_scored_dir,
         vocabulary=seqio.SentencePieceVocabulary(path),
         strategies=("inst",),
     )
@@ -185,7 +185,7 @@ def test_rolling_loglikelihood_agrees(setup):
     # the tokenizer adds, that would include the start id itself. Without it, the start id is
     # only the windows' prefix token (the tokenizer's BOS), as in our adapter.
     hf = HFLM(pretrained=hf.pretrained, device="cpu", dtype="float32", add_bos_token=False)
-    assert hf.prefix_token_id == input_pipeline.START_ID
+    assert hf.prefix_token_id == vocab.START_ID
     theirs = hf.loglikelihood_rolling(instances)
     delta = np.abs(np.subtract(ours, theirs)).max()
     print(f"\nrolling log-likelihood: max |delta nats| {delta:.2g} (totals {np.round(ours, 2)})")
@@ -193,7 +193,7 @@ def test_rolling_loglikelihood_agrees(setup):
     windows = lm_eval_adapter.rolling_windows(list(range(10, 310)), [], 128)
     assert [count for _, count in windows] == [128, 128, 44]
     assert all(len(sequence) <= 129 for sequence, _ in windows)
-    assert windows[0][0][0] == input_pipeline.START_ID
+    assert windows[0][0][0] == vocab.START_ID
 
 
 def test_greedy_generation_agrees(setup):

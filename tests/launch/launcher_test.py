@@ -159,7 +159,12 @@ def test_run_turns_on_jax_distributed_for_toxjax_main_only(module, args, expecte
 
 def test_run_quotes_config_flags_with_spaces_and_quotes(trap_path):
     tricky = '--config.train.warm_start_from=it\'s "q" $HOME'
-    args = ["--config=toxjax/configs/tiny.py", "--workdir", "gs://b-1/runs/x y", "--config.data.task=a b"]
+    args = [
+        "--config=toxjax/configs/tiny.py",
+        "--workdir",
+        "gs://b-1/runs/x y",
+        "--config.data.task=a b",
+    ]
     args.append(tricky)
     line = (
         "run --name=t --zone=z --module=toxjax.study --run_name=study1 "
@@ -367,7 +372,8 @@ def test_pack_source_without_git_skips_build_debris(tmp_path):
     for name in [*names.split(), "toxjax.egg-info/PKG-INFO", ".ruff_cache/x"]:
         (source / name).parent.mkdir(parents=True, exist_ok=True)
         (source / name).write_text("")
-    assert launcher.source_files(str(source)) == ["toxjax/configs/tiny.py", "setup.py", "toxjax/m.py"]
+    expected = ["setup.py", "toxjax/configs/tiny.py", "toxjax/m.py"]
+    assert launcher.source_files(str(source)) == expected
 
 
 # ----------------------------------------------------------------------------- execution
@@ -390,9 +396,9 @@ def _recording_gcloud(tmp_path: pathlib.Path, exit_status: int) -> tuple[str, pa
 
 def test_setup_executes_pack_scp_ssh_in_order(tmp_path):
     source = tmp_path / "src"
-    (source / "configs").mkdir(parents=True)
+    (source / "toxjax" / "configs").mkdir(parents=True)
     (source / "setup.py").write_text("")
-    (source / "configs" / "tiny.py").write_text("")
+    (source / "toxjax" / "configs" / "tiny.py").write_text("")
     archive = tmp_path / "staging" / "src.tar.gz"
     line = f"setup --name=t --zone=z --source={source} --archive={archive}"
     path, calls = _recording_gcloud(tmp_path, exit_status=0)
@@ -403,7 +409,7 @@ def test_setup_executes_pack_scp_ssh_in_order(tmp_path):
     assert result.returncode == 0, result.stderr
     assert calls.read_text().splitlines() == dry[1:]  # the same lines, minus the pack note
     with tarfile.open(archive) as tar:
-        assert sorted(tar.getnames()) == ["toxjax/configs/tiny.py", "setup.py"]
+        assert sorted(tar.getnames()) == ["setup.py", "toxjax/configs/tiny.py"]
     assert "# packed 2 files" in result.stdout
 
 
@@ -436,6 +442,7 @@ def test_dry_run_refuses_8p3b_on_v5e_2x2_after_really_compiling_it(trap_path):
     result = _run([sys.executable, "-m", "toxjax.launch", *shlex.split(line)], trap_path, ROOT, {})
     assert result.returncode == 2 and result.stdout == ""
     error = result.stderr.strip().splitlines()[-1]
-    assert re.search(r"toxjax/configs/gpt_8p3b\.py does not fit v5e:2x2: its train step needs \d", error)
+    expected = r"toxjax/configs/gpt_8p3b\.py does not fit v5e:2x2: its train step needs \d"
+    assert re.search(expected, error)
     assert re.search(r"needs [\d.]+ GiB per device \(arguments 23\.27 GiB, temporaries", error)
     assert "but a chip has 16.00 GiB of HBM" in error

@@ -258,7 +258,20 @@ def test_warm_start_from_another_model_fails_before_compilation(no_compilation, 
     config = _config(data=8)
     config.model.d_model = 32
     config.train.warm_start_from = str(source)
+
+    def warm_start(abstract_params, model_config):
+        return checkpoints.restore_params_for_warm_start(
+            str(source), abstract_params, model_config
+        )[0]
+
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"(?s)warm start.*d_model"):
+        train.train_and_evaluate(config, str(tmp_path / "run"), warm_start_fn=warm_start)
+
+
+def test_warm_start_from_needs_a_warm_start_fn_from_the_caller(tmp_path):
+    config = _config(data=8)
+    config.train.warm_start_from = str(tmp_path / "source")
+    with pytest.raises(ValueError, match=r"warm_start_from.*needs a warm_start_fn"):
         train.train_and_evaluate(config, str(tmp_path / "run"))
 
 
