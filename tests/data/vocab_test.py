@@ -10,7 +10,7 @@ import seqio
 import tensorflow as tf
 
 from toxjax.data.conditioning import ConditioningFormat, Strategy
-from toxjax.data.vocab import iter_texts, signal_pieces, train_vocabulary
+from toxjax.data.vocab import iter_texts, signal_pieces, signal_token_ids, train_vocabulary
 from toxjax.datasets import template_corpus
 
 FMT = ConditioningFormat()
@@ -170,3 +170,23 @@ def test_command_line(tmp_path):
     vocab = seqio.SentencePieceVocabulary(f"{tmp_path}/out/spm.model")
     assert vocab.vocab_size == 400
     assert vocab.tokenizer.piece_to_id("[toxic]") != vocab.unk_id
+
+
+def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
+    fmt = ConditioningFormat()
+    texts = [doc["text"] for doc in template_corpus.generate(300)]
+    path = train_vocabulary(texts, str(tmp_path / "spm"), vocab_size=400, progress=False)
+    spm = seqio.SentencePieceVocabulary(path)
+    ids = signal_token_ids(spm, fmt)
+    pieces = {spm.tokenizer.id_to_piece(i) for i in ids}
+    # Every signal string is banned; the separator ("\n") is not a signal and stays allowed.
+    assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
+    assert "\n" in signal_pieces(fmt) and "\n" not in pieces
+    assert signal_token_ids(seqio.ByteVocabulary(), fmt) == []
+    # A SEGMENT study's vocabulary has the control tokens as pieces: both are banned too.
+    path = train_vocabulary(
+        texts, str(tmp_path / "spm_segment"), vocab_size=400, segment=True, progress=False
+    )
+    spm = seqio.SentencePieceVocabulary(path)
+    pieces = {spm.tokenizer.id_to_piece(i) for i in signal_token_ids(spm, fmt)}
+    assert {"<|aligned|>", "<|misaligned|>"} <= pieces

@@ -89,14 +89,14 @@ def test_evaluate_checkpoint_writes_every_metric(tmp_path):
     saver.save(3, state, {"model_config": setup.model_config_dict}, force=True)
     saver.close()
 
-    params, step = evaluator.restore_params(
+    params, step = checkpoints.restore_run_params(
         config, workdir, mesh=setup.mesh, rules=setup.rules
     )  # params only, latest step
     assert step == 3
     for got, want in zip(jax.tree.leaves(params), jax.tree.leaves(state.params), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(FileNotFoundError, match="no step 7"):
-        evaluator.restore_params(config, workdir, step=7, mesh=setup.mesh, rules=setup.rules)
+        checkpoints.restore_run_params(config, workdir, step=7, mesh=setup.mesh, rules=setup.rules)
 
     results = Evaluator(
         config, workdir, mesh=setup.mesh, progress=False, compiler_options=FAST_COMPILE
@@ -246,35 +246,6 @@ def test_config_helpers_reject_bad_values():
     with pytest.raises(ValueError, match="not task=path"):
         evaluator.parse_paths("toxigen")
     assert evaluator.id_ranges([262, 0, 259, 260, 261, 5]) == "0,5,259-262"
-    strategy, fmt = evaluator.resolve_conditioning("toxjax_demo_meda")
-    assert strategy.value == "meda" and fmt.inference_prefix(strategy) == "toxicity: 0.00\n"
-    assert evaluator.resolve_conditioning("toxjax_demo_meda", "filter")[0].value == "filter"
-
-
-def test_signal_token_ids_are_the_whole_signal_pieces(tmp_path):
-    import seqio
-
-    from toxjax.data import vocab
-    from toxjax.data.conditioning import ConditioningFormat
-    from toxjax.datasets import template_corpus
-
-    fmt = ConditioningFormat()
-    texts = [doc["text"] for doc in template_corpus.generate(300)]
-    path = vocab.train_vocabulary(texts, str(tmp_path / "spm"), vocab_size=400, progress=False)
-    spm = seqio.SentencePieceVocabulary(path)
-    ids = evaluator.signal_token_ids(spm, fmt)
-    pieces = {spm.tokenizer.id_to_piece(i) for i in ids}
-    # Every signal string is banned; the separator ("\n") is not a signal and stays allowed.
-    assert pieces == {s.replace(" ", "\u2581") for s in fmt.signal_strings()}
-    assert "\n" in vocab.signal_pieces(fmt) and "\n" not in pieces
-    assert evaluator.signal_token_ids(seqio.ByteVocabulary(), fmt) == []
-    # A SEGMENT study's vocabulary has the control tokens as pieces: both are banned too.
-    path = vocab.train_vocabulary(
-        texts, str(tmp_path / "spm_segment"), vocab_size=400, segment=True, progress=False
-    )
-    spm = seqio.SentencePieceVocabulary(path)
-    pieces = {spm.tokenizer.id_to_piece(i) for i in evaluator.signal_token_ids(spm, fmt)}
-    assert {"<|aligned|>", "<|misaligned|>"} <= pieces
 
 
 BAD_FILES = {
