@@ -213,3 +213,24 @@ def test_no_module_level_getattr_or_kept_unused_imports(name):
         isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body
     ), f"{MODULES[name]}: a module __getattr__ forwards names defined elsewhere"
     assert "noqa: F401" not in source, f"{MODULES[name]}: an unused import kept on purpose"
+
+
+MAX_MODULE_LINES = 600
+MAX_FUNCTION_LINES = 80
+
+
+def test_no_module_is_over_600_lines():
+    lengths = {name: len(path.read_text().splitlines()) for name, path in MODULES.items()}
+    assert {name: n for name, n in lengths.items() if n > MAX_MODULE_LINES} == {}
+
+
+def test_no_function_is_over_80_lines():
+    """From `def` (decorators excluded) to the last line of the body; methods included."""
+    long = []
+    for name, tree in TREES.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    long.append(f"{MODULES[name]}:{node.lineno}: {node.name} has {length} lines")
+    assert long == []

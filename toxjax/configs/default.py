@@ -5,9 +5,19 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
+    config.model = _model_config()  # the decoder's shape and numerics
+    config.mesh = _mesh_config()  # the device mesh
+    config.logical_axis_rules = _logical_axis_rules()  # logical array axes -> mesh axes
+    config.data = _data_config()  # what training reads
+    config.optim = _optim_config()  # optimizer and schedule
+    config.train = _train_config()  # the loop, checkpoints, logging
+    config.eval = _eval_config()  # every evaluation stage
+    return config
 
-    # ---------------- model: a decoder-only transformer ----------------
-    config.model = model = ml_collections.ConfigDict()
+
+def _model_config() -> ml_collections.ConfigDict:
+    """config.model: the decoder-only transformer (toxjax.model.decoder.ModelConfig)."""
+    model = ml_collections.ConfigDict()
     model.num_layers = 2  # decoder blocks
     model.d_model = 128  # hidden size
     model.num_heads = 4  # query heads
@@ -43,15 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
     # "float32" (jax.nn.dot_product_attention) or "bfloat16" (half the memory traffic, softmax
     # still in float32; MaxText's default). Decoding keeps float32.
     model.attention_scores_dtype = "float32"
+    return model
 
-    # ---------------- mesh and sharding (MaxText vocabulary) ----------------
-    config.mesh = mesh = ml_collections.ConfigDict()
-    # Within a slice (ICI) sizes of the (data, fsdp, tensor) axes; one -1 per group is filled.
-    mesh.ici = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
-    # Across slices (DCN) sizes; product must equal the number of slices.
-    mesh.dcn = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+
+def _logical_axis_rules() -> list[tuple[str, object]]:
+    """config.logical_axis_rules: how logical array axes map onto the mesh."""
     # Logical axis -> mesh axes, in priority order (first rule whose mesh axes are free wins).
-    config.logical_axis_rules = [
+    return [
         ("activation_batch", ("data", "fsdp")),
         ("activation_length", None),
         ("activation_embed", None),
@@ -71,8 +79,20 @@ def get_config() -> ml_collections.ConfigDict:
         ("position", None),
     ]
 
-    # ---------------- data ----------------
-    config.data = data = ml_collections.ConfigDict()
+
+def _mesh_config() -> ml_collections.ConfigDict:
+    """config.mesh: device mesh axes within and across slices (MaxText vocabulary)."""
+    mesh = ml_collections.ConfigDict()
+    # Within a slice (ICI) sizes of the (data, fsdp, tensor) axes; one -1 per group is filled.
+    mesh.ici = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    # Across slices (DCN) sizes; product must equal the number of slices.
+    mesh.dcn = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+    return mesh
+
+
+def _data_config() -> ml_collections.ConfigDict:
+    """config.data: the SeqIO task, its task modules and the packed training input."""
+    data = ml_collections.ConfigDict()
     data.task = "toxjax_demo_inst"  # SeqIO task or mixture name
     # Modules that register tasks and mixtures, imported by name before any task is looked up
     # (t5x's MIXTURE_OR_TASK_MODULE); add your own: "('toxjax.data.demo_tasks','my.tasks')".
@@ -88,9 +108,12 @@ def get_config() -> ml_collections.ConfigDict:
     # batches from cooldown_task (e.g. the study's untagged BASE task); 0 = none.
     data.cooldown_fraction = 0.0
     data.cooldown_task = ""  # the untagged task of the cooldown ("" with no cooldown)
+    return data
 
-    # ---------------- optimizer: AdamW, warmup then cosine ----------------
-    config.optim = optim = ml_collections.ConfigDict()
+
+def _optim_config() -> ml_collections.ConfigDict:
+    """config.optim: AdamW, warmup then cosine."""
+    optim = ml_collections.ConfigDict()
     optim.learning_rate = 3e-3  # peak learning rate
     optim.warmup_steps = 20  # linear warmup from 0
     optim.end_lr_ratio = 0.1  # cosine decays to learning_rate * end_lr_ratio at the last step
@@ -105,9 +128,12 @@ def get_config() -> ml_collections.ConfigDict:
     optim.grad_accum_steps = 1
     optim.max_microbatch_per_device = 32  # sequences per batch shard and micro-batch, for -1
     optim.z_loss = 0.0  # weight of log(Z)^2 auxiliary loss; 0 disables
+    return optim
 
-    # ---------------- training loop ----------------
-    config.train = train = ml_collections.ConfigDict()
+
+def _train_config() -> ml_collections.ConfigDict:
+    """config.train: the training loop, checkpoints and logging."""
+    train = ml_collections.ConfigDict()
     train.num_steps = 100  # optimizer steps
     train.seed = 0  # parameter init and dropout RNG; per-step RNG is fold_in(rng, step)
     train.log_every = 10  # steps between metric logs
@@ -121,10 +147,13 @@ def get_config() -> ml_collections.ConfigDict:
     # MFU denominator on CPU: the whole host's FLOP/s (all its devices together);
     # 0 = measure a float32 matmul at start (flops.measure_matmul_flops).
     train.cpu_peak_flops = 0.0
+    return train
 
-    # ---------------- evaluation (toxjax.evaluation.evaluator) ----------------
+
+def _eval_config() -> ml_collections.ConfigDict:
+    """config.eval: the evaluation (toxjax.evaluation.evaluator)."""
     # Defaults run the offline demo study; configs at scale switch to TFDS tasks and Detoxify.
-    config.eval = ev = ml_collections.ConfigDict()
+    ev = ml_collections.ConfigDict()
     ev.model_name = ""  # name of the model in reports; "" = the workdir's base name
     # Conditioning of the RTP prefix: "" = the strategy config.data.task was trained with;
     # else "base" | "meda" | "inst" | "filter" (with the default conditioning format).
@@ -162,8 +191,8 @@ def get_config() -> ml_collections.ConfigDict:
     ev.loglik_batch_size = 32  # sequences scored together
     ev.loglik_max_len = -1  # longest scored sequence (context left-truncated); -1 = model.max_len
     # Utility tasks: toxjax.evaluation.utility_tasks names (lambada, piqa, hellaswag,
-    # winogrande, arc_easy, bool_q) or toxjax.evaluation.template_tasks names (demo_cloze); () skips the
-    # stage; on the command line: --config.eval.utility_tasks="('piqa','hellaswag')".
+    # winogrande, arc_easy, bool_q) or toxjax.evaluation.template_tasks names (demo_cloze);
+    # () skips the stage; on the command line: --config.eval.utility_tasks="('piqa','hellaswag')".
     ev.utility_tasks = ("demo_cloze",)
     ev.utility_limit = 500  # examples per utility task; -1 = the whole split
     # Bias / toxicity-detection AUC tasks: toxjax.evaluation.bias names or
@@ -183,12 +212,11 @@ def get_config() -> ml_collections.ConfigDict:
     # Held-out perplexity on config.data.task's config.data.eval_split (packed like training).
     ev.perplexity_batches = 8  # batches; 0 skips the stage, -1 = the whole split
     ev.perplexity_batch_size = 16  # sequences of config.data.seq_len per batch
-
-    return config
+    return ev
 
 
 def print_size(config: ml_collections.ConfigDict) -> int:
-    """`python toxjax/configs/<size>.py`: parameter count (from jax.eval_shape) and FLOPs per token."""
+    """`python toxjax/configs/<size>.py`: parameter count (jax.eval_shape) and FLOPs per token."""
     from toxjax.model import decoder, flops  # here: loading a config must not import JAX
 
     model_config = decoder.ModelConfig.from_config(config.model)
