@@ -74,7 +74,7 @@ setuptools.setup(
     name="toxjax",
     version="0.1.0",
     description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
-    packages=setuptools.find_packages(include=["toxjax", "toxjax.*", "configs"]),
+    packages=setuptools.find_packages(include=["toxjax", "toxjax.*"]),
     package_data={"toxjax": ["assets/*", "assets/real/*", "assets/real/licenses/*"]},
     include_package_data=True,
     python_requires=">=3.10",

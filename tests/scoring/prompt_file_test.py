@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from toxjax.evaluation import rtp
 from toxjax.datasets import template_corpus
+from toxjax.evaluation import rtp
 from toxjax.scoring import prompt_file
 
 NEUTRAL_KINDS = ("opener", "sentence")
