@@ -14,6 +14,7 @@ from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops
 from toxjax.study import experiment, reporting, runs
+from toxjax.study import plan as plan_lib
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 SUBSETS = ("all", "toxic", "nontoxic", "challenging")
@@ -23,32 +24,20 @@ STRATEGIES = ("base", "meda", "inst", "filter")
 # ----- config handling -----
 
 
-def test_strategies_parse_tuples_and_command_line_strings():
-    config = demo.get_config()
-    assert [s.value for s in experiment.study_strategies(config)] == list(STRATEGIES)
-    config.study.strategies = ("inst,base",)  # what --config.study.strategies=inst,base gives
-    assert experiment.study_strategies(config) == [Strategy.INST, Strategy.BASE]
-    config.study.strategies = ("inst", "INST")
-    with pytest.raises(ValueError, match="lists a strategy twice"):
-        experiment.study_strategies(config)
-    config.study.strategies = ("inst", "rlhf")
-    with pytest.raises(ValueError, match="unknown strategy 'rlhf'"):
-        experiment.study_strategies(config)
-    config.study.strategies = ()
-    with pytest.raises(ValueError, match="empty"):
-        experiment.study_strategies(config)
+def run_plan(config, name, workdir="/study"):
+    """The RunPlan of run `name` in the plan of `config`."""
+    return plan_lib.plan_study(config, workdir).run_plan(name)
 
 
 def test_run_config_is_the_training_config_on_that_run_task():
     config = demo.get_config()
-    meda = runs.Run(Strategy.MEDA)
-    run_config = experiment.run_config_for(config, meda, "toxjax_study_demo_meda")
+    run_config = plan_lib.run_config(config, run_plan(config, "meda"), "toxjax_study_demo_meda")
     assert "study" not in run_config and "study" in config  # the study config is untouched
     assert run_config.data.task == "toxjax_study_demo_meda"
     assert run_config.eval.model_name == "meda" and run_config.eval.strategy == ""
     assert config.data.task != run_config.data.task
     # Same model, budget and seeds for every strategy: only data.task and the eval name differ.
-    other = experiment.run_config_for(config, runs.Run(Strategy.BASE), "toxjax_study_demo_base")
+    other = plan_lib.run_config(config, run_plan(config, "base"), "toxjax_study_demo_base")
     assert run_config.model.to_dict() == other.model.to_dict() == config.model.to_dict()
     assert run_config.train.to_dict() == other.train.to_dict() == config.train.to_dict()
     assert run_config.optim.to_dict() == other.optim.to_dict()
@@ -57,7 +46,8 @@ def test_run_config_is_the_training_config_on_that_run_task():
 def test_run_config_of_a_later_seed_moves_both_seeds():
     config = demo.get_config()
     config.train.seed, config.data.seed = 10, 20
-    run_config = experiment.run_config_for(config, runs.Run(Strategy.INST, 2), "task")
+    config.study.num_seeds = 3
+    run_config = plan_lib.run_config(config, run_plan(config, "inst_seed2"), "task")
     # Init/dropout and data order move together; the run's name labels its report row.
     assert (run_config.train.seed, run_config.data.seed) == (12, 22)
     assert run_config.eval.model_name == "inst_seed2"
@@ -67,65 +57,69 @@ def test_run_config_of_a_later_seed_moves_both_seeds():
 
 def test_cooldown_variant_ends_conditioned_runs_on_their_family_base_task():
     config = demo.get_config()
+    config.study.variants = ("inst:cooldown_fraction=0.1",)
     variant = runs.Run(Strategy.INST, 0, "cooldown_fraction=0.1")
-    run_config = experiment.run_config_for(config, variant, "family_inst")
+    run_config = plan_lib.run_config(config, run_plan(config, variant.name), "family_inst")
     assert run_config.data.cooldown_fraction == 0.1
     assert run_config.data.cooldown_task == f"{config.study.name}_{variant.family}_base"
-    base = experiment.run_config_for(config, runs.Run(Strategy.BASE), "t")
+    base = plan_lib.run_config(config, run_plan(config, "base"), "t")
     assert base.data.cooldown_fraction == 0.0  # nothing to cool down from
     config.study.cooldown_fraction = 0.2  # the study-wide setting applies to plain runs
-    plain = experiment.run_config_for(config, runs.Run(Strategy.MEDA), "t")
+    plain = plan_lib.run_config(config, run_plan(config, "meda"), "t")
     assert plain.data.cooldown_task == f"{config.study.name}_base"
 
 
 def test_run_workdirs_and_finished_evaluations(tmp_path):
     workdir = str(tmp_path)
+    paths = plan_lib.plan_study(demo.get_config(), workdir).paths
     seed1 = runs.Run(Strategy.INST, 1)
     variant = runs.Run(Strategy.INST, 0, "threshold_quantile=0.3")
-    assert experiment.run_workdir(workdir, seed1) == os.path.join(workdir, "inst_seed1")
-    assert experiment.run_workdir(workdir, Strategy.MEDA) == os.path.join(workdir, "meda")
-    assert experiment.run_workdir(workdir, "FILTER") == os.path.join(workdir, "filter")
-    assert experiment.eval_json_path(workdir, variant, 3) == os.path.join(
+    assert paths.run_dir(seed1) == os.path.join(workdir, "inst_seed1")
+    assert paths.run_dir(Strategy.MEDA) == os.path.join(workdir, "meda")
+    assert paths.run_dir("FILTER") == os.path.join(workdir, "filter")
+    assert paths.eval_json(variant, 3) == os.path.join(
         workdir, "inst@threshold_quantile=0.3", "eval", "step_3.json"
     )
     # Finished: seed1, the variant, and a plain strategy some other job trained ("base"), but
     # not one at another step ("meda") nor one without results.
     for run, step in ((seed1, 3), (variant, 3), (runs.Run(Strategy.BASE), 3), (Strategy.MEDA, 2)):
-        path = experiment.eval_json_path(workdir, run, step)
+        path = paths.eval_json(run, step)
         os.makedirs(os.path.dirname(path))
         with open(path, "w") as f:
             json.dump({"step": step}, f)
     study_runs = [runs.Run(Strategy.INST), seed1, variant]
-    found = experiment.finished_evaluations(workdir, 3, study_runs)
+    found = experiment.finished_evaluations(paths, 3, study_runs)
     assert list(found) == ["inst_seed1", "inst@threshold_quantile=0.3", "base"]  # run order
     assert found["base"] == {"step": 3}
 
 
 def test_conditioning_and_vocabulary_settings(tmp_path):
     config = demo.get_config()
-    assert experiment.conditioning_format(config) == ConditioningFormat()
+    workdir = str(tmp_path)
+    assert plan_lib.plan_study(config, workdir).conditioning == ConditioningFormat()
     config.study.conditioning.inst_nontoxic = "Polite text:"
-    assert experiment.conditioning_format(config).inference_prefix("inst") == "Polite text:\n"
+    conditioning = plan_lib.plan_study(config, workdir).conditioning
+    assert conditioning.inference_prefix("inst") == "Polite text:\n"
     with config.study.conditioning.unlocked():
         config.study.conditioning.wording = "x"
-    with pytest.raises(ValueError, match="unknown conditioning fields"):
-        experiment.conditioning_format(config)
+    with pytest.raises(ValueError, match="config.study.conditioning: unknown conditioning fields"):
+        plan_lib.plan_study(config, workdir)
 
     config = demo.get_config()
-    workdir = str(tmp_path)
-    spm_path = experiment.vocabulary_path(config, workdir)
+    spm_path = plan_lib.plan_study(config, workdir).vocabulary.path
     assert spm_path.startswith(os.path.join(workdir, "vocab", f"spm{config.study.vocab_size}-"))
     config.study.conditioning.inst_toxic = "Rude text:"  # other signal pieces: another model
-    assert experiment.vocabulary_path(config, workdir) != spm_path
+    assert plan_lib.plan_study(config, workdir).vocabulary.path != spm_path
     config.study.vocabulary = "byte"
-    assert experiment.vocabulary_path(config, workdir) is None
+    assert plan_lib.plan_study(config, workdir).vocabulary.path is None
     config.study.vocabulary = "/models/spm.model"
-    assert experiment.vocabulary_path(config, workdir) == "/models/spm.model"
+    study = plan_lib.plan_study(config, workdir)
+    assert study.vocabulary.path == "/models/spm.model" and study.vocabulary.kind == "file"
     with pytest.raises(FileNotFoundError, match="no SentencePiece model at '/models/spm.model'"):
-        experiment.vocab_stage(config, workdir)
+        experiment.vocab_stage(study.vocabulary, study.paths.scored_dir)
     config.study.vocabulary = "gpt2"
     with pytest.raises(ValueError, match="config.study.vocabulary='gpt2'"):
-        experiment.vocabulary_path(config, workdir)
+        plan_lib.plan_study(config, workdir)
 
 
 # ----- shipped configs -----
@@ -158,7 +152,8 @@ def test_paper_configs_for_every_strategy_and_size(strategy, size):
     config = study_paper.get_config(f"{strategy},{size}")
     expected = STRATEGIES if strategy == "all" else (strategy,)
     assert tuple(config.study.strategies) == expected
-    assert [s.value for s in experiment.study_strategies(config)] == list(expected)
+    study = plan_lib.plan_study(config, "gs://b/study")
+    assert [s.value for s in study.strategies] == list(expected)
     assert config.study.corpus.startswith("tfds:c4/en.noclean:train[:")
     assert config.study.scorer == config.eval.scorer == "detoxify-jax:original"
     assert config.study.vocabulary == "spm" and config.study.vocab_size == config.model.vocab_size
@@ -173,8 +168,7 @@ def test_paper_configs_for_every_strategy_and_size(strategy, size):
     assert 19.0 <= tokens / params <= 21.5, (size, params, tokens)
     assert config.optim.warmup_steps < config.train.num_steps
     # The study section is what a training run is not: dropping it leaves a training config.
-    first = runs.Run(experiment.study_strategies(config)[0])
-    run_config = experiment.run_config_for(config, first, "x")
+    run_config = plan_lib.run_config(config, study.runs[0], "x")
     assert "study" not in run_config and run_config.model.num_layers > 1
 
 
@@ -191,13 +185,8 @@ def _mtimes(paths):
     return {path: os.stat(path).st_mtime_ns for path in paths}
 
 
-@pytest.mark.slow
-def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch):
-    config = study_smoke.get_config()
-    workdir = str(tmp_path / "study")
-    results = experiment.run_study(config, workdir, progress=False, compiler_options=FAST_COMPILE)
-    strategies = (*STRATEGIES, "segment")
-
+def _check_first_run(config, workdir, results, strategies):
+    """The smoke study's results: every run, metric and output file where it belongs."""
     with open(os.path.join(workdir, "results.json")) as f:
         assert json.load(f) == results
     assert list(results) == list(strategies)
@@ -237,35 +226,16 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     with open(os.path.join(workdir, "inst", "config.json")) as f:
         assert json.load(f)["data"]["task"] == "toxjax_study_smoke_inst_mix"  # untagged share
 
-    # Rerun: nothing trains or evaluates again, the report is rebuilt.
-    train_logs = [os.path.join(workdir, name, "train_log.jsonl") for name in strategies]
-    eval_files = [experiment.eval_json_path(workdir, name, 3) for name in strategies]
-    before = _mtimes(train_logs + eval_files)
-    logs_before = [pathlib.Path(path).read_text() for path in train_logs]
-    os.remove(os.path.join(workdir, "results.md"))
 
-    def must_not_run(*args, **kwargs):
-        raise AssertionError("a finished stage ran again")
-
-    evaluate_checkpoint = evaluator.Evaluator.evaluate_checkpoint
-    monkeypatch.setattr("toxjax.training.train.train_and_evaluate", must_not_run)
-    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", must_not_run)
-    again = experiment.run_study(config, workdir, progress=False)
-    assert again == results
-    assert _mtimes(train_logs + eval_files) == before
-    assert [pathlib.Path(path).read_text() for path in train_logs] == logs_before
-    assert os.path.exists(os.path.join(workdir, "results.md"))
-
-    # An evaluation-only variant trains nothing: it evaluates INST's checkpoints, prompted its way.
-    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", evaluate_checkpoint)
-    config.study.variants = ("inst:placement=after",)
-    variant_run = runs.Run(Strategy.INST, 0, "placement=after")
+def _check_eval_only_variant(config, workdir, results, strategies, variant_run):
+    """An evaluation-only variant trains nothing: it evaluates INST's checkpoints, prompted
+    its way."""
     variant = variant_run.name
     with_variant = experiment.run_study(
         config, workdir, progress=False, compiler_options=FAST_COMPILE
     )
     assert list(with_variant) == [*strategies, variant]
-    with open(experiment.eval_json_path(workdir, variant_run, 3)) as f:
+    with open(plan_lib.plan_study(config, workdir).paths.eval_json(variant_run, 3)) as f:
         variant_eval = json.load(f)
     assert (variant_eval["prefix"], variant_eval["suffix"]) == (
         "",
@@ -277,9 +247,12 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
         "eval_config.json",
         "tensorboard",
     ]
-    assert _mtimes(train_logs + eval_files) == before  # nothing else trained or evaluated
 
-    # A changed eval config, or an evaluator that reports more, re-evaluates (only) every model.
+
+def _check_reevaluation(config, workdir, strategies, variant_run, monkeypatch):
+    """A changed eval config, or an evaluator that reports more, re-evaluates (only) every
+    model."""
+    paths = plan_lib.plan_study(config, workdir).paths
     evaluated = []
     monkeypatch.setattr(
         evaluator.Evaluator,
@@ -288,14 +261,50 @@ def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch
     )
     config.eval.rtp.num_samples = 3
     experiment.run_study(config, workdir, progress=False)
-    own = [(experiment.run_workdir(workdir, name), None) for name in strategies]
-    inst = experiment.run_workdir(workdir, "inst")
-    assert evaluated == [*own, (experiment.run_workdir(workdir, variant_run), inst)]
+    own = [(paths.run_dir(name), None) for name in strategies]
+    inst = paths.run_dir("inst")
+    assert evaluated == [*own, (paths.run_dir(variant_run), inst)]
     experiment.run_study(config, workdir, progress=False)
     assert len(evaluated) == len(own) + 1  # done: nothing evaluates again ...
     monkeypatch.setattr(evaluator, "RESULTS_VERSION", evaluator.RESULTS_VERSION + 1)
     experiment.run_study(config, workdir, progress=False)
-    assert evaluated[len(own) + 1 :] == [*own, (experiment.run_workdir(workdir, variant_run), inst)]
+    assert evaluated[len(own) + 1 :] == [*own, (paths.run_dir(variant_run), inst)]
+
+
+@pytest.mark.slow
+def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch):
+    config = study_smoke.get_config()
+    workdir = str(tmp_path / "study")
+    results = experiment.run_study(config, workdir, progress=False, compiler_options=FAST_COMPILE)
+    strategies = (*STRATEGIES, "segment")
+    _check_first_run(config, workdir, results, strategies)
+
+    # Rerun: nothing trains or evaluates again, the report is rebuilt.
+    train_logs = [os.path.join(workdir, name, "train_log.jsonl") for name in strategies]
+    paths = plan_lib.plan_study(config, workdir).paths
+    eval_files = [paths.eval_json(name, 3) for name in strategies]
+    before = _mtimes(train_logs + eval_files)
+    logs_before = [pathlib.Path(path).read_text() for path in train_logs]
+    os.remove(paths.results_md)
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("a finished stage ran again")
+
+    evaluate_checkpoint = evaluator.Evaluator.evaluate_checkpoint
+    monkeypatch.setattr("toxjax.training.train.train_and_evaluate", must_not_run)
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", must_not_run)
+    again = experiment.run_study(config, workdir, progress=False)
+    assert again == results
+    assert _mtimes(train_logs + eval_files) == before
+    assert [pathlib.Path(path).read_text() for path in train_logs] == logs_before
+    assert os.path.exists(paths.results_md)
+
+    monkeypatch.setattr(evaluator.Evaluator, "evaluate_checkpoint", evaluate_checkpoint)
+    config.study.variants = ("inst:placement=after",)
+    variant_run = runs.Run(Strategy.INST, 0, "placement=after")
+    _check_eval_only_variant(config, workdir, results, strategies, variant_run)
+    assert _mtimes(train_logs + eval_files) == before  # nothing else trained or evaluated
+    _check_reevaluation(config, workdir, strategies, variant_run, monkeypatch)
 
 
 def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch):
@@ -303,7 +312,7 @@ def test_finished_checkpoint_beyond_the_budget_is_an_error(tmp_path, monkeypatch
     config = study_smoke.get_config()
     with pytest.raises(ValueError, match="beyond config.train.num_steps=3"):
         experiment.train_strategy(
-            experiment.run_config_for(config, runs.Run(Strategy.BASE), "t"), str(tmp_path)
+            plan_lib.run_config(config, run_plan(config, "base"), "t"), str(tmp_path)
         )
 
 
@@ -311,12 +320,16 @@ def test_training_stopped_early_interrupts_the_study(tmp_path, monkeypatch):
     class StoppedState:
         step = 2  # a stop request returned after step 2 of 3
 
+    calls = []
     monkeypatch.setattr(
-        "toxjax.training.train.train_and_evaluate", lambda config, workdir: StoppedState
+        "toxjax.training.train.train_and_evaluate",
+        lambda config, workdir, **kwargs: calls.append(kwargs) or StoppedState,
     )
-    config = experiment.run_config_for(study_smoke.get_config(), runs.Run(Strategy.BASE), "t")
+    smoke = study_smoke.get_config()
+    config = plan_lib.run_config(smoke, run_plan(smoke, "base"), "t")
     with pytest.raises(experiment.StudyInterrupted, match="stopped at step 2 of 3"):
         experiment.train_strategy(config, str(tmp_path))
+    assert calls == [{"warm_start_fn": None}]  # the caller's warm start (none configured)
     with open(tmp_path / "config.json") as f:
         assert json.load(f)["data"]["task"] == "t"  # the run's config is recorded first
 
@@ -324,11 +337,12 @@ def test_training_stopped_early_interrupts_the_study(tmp_path, monkeypatch):
 def test_vocabulary_identity_is_the_model_content(tmp_path):
     config = study_smoke.get_config()
     config.study.vocabulary = "byte"
-    assert experiment.vocabulary_identity(config, str(tmp_path)) == {"vocabulary": "byte"}
+    byte = plan_lib.plan_study(config, str(tmp_path)).vocabulary
+    assert experiment.vocabulary_identity(byte) == {"vocabulary": "byte"}
     model = tmp_path / "given.model"
     model.write_bytes(b"not really a sentencepiece model")
     config.study.vocabulary = str(model)
-    identity = experiment.vocabulary_identity(config, str(tmp_path))
+    identity = experiment.vocabulary_identity(plan_lib.plan_study(config, str(tmp_path)).vocabulary)
     assert identity["vocabulary"] == "given.model"
     assert identity["sha256"] == hashlib.sha256(b"not really a sentencepiece model").hexdigest()
 
@@ -338,9 +352,10 @@ def test_checkpoints_of_another_vocabulary_are_refused(tmp_path, monkeypatch, ca
         step = 3
 
     monkeypatch.setattr(
-        "toxjax.training.train.train_and_evaluate", lambda config, workdir: FinishedState
+        "toxjax.training.train.train_and_evaluate", lambda config, workdir, **_: FinishedState
     )
-    config = experiment.run_config_for(study_smoke.get_config(), runs.Run(Strategy.BASE), "t")
+    smoke = study_smoke.get_config()
+    config = plan_lib.run_config(smoke, run_plan(smoke, "base"), "t")
     trained = {"vocabulary": "spm768-aaaa.model", "sha256": "a" * 64}
     # Training records the vocabulary next to the run's config.
     assert experiment.train_strategy(config, str(tmp_path), trained) is True
@@ -360,3 +375,16 @@ def test_checkpoints_of_another_vocabulary_are_refused(tmp_path, monkeypatch, ca
     with caplog.at_level(logging.WARNING):
         assert experiment.train_strategy(config, str(tmp_path), other) is False
     assert "cannot be checked" in caplog.text
+
+
+def test_bad_settings_and_task_modules_fail_before_anything_is_written(tmp_path):
+    workdir = tmp_path / "study"
+    config = study_smoke.get_config()
+    config.study.strategies = ("inst", "rlhf")
+    with pytest.raises(ValueError, match="config.study.strategies: unknown strategy 'rlhf'"):
+        experiment.run_study(config, str(workdir), progress=False)
+    config = study_smoke.get_config()
+    config.data.task_modules = ("toxjax_no_such_task_module",)
+    with pytest.raises(ImportError, match="config.data.task_modules: cannot import"):
+        experiment.run_study(config, str(workdir), progress=False)
+    assert not workdir.exists()

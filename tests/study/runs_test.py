@@ -5,7 +5,6 @@ import dataclasses
 import hashlib
 import json
 
-import ml_collections
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -72,14 +71,15 @@ def test_parse_variant_splits_strategy_and_overrides():
 # ----- training order -----
 
 
-def study_config(**study):
-    return ml_collections.ConfigDict({"study": study})
+def variants(*specs):
+    return [runs.parse_variant(spec) for spec in specs]
 
 
 def test_study_runs_go_seed_by_seed_strategies_then_variants():
-    config = study_config(num_seeds=2, variants=("inst:" + TQ, "base:untagged_rate=0.1"))
-    names = [run.name for run in runs.study_runs(config, [Strategy.BASE, Strategy.INST])]
-    assert names == [
+    study = runs.study_runs(
+        [Strategy.BASE, Strategy.INST], variants("inst:" + TQ, "base:untagged_rate=0.1"), 2
+    )
+    assert [run.name for run in study] == [
         "base",
         "inst",
         "inst@threshold_quantile=0.3",
@@ -92,16 +92,14 @@ def test_study_runs_go_seed_by_seed_strategies_then_variants():
 
 
 def test_study_runs_defaults_and_errors():
-    # No num_seeds, no variants: one run per strategy. A single string is one variant.
-    assert runs.study_runs(study_config(), [Strategy.MEDA]) == [runs.Run(Strategy.MEDA)]
-    one = runs.study_runs(study_config(variants="inst:" + TQ), [Strategy.INST])
+    # No seeds, no variants: one run per strategy.
+    assert runs.study_runs([Strategy.MEDA]) == [runs.Run(Strategy.MEDA)]
+    one = runs.study_runs([Strategy.INST], variants("inst:" + TQ))
     assert one == [runs.Run(Strategy.INST), runs.Run(Strategy.INST, 0, TQ)]
     with pytest.raises(ValueError, match="num_seeds must be >= 1, got 0"):
-        runs.study_runs(study_config(num_seeds=0), [Strategy.INST])
+        runs.study_runs([Strategy.INST], num_seeds=0)
     with pytest.raises(ValueError, match="repeats a run"):
-        runs.study_runs(study_config(variants=("inst:" + TQ, "inst: " + TQ)), [Strategy.INST])
-    with pytest.raises(ValueError, match="'threshold_quantil=0.3' is not"):
-        runs.study_runs(study_config(variants=("inst:threshold_quantil=0.3",)), [Strategy.INST])
+        runs.study_runs([Strategy.INST], variants("inst:" + TQ, "inst: " + TQ))
 
 
 # ----- evaluation-only variants -----

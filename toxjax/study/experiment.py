@@ -2,8 +2,10 @@
 
     python -m toxjax.study --config=toxjax/configs/demo.py --workdir=/tmp/toxjax_demo
 
-Stages, each skipped when its output is already complete (so a rerun, or a restart after a
-preemption, only does what is left):
+The config is read once, into a frozen toxjax.study.plan.StudyPlan (validated, every bad value
+named by its config field); the stages below take that plan, not the config. Stages, each
+skipped when its output is already complete (so a rerun, or a restart after a preemption, only
+does what is left):
 
     1. score     config.study.corpus -> WORKDIR/scored (toxjax.scoring.job; resumes shard by shard)
     2. vocab     byte vocabulary, a SentencePiece model trained on the scored corpus
@@ -20,20 +22,18 @@ preemption, only does what is left):
                  rebuilt, from every strategy of the workdir that has finished its evaluation
 
 The study config is a full training config (model/mesh/data/optim/train/eval, as in
-toxjax/configs/default.py) plus a `study` section, see toxjax/configs/demo.py. Every strategy trains with
-the same model, budget and seeds; only data.task differs.
+toxjax/configs/default.py) plus a `study` section, see toxjax/configs/demo.py. Every strategy
+trains with the same model, budget and seeds; only data.task differs (plan.run_config).
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import ml_collections
 from absl import logging
@@ -44,15 +44,17 @@ from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.interop import hf_import
 from toxjax.scoring import job
+from toxjax.study import plan as plan_lib
 from toxjax.study import reporting, runs
+from toxjax.study.plan import StudyPlan
 from toxjax.training import checkpoints, train
 
-SCORED_SUBDIR = "scored"
-VOCAB_SUBDIR = "vocab"
+if TYPE_CHECKING:
+    import seqio
+
 EVAL_STAMP = "eval_config.json"  # next to eval/: which eval config produced the eval json
 CONFIG_JSON = "config.json"
 VOCAB_STAMP = "vocabulary.json"  # which vocabulary (by content) a run's checkpoints were trained on
-VOCABULARIES = ("byte", "spm")  # or a path to a SentencePiece .model file
 
 
 # ----------------------------------------------------------------------------------------------
@@ -83,10 +85,6 @@ def _config_json(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
-def _fingerprint(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _is_chief() -> bool:
     import jax
 
@@ -107,133 +105,25 @@ def _chief_then_sync(name: str, fn: Callable[[], Any]) -> None:
     multihost_utils.sync_global_devices(f"toxjax.study.experiment:{name}")
 
 
-def study_strategies(config: ml_collections.ConfigDict) -> list[Strategy]:
-    """config.study.strategies as Strategy values (a comma-separated string works too)."""
-    value = config.study.strategies
-    # --config.study.strategies=base,inst arrives as ("base,inst",): split every element.
-    parts = [value] if isinstance(value, str) else list(value)
-    names = [name.strip() for part in parts for name in str(part).split(",") if name.strip()]
-    strategies = [Strategy.parse(name) for name in names]
-    if not strategies:
-        raise ValueError("config.study.strategies is empty: name at least one strategy")
-    if len(set(strategies)) != len(strategies):
-        raise ValueError(f"config.study.strategies lists a strategy twice: {names}")
-    return strategies
-
-
-def conditioning_format(config: ml_collections.ConfigDict) -> ConditioningFormat:
-    conditioning = config.study.get("conditioning") or {}
-    if hasattr(conditioning, "to_dict"):
-        conditioning = conditioning.to_dict()
-    return ConditioningFormat.from_dict(conditioning)
-
-
-def study_formats(config: ml_collections.ConfigDict) -> list[ConditioningFormat]:
-    """The study's format and each variant's (wordings only: thresholds need no new pieces)."""
-    base = conditioning_format(config)
-    formats = [base]
-    for spec in runs.variant_specs(config):
-        overrides = runs.parse_overrides(runs.parse_variant(spec)[1])
-        fields = {k: v for k, v in overrides.items() if k not in runs.VARIANT_STUDY_FIELDS}
-        formats.append(dataclasses.replace(base, **fields))
-    return formats
-
-
-def has_segment(config: ml_collections.ConfigDict) -> bool:
-    """Whether a study run uses SEGMENT (its corpus needs segment scores, its vocabulary the
-    control tokens)."""
-    runs_ = runs.study_runs(config, study_strategies(config))
-    return any(run.strategy is Strategy.SEGMENT for run in runs_)
-
-
-def segment_spec(config: ml_collections.ConfigDict) -> str:
-    """The scoring job's --segment for this study: "" unless a run uses SEGMENT."""
-    return str(config.study.get("segment", "sentence")) if has_segment(config) else ""
-
-
-def scored_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """WORKDIR/scored, or WORKDIR/scored-<segmentation> for a study with SEGMENT (another
-    scoring run: the same documents and scores plus segment scores)."""
-    if config.study.scored_dir:
-        return config.study.scored_dir
-    segment = segment_spec(config)
-    name = f"{SCORED_SUBDIR}-{segment.replace(':', '')}" if segment else SCORED_SUBDIR
-    return fileio.join(workdir, name)
-
-
-def run_workdir(workdir: str, run: runs.Run | Strategy | str) -> str:
-    """WORKDIR/<run name> (a plain strategy's seed-0 run is WORKDIR/<strategy>)."""
-    name = run.name if isinstance(run, runs.Run) else Strategy.parse(run).value
-    return fileio.join(workdir, name)
-
-
-def eval_json_path(workdir: str, run: runs.Run | Strategy | str, step: int) -> str:
-    return fileio.join(run_workdir(workdir, run), evaluator.EVAL_SUBDIR, f"step_{step}.json")
-
-
 # ----------------------------------------------------------------------------------------------
 # Stages 1-3: scoring, vocabulary, tasks.
 
 
-def score_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True) -> str:
-    """Scores config.study.corpus into the scored directory, resuming; returns that directory."""
-    study = config.study
-    fmt = conditioning_format(config)
-    output_dir = scored_dir(config, workdir)
+def score_stage(scoring: plan_lib.ScoringPlan, *, progress: bool = True) -> str:
+    """Scores the study's corpus into the scored directory, resuming; returns that directory."""
     job.score_corpus(
-        study.corpus,
-        output_dir,
-        study.scorer,
-        job.ScoreOptions(
-            text_field=study.text_field,
-            records_per_shard=int(study.records_per_shard),
-            on_bad_record=study.on_bad_record,
-            threshold=fmt.threshold,
-            attribute=fmt.attribute,
-            tfds_data_dir=study.tfds_data_dir or None,
-            segment=segment_spec(config),
-        ),
-        progress=progress,
+        scoring.corpus, scoring.output_dir, scoring.scorer, scoring.options, progress=progress
     )
-    return output_dir
+    return scoring.output_dir
 
 
-def vocabulary_path(config: ml_collections.ConfigDict, workdir: str) -> str | None:
-    """Where the vocabulary lives (None for bytes); trained SentencePiece models are named by
-    their settings and signal pieces, so a changed conditioning format gets a new one."""
-    spec = config.study.vocabulary
-    if spec == "byte":
-        return None
-    if spec == "spm":
-        settings = {
-            "vocab_size": int(config.study.vocab_size),
-            "max_docs": int(config.study.vocab_max_docs),
-            "pieces": [
-                p
-                for f in study_formats(config)
-                for p in vocab.signal_pieces(f, segment=has_segment(config))
-            ],
-            # What the scored corpus is (not where it is, so a moved workdir keeps its model).
-            "corpus": [config.study.corpus, config.study.text_field, config.study.scorer],
-        }
-        name = f"spm{settings['vocab_size']}-{_fingerprint(settings)[:8]}"
-        return fileio.join(workdir, VOCAB_SUBDIR, name) + ".model"
-    if spec.endswith(".model"):
-        return spec
-    raise ValueError(
-        f"config.study.vocabulary={spec!r}: expected one of {VOCABULARIES} or a path to a "
-        "SentencePiece .model file"
-    )
-
-
-def vocabulary_identity(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
+def vocabulary_identity(vocabulary: plan_lib.VocabularyPlan) -> dict[str, str]:
     """What a run's token ids mean: the byte vocabulary, or the SentencePiece model's sha256
     (content, not name: a model retrained identically under a new name is the same)."""
-    path = vocabulary_path(config, workdir)
-    if path is None:
+    if vocabulary.path is None:
         return {"vocabulary": "byte"}
-    digest = hashlib.sha256(fileio.read_bytes(path)).hexdigest()
-    return {"vocabulary": path.rsplit("/", 1)[-1], "sha256": digest}
+    digest = hashlib.sha256(fileio.read_bytes(vocabulary.path)).hexdigest()
+    return {"vocabulary": vocabulary.path.rsplit("/", 1)[-1], "sha256": digest}
 
 
 def check_vocabulary(run_workdir: str, identity: Mapping[str, str]) -> None:
@@ -260,25 +150,26 @@ def check_vocabulary(run_workdir: str, identity: Mapping[str, str]) -> None:
         )
 
 
-def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bool = True):
+def vocab_stage(
+    vocabulary: plan_lib.VocabularyPlan, scored_dir: str, *, progress: bool = True
+) -> seqio.Vocabulary:
     """The study's seqio vocabulary, training a SentencePiece model on first use."""
     import seqio
 
-    path = vocabulary_path(config, workdir)
+    path = vocabulary.path
     if path is None:
         return seqio.ByteVocabulary()
-    if config.study.vocabulary == "spm" and not fileio.exists(path):
+    if vocabulary.kind == "spm" and not fileio.exists(path):
 
         def train() -> None:
-            max_docs = int(config.study.vocab_max_docs)
             vocab.train_vocabulary(
-                vocab.iter_texts(scored_dir(config, workdir)),
+                vocab.iter_texts(scored_dir),
                 path[: -len(".model")],
-                vocab_size=int(config.study.vocab_size),
-                fmt=conditioning_format(config),
-                extra_formats=study_formats(config)[1:],
-                segment=has_segment(config),
-                max_docs=None if max_docs < 0 else max_docs,
+                vocab_size=vocabulary.size,
+                fmt=vocabulary.formats[0],
+                extra_formats=vocabulary.formats[1:],
+                segment=vocabulary.segment,
+                max_docs=vocabulary.max_docs,
                 progress=progress,
             )
 
@@ -288,87 +179,44 @@ def vocab_stage(config: ml_collections.ConfigDict, workdir: str, *, progress: bo
     return seqio.SentencePieceVocabulary(path)
 
 
-def base_format(config: ml_collections.ConfigDict, workdir: str) -> ConditioningFormat:
-    """The study's conditioning format, its threshold taken at config.study.threshold_quantile
-    of the scored corpus when that is set (>= 0)."""
-    quantile = float(config.study.get("threshold_quantile", -1.0))
+def base_format(plan: StudyPlan) -> ConditioningFormat:
+    """The study's conditioning format, its threshold taken at the plan's threshold_quantile
+    of the scored corpus when that is set (>= 0): only known once the corpus is scored."""
+    quantile = plan.threshold_quantile
     overrides = {"threshold_quantile": quantile} if quantile >= 0 else {}
-    return runs.run_format(conditioning_format(config), overrides, scored_dir(config, workdir))
+    return runs.run_format(plan.conditioning, overrides, plan.paths.scored_dir)
 
 
-def family_name(config: ml_collections.ConfigDict, run: runs.Run) -> str:
-    """The SeqIO task family a run trains on: the study's, or its variant's."""
-    return f"{config.study.name}_{run.family}" if run.family else config.study.name
-
-
-def cooldown_fraction(config: ml_collections.ConfigDict, run: runs.Run) -> float:
-    """The run's signal-free cooldown share (a variant's, else config.study.cooldown_fraction)."""
-    return float(run.overrides().get("cooldown_fraction", config.study.get("cooldown_fraction", 0)))
-
-
-def tasks_stage(
-    config: ml_collections.ConfigDict, workdir: str, vocabulary, study_runs: list[runs.Run]
-) -> dict[str, str]:
+def tasks_stage(plan: StudyPlan, vocabulary: seqio.Vocabulary) -> dict[str, str]:
     """Registers the study's task families the way a user would (one per variant); returns
-    {run name: task or mixture}."""
-    study = config.study
-    fmt = base_format(config, workdir)
-    families: dict[str, list[runs.Run]] = {}
-    for run in study_runs:
-        families.setdefault(run.family, []).append(run)
+    {run name: task or mixture} for every run with a task (plan.task_runs)."""
+    scored_dir = plan.paths.scored_dir
+    fmt = base_format(plan)
     chosen = {}
-    for members in families.values():
-        overrides = members[0].overrides()
-        family_fmt = runs.run_format(fmt, overrides, scored_dir(config, workdir))
-        untagged = float(overrides.get("untagged_rate", study.untagged_rate))
-        name = family_name(config, members[0])
-        strategies = list(dict.fromkeys(run.strategy for run in members))
-        if cooldown_fraction(config, members[0]) > 0 and Strategy.BASE not in strategies:
-            strategies.append(Strategy.BASE)  # the cooldown draws from it
+    for family in plan.families:
+        family_fmt = runs.run_format(fmt, dict(family.overrides), scored_dir)
         mixture_with = None
-        if untagged > 0:
+        if family.untagged_rate > 0:
             # Korbak et al. (2023): a share of untagged (BASE) data keeps an unconditional mode.
-            mixture_with = [(f"{name}_{Strategy.BASE.value}", untagged)]
-            if Strategy.BASE not in strategies:
-                strategies.append(Strategy.BASE)  # the untagged share is drawn from it
+            mixture_with = [(f"{family.name}_{Strategy.BASE.value}", family.untagged_rate)]
         registered = tasks.register_toxicity_tasks(
-            name,
-            scored_dir(config, workdir),
+            family.name,
+            scored_dir,
             vocabulary=vocabulary,
             fmt=family_fmt,
-            strategies=strategies,
-            validation_fraction=float(study.validation_fraction),
+            strategies=list(family.strategies),
+            validation_fraction=plan.validation_fraction,
             mixture_with=mixture_with,
         )
-        logging.info("study: family %s: %s", name, family_fmt)
-        for run in members:
-            mixed = registered.get(run.strategy.value + tasks.MIX_SUFFIX)
-            chosen[run.name] = mixed or registered[run.strategy.value]
+        logging.info("study: family %s: %s", family.name, family_fmt)
+        for name, strategy in family.members:
+            mixed = registered.get(strategy.value + tasks.MIX_SUFFIX)
+            chosen[name] = mixed or registered[strategy.value]
     return chosen
 
 
 # ----------------------------------------------------------------------------------------------
-# Stages 4-5: one model per strategy.
-
-
-def run_config_for(
-    config: ml_collections.ConfigDict, run: runs.Run, task_name: str
-) -> ml_collections.ConfigDict:
-    """The training config of one run: the study config without `study`, on its task, with
-    its training seed (init, dropout and data order all move with it)."""
-    run_config = copy.deepcopy(config)
-    with run_config.unlocked():
-        del run_config["study"]
-    run_config.data.task = task_name
-    cooldown = cooldown_fraction(config, run)
-    if cooldown > 0 and run.strategy in (Strategy.MEDA, Strategy.INST, Strategy.SEGMENT):
-        run_config.data.cooldown_fraction = cooldown  # MeCo: end on untagged text
-        run_config.data.cooldown_task = f"{family_name(config, run)}_{Strategy.BASE.value}"
-    run_config.train.seed = int(config.train.seed) + run.seed
-    run_config.data.seed = int(config.data.seed) + run.seed
-    run_config.eval.model_name = run.name  # report rows are named by run
-    run_config.eval.strategy = ""  # the conditioning of the task it was trained on
-    return run_config
+# Stages 4-5: one model per run.
 
 
 class StudyInterrupted(RuntimeError):
@@ -472,37 +320,61 @@ def evaluate_strategy(
 
 
 def finished_evaluations(
-    workdir: str, num_steps: int, study_runs: list[runs.Run]
+    paths: plan_lib.StudyPaths, num_steps: int, study_runs: Sequence[runs.Run]
 ) -> dict[str, dict[str, Any]]:
     """Eval results, at num_steps, of the study's runs and of every plain strategy in the
     workdir (strategies trained by other jobs sharing the workdir are included), run order."""
     candidates = [*study_runs, *(runs.Run(strategy) for strategy in Strategy)]
     found = {}
     for run in candidates:
-        path = eval_json_path(workdir, run, num_steps)
+        path = paths.eval_json(run, num_steps)
         if run.name not in found and fileio.exists(path):
             found[run.name] = _read_json(path)
     return found
 
 
-def report_stage(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    evaluations: Mapping[str, Mapping[str, Any]],
-    trained_as: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """results.json, results.md and the plots from the strategies' eval results.
-
-    trained_as: run name -> the run whose training it evaluated, when another's."""
-    trained_as = trained_as or {}
+def report_stage(plan: StudyPlan, evaluations: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """results.json, results.md and the plots from the runs' eval results (a run that evaluates
+    another's checkpoints shows that run's training log)."""
+    workdir = plan.paths.workdir
+    trained_as = {run_plan.name: run_plan.trained_as for run_plan in plan.runs}
     train_logs = {
         name: reporting.read_train_log(fileio.join(workdir, trained_as.get(name, name)))
         for name in evaluations
     }
-    results = reporting.build_results(evaluations, train_logs, baseline=config.study.baseline)
-    return reporting.write_report(
-        results, workdir, train_logs=train_logs, baseline=config.study.baseline
-    )
+    results = reporting.build_results(evaluations, train_logs, baseline=plan.baseline)
+    return reporting.write_report(results, workdir, train_logs=train_logs, baseline=plan.baseline)
+
+
+def train_and_evaluate_runs(
+    plan: StudyPlan,
+    config: ml_collections.ConfigDict,
+    task_names: Mapping[str, str],
+    timings: dict[str, float],
+    *,
+    progress: bool = True,
+    compiler_options: Mapping[str, Any] | None = None,
+) -> None:
+    """Trains (unless finished) and evaluates every run of the plan, in training order.
+
+    config: the base training config each run's own is made from (plan_lib.run_config)."""
+    from tqdm.auto import tqdm
+
+    identity = vocabulary_identity(plan.vocabulary)
+    bar = tqdm(plan.runs, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
+    for run_plan in bar:
+        bar.set_postfix_str(run_plan.name)
+        run_config = plan_lib.run_config(config, run_plan, task_names[run_plan.name])
+        # Built before training: a bad prompt or label file fails before any model exists.
+        run_evaluator = evaluator.Evaluator(
+            run_config, run_plan.directory, progress=progress, compiler_options=compiler_options
+        )
+        trained = plan.run_plan(run_plan.trained_as)
+        with stage(f"train {trained.name}", timings):
+            trained_config = plan_lib.run_config(config, trained, task_names[trained.name])
+            train_strategy(trained_config, trained.directory, identity)
+        with stage(f"evaluate {run_plan.name}", timings):
+            evaluate_strategy(run_config, run_plan.directory, run_evaluator, trained.directory)
 
 
 def run_study(
@@ -515,58 +387,40 @@ def run_study(
 ) -> dict[str, Any]:
     """Runs every unfinished stage; returns results.json's content (keyed by strategy).
 
-    prepare_only: stop after scoring and the vocabulary, the inputs every strategy shares (so
-    parallel per-strategy jobs do not race to create them). compiler_options: XLA options of
-    the evaluation's compiled functions.
+    The config is read here only: into the plan, and as the base of each run's training
+    config. prepare_only: stop after scoring and the vocabulary, the inputs every strategy
+    shares (so parallel per-strategy jobs do not race to create them). compiler_options: XLA
+    options of the evaluation's compiled functions.
     """
-    from tqdm.auto import tqdm
-
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    strategies = study_strategies(config)
+    plan = plan_lib.plan_study(config, workdir)
+    tasks.import_task_modules(config)  # before any task lookup: the user's task modules
     fileio.make_dirs(workdir)
     with stage("score corpus", timings):
-        _chief_then_sync("score", lambda: score_stage(config, workdir, progress=progress))
+        _chief_then_sync("score", lambda: score_stage(plan.scoring, progress=progress))
     with stage("vocabulary", timings):
-        vocabulary = vocab_stage(config, workdir, progress=progress)
+        vocabulary = vocab_stage(plan.vocabulary, plan.paths.scored_dir, progress=progress)
     if prepare_only:
         logging.info("study: shared inputs ready in %s (--prepare_only)", workdir)
         return {}
-    identity = vocabulary_identity(config, workdir)
-    study_runs = runs.study_runs(config, strategies)
     with stage("register tasks", timings):
-        task_names = tasks_stage(config, workdir, vocabulary, runs.with_trained_runs(study_runs))
-    for run in study_runs:
-        trained = run.trained_as()
-        if trained == run:
-            logging.info("study: %s trains on task %s", run.name, task_names[run.name])
+        task_names = tasks_stage(plan, vocabulary)
+    for run_plan in plan.runs:
+        if run_plan.trained_as == run_plan.name:
+            logging.info("study: %s trains on task %s", run_plan.name, task_names[run_plan.name])
         else:
-            logging.info("study: %s evaluates %s's checkpoints", run.name, trained.name)
-
-    bar = tqdm(study_runs, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
-    for run in bar:
-        bar.set_postfix_str(run.name)
-        run_config = run_config_for(config, run, task_names[run.name])
-        directory = run_workdir(workdir, run)
-        # Built before training: a bad prompt or label file fails before any model exists.
-        run_evaluator = evaluator.Evaluator(
-            run_config, directory, progress=progress, compiler_options=compiler_options
-        )
-        trained = run.trained_as()
-        trained_dir = run_workdir(workdir, trained)
-        with stage(f"train {trained.name}", timings):
-            train_strategy(
-                run_config_for(config, trained, task_names[trained.name]), trained_dir, identity
-            )
-        with stage(f"evaluate {run.name}", timings):
-            evaluate_strategy(run_config, directory, run_evaluator, trained_dir)
-
+            logging.info("study: %s evaluates %s's checkpoints", run_plan.name, run_plan.trained_as)
+    train_and_evaluate_runs(
+        plan, config, task_names, timings, progress=progress, compiler_options=compiler_options
+    )
     if not _is_chief():
         return {}
     with stage("report", timings):
-        evaluations = finished_evaluations(workdir, int(config.train.num_steps), study_runs)
-        trained_as = {run.name: run.trained_as().name for run in study_runs}
-        paths = report_stage(config, workdir, evaluations, trained_as)
+        evaluations = finished_evaluations(
+            plan.paths, plan.num_steps, [run_plan.run for run_plan in plan.runs]
+        )
+        paths = report_stage(plan, evaluations)
     logging.info(
         "study: finished in %.1fs (%s); results in %s",
         time.perf_counter() - started,

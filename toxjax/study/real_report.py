@@ -21,12 +21,16 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from toxjax.evaluation import intervals
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _SEED_SUFFIX = re.compile(r"_seed\d+$")
 NOT_SIGNIFICANT = "n.s."
@@ -369,7 +373,9 @@ def to_markdown(
 # Plot.
 
 
-def _bars(axis, names: Sequence[str], values: Sequence[Mapping[str, Any] | None], title: str):
+def _bars(
+    axis: Axes, names: Sequence[str], values: Sequence[Mapping[str, Any] | None], title: str
+) -> None:
     estimates, errors = [], [[], []]
     for value in values:
         parsed = intervals.Interval.from_dict(value) if value else intervals.nan_interval(0)
@@ -387,7 +393,10 @@ def _bars(axis, names: Sequence[str], values: Sequence[Mapping[str, Any] | None]
 
 
 def plot(
-    summaries: Mapping[str, Mapping[str, Any] | None], path: str, figure_factory, save
+    summaries: Mapping[str, Mapping[str, Any] | None],
+    path: str,
+    figure_factory: Callable[[float, float], Figure],
+    save: Callable[[Figure, str], None],
 ) -> None:
     """TP and toxic fraction, their within-model control, steerability gap and held-out
     perplexity, with intervals."""

@@ -21,11 +21,16 @@ import io
 import json
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from toxjax import fileio
 from toxjax.evaluation import report
 from toxjax.study import real_report
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.container import BarContainer
+    from matplotlib.figure import Figure
 
 RESULTS_JSON = "results.json"
 RESULTS_MD = "results.md"
@@ -343,19 +348,19 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
 # Plots.
 
 
-def _figure(width: float, height: float):
+def _figure(width: float, height: float) -> Figure:
     from matplotlib.figure import Figure  # no pyplot: no global backend state
 
     return Figure(figsize=(width, height), dpi=100, layout="constrained")
 
 
-def _save(figure, path: str) -> None:
+def _save(figure: Figure, path: str) -> None:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     fileio.write_atomic(path, buffer.getvalue())
 
 
-def _label_bars(axis, bars, values: Sequence[float]) -> None:
+def _label_bars(axis: Axes, bars: BarContainer, values: Sequence[float]) -> None:
     for bar, value in zip(bars, values, strict=True):
         label = "n/a" if math.isnan(value) else f"{value:.2f}"
         axis.annotate(

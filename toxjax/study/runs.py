@@ -20,10 +20,9 @@ import dataclasses
 import hashlib
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import ml_collections
 import numpy as np
 
 from toxjax import fileio
@@ -110,18 +109,15 @@ def parse_variant(spec: str) -> tuple[Strategy, str]:
     return Strategy.parse(strategy.strip()), variant.strip()
 
 
-def variant_specs(config: ml_collections.ConfigDict) -> list[str]:
-    specs = config.study.get("variants") or ()
-    return [specs] if isinstance(specs, str) else [str(spec) for spec in specs]
-
-
-def study_runs(config: ml_collections.ConfigDict, strategies: list[Strategy]) -> list[Run]:
+def study_runs(
+    strategies: Sequence[Strategy],
+    variants: Sequence[tuple[Strategy, str]] = (),
+    num_seeds: int = 1,
+) -> list[Run]:
     """Every run in training order: strategies (then variants) seed by seed, so a stopped
     multi-seed study has whole seeds finished first."""
-    num_seeds = int(config.study.get("num_seeds", 1))
     if num_seeds < 1:
         raise ValueError(f"config.study.num_seeds must be >= 1, got {num_seeds}")
-    variants = [parse_variant(spec) for spec in variant_specs(config)]
     runs = []
     for seed in range(num_seeds):
         runs += [Run(strategy, seed) for strategy in strategies]
@@ -156,13 +152,18 @@ def score_quantile(scored_dir: str, attribute: str, quantile: float) -> float:
     return float(np.quantile(np.asarray(scores), quantile))
 
 
+def format_fields(base: ConditioningFormat, overrides: Mapping[str, Any]) -> ConditioningFormat:
+    """`base` with a variant's format fields (its study fields are not the format's)."""
+    fields = {k: v for k, v in overrides.items() if k not in VARIANT_STUDY_FIELDS}
+    return dataclasses.replace(base, **fields)
+
+
 def run_format(
     base: ConditioningFormat, overrides: Mapping[str, Any], scored_dir: str
 ) -> ConditioningFormat:
     """The conditioning format of a run: the study's, with a variant's format fields; a
     threshold_quantile becomes the threshold at that quantile of the scored corpus."""
-    fields = {k: v for k, v in overrides.items() if k not in VARIANT_STUDY_FIELDS}
-    fmt = dataclasses.replace(base, **fields)
+    fmt = format_fields(base, overrides)
     quantile = overrides.get("threshold_quantile")
     if quantile is not None and float(quantile) >= 0:
         threshold = score_quantile(scored_dir, fmt.attribute, float(quantile))
