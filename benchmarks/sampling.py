@@ -113,10 +113,8 @@ def jax_generator(cfg: decoder.ModelConfig, use_cache: bool, rows: int) -> sampl
     )
     return sampling.Generator(
         params["params"],
-        cfg,
+        partitioning.ModelOnMesh(cfg, mesh, rules),
         NoEosVocabulary(),
-        mesh,
-        rules,
         sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, top_p=TOP_P, temperature=1.0),
         batch_size=rows,
         use_cache=use_cache,

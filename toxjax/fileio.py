@@ -16,12 +16,13 @@ import math
 import os
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
-from typing import IO, Any, BinaryIO
+from typing import IO, Any, BinaryIO, TypeVar
 
 import numpy as np
 
 from toxjax.tf_import import import_tensorflow
 
+T = TypeVar("T")
 TMP_MARKER = ".tmp-"  # in the names of unfinished files: "<dir>/.<name>.tmp-<random>"
 
 
@@ -215,6 +216,17 @@ def jsonable(value: Any) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return jsonable(dataclasses.asdict(value))
     return value
+
+
+def from_fields(cls: type[T], values: Mapping[str, Any] | None, what: str) -> T:
+    """The dataclass `cls` from a mapping (a config dict, a JSON object); a key that is not one
+    of its fields is an error naming `what` ("unknown {what} fields [...]"), not ignored."""
+    values = dict(values or {})
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what} fields {unknown}; known: {sorted(known)}")
+    return cls(**values)
 
 
 def write_jsonl(

@@ -19,7 +19,9 @@ from toxjax.distributed import maybe_initialize_distributed
 MODES = ("train", "eval", "train_and_eval")
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Path to a config file (toxjax/configs/*.py); override fields with --config.x=y."
+    "config",
+    None,
+    "Path to a config file (toxjax/configs/*.py); override fields with --config.x=y.",
 )
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Directory for checkpoints, logs, TensorBoard, data cache."

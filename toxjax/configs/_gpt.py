@@ -4,9 +4,12 @@ Learned positions, GELU, LayerNorm, biases, tied embeddings, no dropout, float32
 bfloat16 compute, scanned layers: toxjax/configs/default.py's model already is this GPT style
 (tests/configs_test.py checks it stays so). Set here: GPT-2 BPE vocabulary padded to 51200 (a
 multiple of 128 * 8 * 50, Megatron's padding), sequence length 2048, FSDP, the evaluation at
-scale. Each size file sets depth, width and heads; optimizer values follow GPT-3 (Brown et al.
-2020, Table 2.1), whose weight decay, clipping and 10% final rate are the defaults too.
+scale. SIZES sets each size's depth, width and heads (gpt_<size>.py picks one); optimizer values
+follow GPT-3 (Brown et al. 2020, Table 2.1), whose weight decay, clipping and 10% final rate
+are the defaults too.
 """
+
+from typing import NamedTuple
 
 import ml_collections
 
@@ -16,6 +19,27 @@ from toxjax.configs import default
 UTILITY_TASKS = ("lambada", "piqa", "hellaswag", "winogrande", "arc_easy")
 # Toxicity-detection AUC: toxjax.evaluation.bias TFDS tasks (no files needed).
 BIAS_TASKS = ("civil_comments", "civil_comments_identities", "wikipedia_toxicity")
+
+
+class Size(NamedTuple):
+    """What differs between the sizes: the arguments of `gpt_config`."""
+
+    num_layers: int  # decoder blocks
+    d_model: int  # hidden size
+    num_heads: int  # query heads
+    learning_rate: float  # GPT-3 Table 2.1 peak rate for this size
+    global_batch_size: int  # sequences of 2048 tokens per step
+    remat_policy: str  # activation memory vs recompute
+    max_microbatch_per_device: int  # sequences per chip and micro-batch (fit-checked)
+
+
+# The gpt_<size>.py configs: GPT-3's Small and Medium shapes, the paper's 1.3B, Megatron-LM's 8.3B.
+SIZES = {
+    "126m": Size(12, 768, 12, 6e-4, 256, "none", 16),
+    "357m": Size(24, 1024, 16, 3e-4, 256, "dots_with_no_batch_dims_saveable", 32),
+    "1p3b": Size(24, 2048, 16, 2e-4, 512, "dots_with_no_batch_dims_saveable", 32),
+    "8p3b": Size(72, 3072, 32, 1.5e-4, 512, "full", 4),
+}
 
 
 def gpt_config(

@@ -9,15 +9,7 @@ from toxjax.configs import _gpt, default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return _gpt.gpt_config(
-        num_layers=12,
-        d_model=768,
-        num_heads=12,
-        learning_rate=6e-4,
-        global_batch_size=256,  # sequences of 2048 tokens per step
-        remat_policy="none",
-        max_microbatch_per_device=16,  # sequences per chip and micro-batch (fit-checked)
-    )
+    return _gpt.gpt_config(**_gpt.SIZES["126m"]._asdict())
 
 
 if __name__ == "__main__":

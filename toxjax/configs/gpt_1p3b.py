@@ -9,15 +9,7 @@ from toxjax.configs import _gpt, default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return _gpt.gpt_config(
-        num_layers=24,
-        d_model=2048,
-        num_heads=16,
-        learning_rate=2e-4,
-        global_batch_size=512,  # sequences of 2048 tokens per step
-        remat_policy="dots_with_no_batch_dims_saveable",
-        max_microbatch_per_device=32,  # sequences per chip and micro-batch (fit-checked)
-    )
+    return _gpt.gpt_config(**_gpt.SIZES["1p3b"]._asdict())
 
 
 if __name__ == "__main__":

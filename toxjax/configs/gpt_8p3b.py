@@ -9,15 +9,7 @@ from toxjax.configs import _gpt, default
 
 
 def get_config() -> ml_collections.ConfigDict:
-    return _gpt.gpt_config(
-        num_layers=72,
-        d_model=3072,
-        num_heads=32,
-        learning_rate=1.5e-4,
-        global_batch_size=512,  # sequences of 2048 tokens per step
-        remat_policy="full",
-        max_microbatch_per_device=4,  # sequences per chip and micro-batch (fit-checked)
-    )
+    return _gpt.gpt_config(**_gpt.SIZES["8p3b"]._asdict())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from typing import Any
 
 import tensorflow as tf
 
+from toxjax import fileio
+
 
 class Strategy(str, enum.Enum):
     """Pretraining data strategies compared by the study."""
@@ -133,12 +135,7 @@ class ConditioningFormat:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> ConditioningFormat:
         """Builds from a config dict (e.g. an ml_collections ConfigDict), rejecting typos."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown conditioning fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return fileio.from_fields(cls, values, "conditioning")
 
     # ----- signal strings (pure Python; the evaluation uses these) -----
 

@@ -136,6 +136,27 @@ def _open_cache(directory: str) -> PackedCache:
     return PackedCache(directory=directory, num_rows=num_rows, seq_len=seq_len, arrays=arrays)
 
 
+def packed_lm_dataset(
+    task: str, split: str, seq_len: int, *, shuffle: bool, seed: int | None = None, shard_info=None
+):
+    """One epoch of the task's split, packed into rows of seq_len by seqio.LMFeatureConverter
+    (every document starts from `vocab.START_ID`); shuffled by seed, or in order."""
+    import seqio
+
+    get_task(task)  # clear error for unknown names, registers toxjax tasks
+    return seqio.get_dataset(
+        task,
+        task_feature_lengths={"targets": seq_len},
+        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID),
+        dataset_split=split,
+        shuffle=shuffle,
+        seed=seed,
+        num_epochs=1,
+        shard_info=shard_info,
+        verbose=False,
+    )
+
+
 def _packed_dataset(
     task: str, split: str, seq_len: int, seed: int, shard_index: int, num_shards: int, max_rows
 ):
@@ -143,17 +164,9 @@ def _packed_dataset(
     import seqio
 
     tf = import_tensorflow()
-    get_task(task)  # clear error for unknown names, registers toxjax tasks
-    dataset = seqio.get_dataset(
-        task,
-        task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID),
-        dataset_split=split,
-        shuffle=True,
-        seed=seed,
-        num_epochs=1,
-        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        verbose=False,
+    shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
+    dataset = packed_lm_dataset(
+        task, split, seq_len, shuffle=True, seed=seed, shard_info=shard_info
     )
     if max_rows >= 0:
         dataset = dataset.take(max_rows)

@@ -129,6 +129,7 @@ def register_toxicity_tasks(
     output_features = {TARGETS: seqio.Feature(vocabulary, add_eos=add_eos)}
 
     unregister_family(name)
+    family = {"toxjax_family": name, "fmt": fmt}  # what every task and mixture of it carries
     registered: dict[str, str] = {}
     for strategy in parsed:
         task_name = task_names[strategy.value]
@@ -139,19 +140,14 @@ def register_toxicity_tasks(
             output_features=output_features,
             shuffle_buffer_size=shuffle_buffer_size,
             task_cls=ConditionedTask,
-            toxjax_family=name,
             strategy=strategy,
-            fmt=fmt,
+            **family,
         )
         registered[strategy.value] = task_name
     for strategy_value, (mixture_name, parts) in mixtures.items():
+        strategy = Strategy.parse(strategy_value)
         seqio.MixtureRegistry.add(
-            mixture_name,
-            parts,
-            mixture_cls=ConditionedMixture,
-            toxjax_family=name,
-            strategy=Strategy.parse(strategy_value),
-            fmt=fmt,
+            mixture_name, parts, mixture_cls=ConditionedMixture, strategy=strategy, **family
         )
         registered[strategy_value + MIX_SUFFIX] = mixture_name
     return registered

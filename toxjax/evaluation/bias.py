@@ -75,12 +75,7 @@ class BiasPromptConfig:
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> BiasPromptConfig:
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown bias prompt fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return fileio.from_fields(cls, values, "bias prompt")
 
 
 # ----- prompts and scores -----
@@ -272,31 +267,32 @@ def _read_rows(path: str, required: Sequence[str]) -> list[tuple[int, dict[str, 
     return rows
 
 
+def _rated_texts(
+    path: str, text_field: str, rating_field: str, scale: tuple[float, float], scale_name: str
+) -> list[tuple[str, float]]:
+    """(text, rating) of every row of a CSV or JSONL file; a rating must lie on `scale`."""
+    rated = []
+    for line, row in _read_rows(path, (text_field, rating_field)):
+        text = _nonempty_text(row[text_field], path=path, line=line, field=text_field)
+        rating = _number(row[rating_field], path=path, line=line, field=rating_field)
+        if not scale[0] <= rating <= scale[1]:
+            raise ValueError(
+                f"{path}: line {line}: field {rating_field!r} must be {scale_name}, got {rating}"
+            )
+        rated.append((text, rating))
+    return rated
+
+
 def read_toxigen(path: str) -> list[LabeledText]:
     """ToxiGen's human-annotated set (CSV or JSONL with "text" and "toxicity_human")."""
-    examples = []
-    for line, row in _read_rows(path, ("text", "toxicity_human")):
-        text = _nonempty_text(row["text"], path=path, line=line, field="text")
-        rating = _number(row["toxicity_human"], path=path, line=line, field="toxicity_human")
-        if not 1.0 <= rating <= 5.0:
-            raise ValueError(
-                f"{path}: line {line}: field 'toxicity_human' must be on the 1-5 scale, "
-                f"got {rating}"
-            )
-        examples.append(LabeledText(text, int(rating > TOXIGEN_POSITIVE_ABOVE)))
-    return examples
+    rated = _rated_texts(path, "text", "toxicity_human", (1.0, 5.0), "on the 1-5 scale")
+    return [LabeledText(text, int(rating > TOXIGEN_POSITIVE_ABOVE)) for text, rating in rated]
 
 
 def read_social_bias_frames(path: str) -> list[LabeledText]:
     """SBIC CSV (one row per annotation): posts in first-seen order, mean offensiveYN label."""
     votes: dict[str, list[float]] = {}
-    for line, row in _read_rows(path, ("post", "offensiveYN")):
-        post = _nonempty_text(row["post"], path=path, line=line, field="post")
-        value = _number(row["offensiveYN"], path=path, line=line, field="offensiveYN")
-        if not 0.0 <= value <= 1.0:
-            raise ValueError(
-                f"{path}: line {line}: field 'offensiveYN' must be in [0, 1], got {value}"
-            )
+    for post, value in _rated_texts(path, "post", "offensiveYN", (0.0, 1.0), "in [0, 1]"):
         votes.setdefault(post, []).append(value)
     return [
         LabeledText(post, int(np.mean(values) >= SBF_POSITIVE_AT_LEAST))

@@ -14,7 +14,8 @@ moves TP by 10% only. The toxic fraction shows a signal's effect on every sample
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,18 @@ def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, 
     return out
 
 
+def _paired(
+    a: Mapping[str, np.ndarray],
+    b: Mapping[str, np.ndarray],
+    statistic: Callable[..., intervals.Interval],
+    key: str,
+    where: Any = slice(None),
+) -> dict[str, Any]:
+    """A paired interval `statistic` of a's per-prompt `key` against b's, on the prompts
+    `where` selects (all by default)."""
+    return statistic(a[key][where], b[key][where]).to_dict()
+
+
 def within_model(
     runs: Mapping[str, rtp.RTPResult], prompt_toxicity: np.ndarray | None = None
 ) -> dict[str, Any] | None:
@@ -89,29 +102,18 @@ def within_model(
         if other not in runs:
             continue
         values = per_prompt(runs[other])
+        paired = functools.partial(_paired, nontoxic, values)
+        relative = intervals.paired_relative_change
         out[f"vs_{other}"] = {
-            "toxicity_probability_relative": intervals.paired_relative_change(
-                nontoxic["any_toxic"], values["any_toxic"]
-            ).to_dict(),
-            "toxicity_probability_difference": intervals.paired_difference(
-                nontoxic["any_toxic"], values["any_toxic"]
-            ).to_dict(),
-            "expected_max_toxicity_relative": intervals.paired_relative_change(
-                nontoxic["max_toxicity"], values["max_toxicity"]
-            ).to_dict(),
-            "toxic_fraction_relative": intervals.paired_relative_change(
-                nontoxic["toxic_fraction"], values["toxic_fraction"]
-            ).to_dict(),
+            "toxicity_probability_relative": paired(relative, "any_toxic"),
+            "toxicity_probability_difference": paired(intervals.paired_difference, "any_toxic"),
+            "expected_max_toxicity_relative": paired(relative, "max_toxicity"),
+            "toxic_fraction_relative": paired(relative, "toxic_fraction"),
         }
         if toxic_prompt is not None and toxic_prompt.any():
             out[f"vs_{other}"]["toxic_prompts"] = {
                 "num_prompts": int(toxic_prompt.sum()),
-                "toxicity_probability_relative": intervals.paired_relative_change(
-                    nontoxic["any_toxic"][toxic_prompt], values["any_toxic"][toxic_prompt]
-                ).to_dict(),
-                "toxic_fraction_relative": intervals.paired_relative_change(
-                    nontoxic["toxic_fraction"][toxic_prompt],
-                    values["toxic_fraction"][toxic_prompt],
-                ).to_dict(),
+                "toxicity_probability_relative": paired(relative, "any_toxic", toxic_prompt),
+                "toxic_fraction_relative": paired(relative, "toxic_fraction", toxic_prompt),
             }
     return out

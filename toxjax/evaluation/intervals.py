@@ -384,18 +384,13 @@ def seed_and_unit_relative_change(
 
 
 def seed_and_unit_summary(
-    a_by_seed: Sequence[Any],
-    b_by_seed: Sequence[Any],
-    *,
-    n_resamples: int = N_RESAMPLES,
-    seed: int = 0,
-    confidence: float = CONFIDENCE,
+    a_by_seed: Sequence[Any], b_by_seed: Sequence[Any], **options: Any
 ) -> dict[str, Any]:
     """The two-level interval with what it rests on: seed counts, per-seed means and their
     spread (std with ddof=1; NaN with one seed), and the unit-only interval of the
-    seed-averaged values, so a reader sees how much training-seed variance widens it."""
+    seed-averaged values, so a reader sees how much training-seed variance widens it.
+    options: n_resamples, seed, confidence, as `seed_and_unit_relative_change` takes them."""
     a, b = _seed_tables(a_by_seed, b_by_seed)
-    options = dict(n_resamples=n_resamples, seed=seed, confidence=confidence)
     spread = lambda m: float(m.std(ddof=1)) if m.size > 1 else math.nan
     per_seed_a, per_seed_b = a.mean(axis=1), b.mean(axis=1)
     return {

@@ -23,7 +23,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -105,12 +105,7 @@ class RTPConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any] | None) -> RTPConfig:
         """Builds from a config dict, rejecting typos."""
-        values = dict(values or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown RTP config fields {unknown}; known: {sorted(known)}")
-        return cls(**values)
+        return fileio.from_fields(cls, values, "RTP config")
 
     def sampling_kwargs(self) -> dict[str, float | int]:
         """What the sampler behind a GenerateFn must be built with."""
@@ -232,7 +227,8 @@ def load_prompts_tfds(
 
 def load_prompts(spec: str, *, data_dir: str | None = None) -> list[Prompt]:
     """spec: "demo" (packaged synthetic prompts) | "real:validation" | "real:test" (packaged
-    real RTP prompts, toxjax.datasets.real_corpus) | "tfds" | "tfds:<split>" | a prompts.jsonl path."""
+    real RTP prompts, toxjax.datasets.real_corpus) | "tfds" | "tfds:<split>" | a prompts.jsonl
+    path."""
     if spec == "demo":
         return load_prompts_jsonl(DEMO_PROMPTS_PATH)
     if spec.startswith("real:"):
@@ -440,6 +436,32 @@ def _generate_and_score(
     return continuations, tables
 
 
+def _records(
+    chunk: Sequence[Prompt],
+    continuations: Sequence[Sequence[str]],
+    scored: Mapping[str, np.ndarray],
+    prefix: str,
+    suffix: str,
+    config: RTPConfig,
+    scorer_id: str,
+) -> Iterator[dict[str, Any]]:
+    """One record per prompt of the chunk: the prompt, its continuations and their scores."""
+    for row, (p, samples) in enumerate(zip(chunk, continuations, strict=True)):
+        yield {
+            "id": p.id,
+            "prompt": p.text,
+            "prompt_toxicity": p.toxicity,
+            "challenging": p.challenging,
+            "prefix": prefix,
+            "suffix": suffix,
+            "continuations": samples,
+            "scores": {name: values[row] for name, values in scored.items()},
+            "attribute": config.attribute,
+            "max_score": scored[config.attribute][row].max(),
+            "scorer": scorer_id,
+        }
+
+
 def evaluate_rtp(
     prompts: Sequence[Prompt],
     generate_fn: GenerateFn,
@@ -478,21 +500,10 @@ def evaluate_rtp(
             )
             table[start : start + len(chunk)] = scored[config.attribute]
             if records_file is not None:
-                for row, (p, samples) in enumerate(zip(chunk, continuations, strict=True)):
-                    record = {
-                        "id": p.id,
-                        "prompt": p.text,
-                        "prompt_toxicity": p.toxicity,
-                        "challenging": p.challenging,
-                        "prefix": prefix,
-                        "suffix": suffix,
-                        "continuations": samples,
-                        "scores": {name: values[row] for name, values in scored.items()},
-                        "attribute": config.attribute,
-                        "max_score": scored[config.attribute][row].max(),
-                        "scorer": scorer_id,
-                    }
-                    records_file.write(json.dumps(fileio.jsonable(record), ensure_ascii=False) + "\n")
+                records = _records(chunk, continuations, scored, prefix, suffix, config, scorer_id)
+                for record in records:
+                    line = json.dumps(fileio.jsonable(record), ensure_ascii=False)
+                    records_file.write(line + "\n")
             bar.update(len(chunk))
     metrics = toxicity_metrics(
         table,
@@ -502,13 +513,14 @@ def evaluate_rtp(
         comparison=config.comparison,
         toxic_prompt_threshold=config.toxic_prompt_threshold,
     )
+    overall = metrics["all"]
     logging.info(
         "RTP prefix=%r suffix=%r scorer=%s: EMT %.4f, TP %.4f over %d prompts",
         prefix,
         suffix,
         scorer_id,
-        metrics["all"]["expected_max_toxicity"],
-        metrics["all"]["toxicity_probability"],
+        overall["expected_max_toxicity"],
+        overall["toxicity_probability"],
         len(prompts),
     )
     return RTPResult(prefix, scorer_id, config, metrics, table, records_path, suffix)

@@ -120,7 +120,8 @@ def evaluate_cloze(
     """acc / acc_norm of demo_cloze on `limit` questions (default DEFAULT_NUM_EXAMPLES)."""
     examples = cloze_examples(DEFAULT_NUM_EXAMPLES if limit is None else limit, seed)
     metrics = utility_tasks.score_multiple_choice(examples, loglikelihood_fn, task="demo_cloze")
-    return {"task": "demo_cloze", "source": f"toxjax.datasets.template_corpus seed={seed}", **metrics}
+    source = f"toxjax.datasets.template_corpus seed={seed}"
+    return {"task": "demo_cloze", "source": source, **metrics}
 
 
 def evaluate_toxicity_detection(

@@ -75,16 +75,14 @@ class LoglikelihoodEngine:
     def __init__(
         self,
         params: PyTree,
-        model_config: decoder.ModelConfig,
+        on_mesh: partitioning.ModelOnMesh,
         vocabulary: Any,
-        mesh: Mesh,
-        rules: Sequence,
         *,
         batch_size: int = 32,
         max_len: int | None = None,
-        compiler_options: Mapping[str, Any] | None = None,
         progress: bool = True,
     ) -> None:
+        model_config = on_mesh.model_config
         self.vocabulary = vocabulary
         self.progress = progress
         self.max_len = int(max_len or model_config.max_len)
@@ -94,17 +92,12 @@ class LoglikelihoodEngine:
             )
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        rules = tuple(rules)
-        self.batch_size = sampling.round_up(int(batch_size), partitioning.batch_shards(mesh, rules))
-        self.params, shardings = partitioning.shard_params(params, model_config, mesh, rules)
-        replicated = NamedSharding(mesh, PartitionSpec())
-        self._score = partitioning.PartitionedFunction(
+        self.batch_size = sampling.round_up(int(batch_size), on_mesh.batch_shards())
+        self.params, shardings = on_mesh.place(params)
+        self._score = on_mesh.replicated_function(
             functools.partial(score_batch, model=decoder.Decoder(model_config)),
-            mesh,
-            rules,
-            in_shardings=(shardings, replicated, replicated, replicated),
-            out_shardings=replicated,
-            compiler_options=compiler_options,
+            shardings,
+            num_inputs=3,
         )
 
     def tokenize(self, request: LoglikelihoodRequest, index: int) -> tuple[list[int], int]:
@@ -163,13 +156,16 @@ def make_loglikelihood_fn(
     vocabulary: Any,
     mesh: Mesh,
     rules: Sequence,
+    *,
+    compiler_options: Mapping[str, Any] | None = None,
     **settings: Any,
 ) -> LoglikelihoodEngine:
     """A `toxjax.inference.requests.LoglikelihoodFn` over the model.
 
-    settings: batch_size, max_len, compiler_options, progress; see LoglikelihoodEngine.
+    settings: batch_size, max_len, progress; see LoglikelihoodEngine.
     """
-    return LoglikelihoodEngine(params, model_config, vocabulary, mesh, rules, **settings)
+    on_mesh = partitioning.ModelOnMesh(model_config, mesh, rules, compiler_options)
+    return LoglikelihoodEngine(params, on_mesh, vocabulary, **settings)
 
 
 # ----- held-out perplexity -----
@@ -188,19 +184,7 @@ def heldout_batches(
     The last batch is completed with all-zero rows (zero loss weight); at most num_batches
     (< 0: the whole split).
     """
-    import seqio
-
-    input_pipeline.get_task(task_name)  # registers toxjax tasks; clear error for unknown names
-    dataset = seqio.get_dataset(
-        task_name,
-        task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID),
-        dataset_split=split,
-        shuffle=False,
-        num_epochs=1,
-        use_cached=False,
-        verbose=False,
-    )
+    dataset = input_pipeline.packed_lm_dataset(task_name, split, seq_len, shuffle=False)
     dataset = dataset.batch(batch_size)
     if num_batches >= 0:
         dataset = dataset.take(num_batches)

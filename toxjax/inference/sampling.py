@@ -10,12 +10,12 @@ their first real token; pad slots get segment id 0, so the model's segment mask 
 of every real token's attention. Results therefore do not depend on how prompts were padded
 or batched (tests compare against a plain forward pass of each unpadded row).
 
-Cache: the prompt's keys/values are kept once per prompt and shared by its samples
-(`share_prompt_cache`; `attention_ops.cached_attention` reads them as a prefix), and each row caches
-only its own max_new_tokens tokens. With RealToxicityPrompts' 25 samples per prompt that cuts
-the cache each step reads by about 4x. `Decoder.init(..., decode=True)` would size a cache for
-max_len tokens; the attention reads however many slots the arrays hold, so only what is needed
-is allocated. Scanned models decode through their per-layer twin (`unscanned`).
+Cache (`kv_cache`): the prompt's keys/values are kept once per prompt and shared by its samples
+(`attention_ops.cached_attention` reads them as a prefix), and each row caches only its own
+max_new_tokens tokens. With RealToxicityPrompts' 25 samples per prompt that cuts the cache
+each step reads by about 4x. `Decoder.init(..., decode=True)` would size a cache for max_len
+tokens; the attention reads however many slots the arrays hold, so only what is needed is
+allocated. Scanned models decode through their per-layer twin (`kv_cache.unscanned`).
 
 Randomness: each output row draws from its own key, fold_in(fold_in(seed, prompt key), sample
 index), folded with the step. A prompt's samples therefore depend only on (seed, prompt key),
@@ -39,15 +39,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from toxjax.data import vocab
-from toxjax.inference import draws
+from toxjax.inference import draws, kv_cache
 from toxjax.model import decoder, partitioning
 
 PyTree = Any
-CACHE_KV = ("cached_key", "cached_value")
-CACHE_SEGMENTS = "cached_segment_ids"
 MIN_BUCKET = 16  # shortest padded prompt length (bucket lengths are powers of two from here)
 
 
@@ -168,78 +166,6 @@ def sample_next(logits: jax.Array, keys: jax.Array, config: SamplingConfig) -> j
     return draws.categorical(keys, logits)
 
 
-# ----- cache -----
-
-
-# Logical axes of cached keys/values [batch, kv_heads, slots, head_dim] (decoder.Attention).
-CACHE_KV_AXES = ("activation_batch", "activation_kv_heads", "activation_length", "activation_kv")
-
-
-def _empty_kv(shape: Sequence[int], dtype: Any) -> jax.Array:
-    """Zeros laid out like the model's cache (a leading layer axis, if any, unsharded)."""
-    axes = (None,) * (len(shape) - 4) + CACHE_KV_AXES
-    return decoder.constrain(jnp.zeros(tuple(shape), dtype), axes)
-
-
-def init_cache(model: decoder.Decoder, batch: int, cache_len: int) -> PyTree:
-    """An empty decode cache of `cache_len` slots for `batch` rows (traceable, under jit too)."""
-    one = jnp.zeros((1, 1), jnp.int32)
-    template = jax.eval_shape(
-        lambda: model.init(
-            {"params": jax.random.key(0)}, one, positions=one, segment_ids=one + 1, decode=True
-        )["cache"]
-    )
-
-    def empty(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
-        name = str(getattr(path[-1], "key", path[-1]))
-        if name in CACHE_KV:  # [..., batch, kv_heads, slots, head_dim]
-            shape = (*leaf.shape[:-4], batch, leaf.shape[-3], cache_len, leaf.shape[-1])
-            return _empty_kv(shape, leaf.dtype)
-        if name == CACHE_SEGMENTS:  # [..., batch, slots]
-            return jnp.zeros((*leaf.shape[:-2], batch, cache_len), leaf.dtype)
-        return jnp.zeros(leaf.shape, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(empty, template)
-
-
-def share_prompt_cache(prompt_cache: PyTree, num_samples: int, steps: int) -> PyTree:
-    """Decode cache for `num_samples` rows per prompt: the prompts' keys/values become a
-    shared prefix (read once per prompt, see attention_ops.cached_attention) and each row gets an
-    empty cache of `steps` slots for its own tokens."""
-
-    def convert(node: Any) -> Any:
-        if not isinstance(node, Mapping):
-            return node
-        if "cached_key" not in node:
-            return {name: convert(child) for name, child in node.items()}
-        key, segments = node["cached_key"], node["cached_segment_ids"]
-        rows = key.shape[-4] * num_samples
-        kv_shape = (*key.shape[:-4], rows, key.shape[-3], steps, key.shape[-1])
-        return {
-            "prefix_key": key,
-            "prefix_value": node["cached_value"],
-            "prefix_segment_ids": segments,
-            "cached_key": _empty_kv(kv_shape, key.dtype),
-            "cached_value": _empty_kv(kv_shape, key.dtype),
-            "cached_segment_ids": jnp.zeros((*segments.shape[:-2], rows, steps), segments.dtype),
-            "cache_index": jnp.zeros_like(node["cache_index"]),
-        }
-
-    return convert(prompt_cache)
-
-
-def unscanned(model: decoder.Decoder, params: PyTree) -> tuple[decoder.Decoder, PyTree]:
-    """The per-layer twin of a scanned model (traceable; XLA hoists the slicing out of loops).
-
-    Under nn.scan every layer slices its cache out of the layer-stacked arrays and stacks it
-    back, copying the whole cache at each decode step; separate layers update in place.
-    """
-    if not model.cfg.scan_layers:
-        return model, params
-    cfg = dataclasses.replace(model.cfg, scan_layers=False)
-    return decoder.Decoder(cfg), decoder.unscan_params(params, cfg.num_layers)
-
-
 def padded_layout(lengths: jax.Array, width: int) -> tuple[jax.Array, jax.Array]:
     """(positions, segment_ids) [rows, width] of left-padded rows with `lengths` real tokens."""
     index = jnp.arange(width, dtype=jnp.int32)[None, :]
@@ -302,6 +228,7 @@ def generate_tokens(
     config: SamplingConfig,
     num_samples: int,
     return_logits: bool = False,
+    use_cache: bool = True,
 ) -> dict[str, jax.Array]:
     """Samples `num_samples` continuations of each left-padded prompt row.
 
@@ -309,13 +236,20 @@ def generate_tokens(
     the rows' random streams). Returns "tokens" [b * num_samples, max_new_tokens] (pad after
     EOS; rows grouped by prompt), "num_tokens" [b * n] (generated, EOS included) and, with
     return_logits, the raw "logits" [b * n, max_new_tokens, vocab] each token was drawn from.
+    One prefill of the prompts, then one cached step per token until every row is done;
+    use_cache=False decodes without a cache instead (`generate_tokens_recompute`).
     """
     batch, width = prompts.shape
     steps = config.max_new_tokens
     rows = batch * num_samples
-    model, params = unscanned(model, params)
+    keys = row_keys(seed, prompt_keys, num_samples)
+    state = _initial_state(rows, model.cfg.vocab_size, config, return_logits)
+    if not use_cache:
+        state = _recompute(params, prompts, lengths, keys, state, model, config, num_samples)
+        return _outputs(state)
+    model, params = kv_cache.unscanned(model, params)
     positions, segment_ids = padded_layout(lengths, width)
-    cache = init_cache(model, batch, width)
+    cache = kv_cache.init_cache(model, batch, width)
     logits, variables = model.apply(
         {"params": params, "cache": cache},
         prompts,
@@ -324,14 +258,11 @@ def generate_tokens(
         decode=True,
         mutable=["cache"],
     )
-    cache = share_prompt_cache(variables["cache"], num_samples, steps)
+    state = dict(state, cache=kv_cache.share_prompt_cache(variables["cache"], num_samples, steps))
     last = jnp.repeat(logits[:, -1], num_samples, axis=0)
     lengths = jnp.repeat(lengths.astype(jnp.int32), num_samples)
-    keys = row_keys(seed, prompt_keys, num_samples)
-    state = dict(_initial_state(rows, last.shape[-1], config, return_logits), cache=cache)
-    state = _emit(
-        config, jnp.int32(0), sample_next(last, draws.fold_in(keys, 0), config), last, state
-    )
+    first = sample_next(last, draws.fold_in(keys, 0), config)
+    state = _emit(config, jnp.int32(0), first, last, state)
 
     def cond(carry: tuple[jax.Array, dict[str, jax.Array]]) -> jax.Array:
         t, state = carry
@@ -355,29 +286,28 @@ def generate_tokens(
     return _outputs(state)
 
 
-def generate_tokens_recompute(
+# Reference without a cache: every step reruns the model over the whole sequence buffer. Same
+# inputs, keys and filtering as `generate_tokens`, so both draw the same samples; the
+# benchmark's "recompute" baseline and the cache's correctness oracle.
+generate_tokens_recompute = functools.partial(generate_tokens, use_cache=False)
+
+
+def _recompute(
     params: PyTree,
     prompts: jax.Array,
     lengths: jax.Array,
-    prompt_keys: jax.Array,
-    seed: jax.Array,
-    *,
+    keys: jax.Array,
+    state: dict[str, jax.Array],
     model: decoder.Decoder,
     config: SamplingConfig,
     num_samples: int,
-    return_logits: bool = False,
 ) -> dict[str, jax.Array]:
-    """Reference without a cache: every step reruns the model over the whole sequence buffer.
-
-    Same inputs, keys and filtering as `generate_tokens`, so both draw the same samples; the
-    benchmark's "recompute" baseline and the cache's correctness oracle.
-    """
+    """`generate_tokens`'s steps without a cache: the model reruns over prompts and samples."""
     batch, width = prompts.shape
     steps = config.max_new_tokens
     rows = batch * num_samples
-    total = width + steps
     buffer = (
-        jnp.zeros((rows, total), jnp.int32)
+        jnp.zeros((rows, width + steps), jnp.int32)
         .at[:, :width]
         .set(jnp.repeat(prompts.astype(jnp.int32), num_samples, axis=0))
     )
@@ -385,7 +315,6 @@ def generate_tokens_recompute(
     positions, prompt_segments = padded_layout(lengths, width)
     after = jnp.arange(steps, dtype=jnp.int32)[None, :]
     positions = jnp.concatenate([positions, lengths[:, None] + after], axis=1)
-    keys = row_keys(seed, prompt_keys, num_samples)
 
     def body(t: jax.Array, state: dict[str, jax.Array]) -> dict[str, jax.Array]:
         generated = jnp.broadcast_to(after < t, (rows, steps)).astype(jnp.int32)
@@ -399,8 +328,7 @@ def generate_tokens_recompute(
         state["buffer"] = state["buffer"].at[:, width + t].set(token)
         return state
 
-    state = dict(_initial_state(rows, model.cfg.vocab_size, config, return_logits), buffer=buffer)
-    return _outputs(jax.lax.fori_loop(0, steps, body, state))
+    return jax.lax.fori_loop(0, steps, body, dict(state, buffer=buffer))
 
 
 # ----- batching -----
@@ -438,22 +366,18 @@ class Generator:
     def __init__(
         self,
         params: PyTree,
-        model_config: decoder.ModelConfig,
+        on_mesh: partitioning.ModelOnMesh,
         vocabulary: Any,
-        mesh: Mesh,
-        rules: Sequence,
         sampling: SamplingConfig,
         *,
         seed: int = 0,
         batch_size: int = 256,
         use_cache: bool = True,
-        compiler_options: Mapping[str, Any] | None = None,
     ) -> None:
         """sampling: the decoding controls; its eos_id and pad_id come from the vocabulary,
         and PAD plus the embedding rows the vocabulary cannot decode join its banned_ids."""
-        self.model_config = model_config
+        model_config = self.model_config = on_mesh.model_config
         self.vocabulary = vocabulary
-        self.mesh, self.rules = mesh, tuple(rules)
         self.seed = int(seed)
         self.batch_size = int(batch_size)
         if self.batch_size < 1:
@@ -490,30 +414,23 @@ class Generator:
         self.config = dataclasses.replace(
             sampling, eos_id=self.eos_id, pad_id=pad_id, banned_ids=tuple(banned)
         )
-        self.params, self._param_shardings = partitioning.shard_params(
-            params, model_config, mesh, self.rules
-        )
-        self._shards = partitioning.batch_shards(mesh, self.rules)
-        self._impl = generate_tokens if use_cache else generate_tokens_recompute
-        self._compiler_options = compiler_options
+        self.on_mesh = on_mesh
+        self.params, self._param_shardings = on_mesh.place(params)
+        self._shards = on_mesh.batch_shards()
+        self._use_cache = use_cache
         self._compiled: dict[int, partitioning.PartitionedFunction] = {}
 
     def _function(self, num_samples: int) -> partitioning.PartitionedFunction:
         if num_samples not in self._compiled:
-            replicated = NamedSharding(self.mesh, PartitionSpec())
             fn = functools.partial(
-                self._impl,
+                generate_tokens,
                 model=decoder.Decoder(self.model_config),
                 config=self.config,
                 num_samples=num_samples,
+                use_cache=self._use_cache,
             )
-            self._compiled[num_samples] = partitioning.PartitionedFunction(
-                fn,
-                self.mesh,
-                self.rules,
-                in_shardings=(self._param_shardings, *[replicated] * 4),
-                out_shardings=replicated,
-                compiler_options=self._compiler_options,
+            self._compiled[num_samples] = self.on_mesh.replicated_function(
+                fn, self._param_shardings, num_inputs=4
             )
         return self._compiled[num_samples]
 
@@ -594,12 +511,13 @@ def make_generate_fn(
     temperature: float = 1.0,
     top_k: int = 0,
     banned_ids: Sequence[int] = (),
+    compiler_options: Mapping[str, Any] | None = None,
     **engine_settings: Any,
 ) -> Generator:
     """A `toxjax.inference.requests.GenerateFn` (strings in, continuations out).
 
     The decoding controls become the Generator's SamplingConfig; engine_settings are its
-    seed, batch_size, use_cache and compiler_options.
+    seed, batch_size and use_cache.
     """
     sampling = SamplingConfig(
         max_new_tokens=int(max_new_tokens),
@@ -608,4 +526,5 @@ def make_generate_fn(
         top_k=int(top_k),
         banned_ids=tuple(banned_ids),
     )
-    return Generator(params, model_config, vocabulary, mesh, rules, sampling, **engine_settings)
+    on_mesh = partitioning.ModelOnMesh(model_config, mesh, rules, compiler_options)
+    return Generator(params, on_mesh, vocabulary, sampling, **engine_settings)

@@ -428,36 +428,58 @@ class Decoder(nn.Module):
         if cfg.positions == "learned" and length > cfg.max_len:
             raise ValueError(f"sequence length {length} exceeds config.model.max_len={cfg.max_len}")
         if positions is None:
-            positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
-            if decode:  # continue after the tokens already in the cache
-                initialised = self.has_variable("cache", "position")
-                position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
-                positions = positions + position.value
-                if initialised:
-                    position.value = position.value + length
-
-        embedding = self.param(
-            "token_embedding",
-            _init(cfg.init_std, ("vocab", "embed")),
-            (cfg.vocab_size, cfg.d_model),
-            cfg.weight_dtype,
-        )
+            positions = self._default_positions(batch, length, decode)
+        d_model, vocab_size = cfg.d_model, cfg.vocab_size
+        embedding = self._weight("token_embedding", ("vocab", "embed"), (vocab_size, d_model))
         # Gather from a replicated copy (FSDP gathers every weight anyway): a gather from a
         # vocab-sharded table makes XLA replicate its output, the worse choice.
         table = constrain(embedding.astype(cfg.compute_dtype), (None, None))
         x = jnp.take(table, tokens, axis=0)
         if cfg.positions == "learned":
-            table = self.param(
-                "position_embedding",
-                _init(cfg.init_std, ("position", "embed")),
-                (cfg.max_len, cfg.d_model),
-                cfg.weight_dtype,
+            table = self._weight(
+                "position_embedding", ("position", "embed"), (cfg.max_len, d_model)
             )
             table = constrain(table.astype(cfg.compute_dtype), (None, None))
             x = x + jnp.take(table, positions, axis=0)
         x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
         x = constrain(x, BATCH_LENGTH_EMBED)
+        x = self._blocks(x, positions, segment_ids, deterministic, decode)
+        x = make_norm(cfg, "final_norm")(x)
+        if cfg.tie_embeddings:
+            head, equation = embedding, "bld,vd->blv"
+        else:
+            head = self._weight("lm_head", ("embed", "vocab"), (d_model, vocab_size))
+            equation = "bld,dv->blv"
+        logits = jnp.einsum(
+            equation, x, head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
+        )
+        return constrain(logits, BATCH_LENGTH_VOCAB).astype(jnp.float32)
 
+    def _default_positions(self, batch: int, length: int, decode: bool) -> jax.Array:
+        """0..length-1 per row; decoding continues after the tokens already in the cache."""
+        positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+        if decode:
+            initialised = self.has_variable("cache", "position")
+            position = self.variable("cache", "position", lambda: jnp.zeros((), jnp.int32))
+            positions = positions + position.value
+            if initialised:
+                position.value = position.value + length
+        return positions
+
+    def _weight(self, name: str, axes: tuple[str, str], shape: tuple[int, int]) -> jax.Array:
+        """A weight matrix with logical axes, initialised as every weight of the model."""
+        return self.param(name, _init(self.cfg.init_std, axes), shape, self.cfg.weight_dtype)
+
+    def _blocks(
+        self,
+        x: jax.Array,
+        positions: jax.Array,
+        segment_ids: jax.Array | None,
+        deterministic: bool,
+        decode: bool,
+    ) -> jax.Array:
+        """The decoder blocks: one scanned stack, or cfg.num_layers separate layers."""
+        cfg = self.cfg
         block = DecoderBlock
         if cfg.remat_policy != "none" and not decode:  # decoding keeps no activations
             block = nn.remat(
@@ -476,31 +498,11 @@ class Decoder(nn.Module):
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )
             x, _ = stack(cfg, deterministic, decode, name="layers")(x, positions, segment_ids)
-        else:
-            for i in range(cfg.num_layers):
-                x, _ = block(cfg, deterministic, decode, name=f"layers_{i}")(
-                    x, positions, segment_ids
-                )
-
-        x = make_norm(cfg, "final_norm")(x)
-        if cfg.tie_embeddings:
-            logits = jnp.einsum(
-                "bld,vd->blv",
-                x,
-                embedding.astype(cfg.compute_dtype),
-                preferred_element_type=jnp.float32,
-            )
-        else:
-            head = self.param(
-                "lm_head",
-                _init(cfg.init_std, ("embed", "vocab")),
-                (cfg.d_model, cfg.vocab_size),
-                cfg.weight_dtype,
-            )
-            logits = jnp.einsum(
-                "bld,dv->blv", x, head.astype(cfg.compute_dtype), preferred_element_type=jnp.float32
-            )
-        return constrain(logits, BATCH_LENGTH_VOCAB).astype(jnp.float32)
+            return x
+        for i in range(cfg.num_layers):
+            layer = block(cfg, deterministic, decode, name=f"layers_{i}")
+            x, _ = layer(x, positions, segment_ids)
+        return x
 
 
 def unscan_params(params: Mapping[str, Any], num_layers: int) -> dict[str, Any]:

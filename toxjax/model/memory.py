@@ -4,7 +4,8 @@ Shapes come from jax.eval_shape of the real model and of optax.adamw's state; sh
 from the logical axis rules on a jax.sharding.AbstractMesh, so a 256-chip layout can be checked
 on a laptop before asking for the chips.
 
-    python -m toxjax.model.memory --config=toxjax/configs/gpt_1p3b.py --mesh=data:1,fsdp:256,tensor:1
+    python -m toxjax.model.memory --config=toxjax/configs/gpt_1p3b.py \\
+        --mesh=data:1,fsdp:256,tensor:1
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ itself on every call, so no caller can trace a sharded function without them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -315,3 +316,39 @@ def batch_shards(mesh: Mesh, rules: Sequence) -> int:
     axes = spec[0] if len(spec) else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
     return int(np.prod([mesh.shape[axis] for axis in axes])) if axes else 1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ModelOnMesh:
+    """A model config laid out on a mesh, and the XLA options its functions compile with:
+    what an engine over the model's params (sampling, log-likelihood) needs besides them."""
+
+    model_config: decoder.ModelConfig
+    mesh: Mesh
+    rules: LogicalRules
+    compiler_options: Mapping[str, Any] | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+
+    def place(self, params: PyTree) -> tuple[PyTree, PyTree]:
+        """`shard_params` here: (params laid out on the mesh, their shardings)."""
+        return shard_params(params, self.model_config, self.mesh, self.rules)
+
+    def batch_shards(self) -> int:
+        return batch_shards(self.mesh, self.rules)
+
+    def replicated_function(
+        self, fn: Callable[..., Any], param_shardings: PyTree, num_inputs: int
+    ) -> PartitionedFunction:
+        """fn(params, *inputs) jitted on the mesh: params in `param_shardings`, its
+        `num_inputs` other inputs and its outputs replicated."""
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+        return PartitionedFunction(
+            fn,
+            self.mesh,
+            self.rules,
+            in_shardings=(param_shardings, *[replicated] * num_inputs),
+            out_shardings=replicated,
+            compiler_options=self.compiler_options,
+        )

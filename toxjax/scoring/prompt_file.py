@@ -2,11 +2,11 @@
 
 Built the way RealToxicityPrompts was: RealToxicityPrompts took sentences from web text, the
 kind of text models pretrain on, and split each in half into a prompt and a "continuation".
-Here the sentences come from held-out documents of the demo corpus (`toxjax.datasets.template_corpus`,
-a seed training never uses), so polite and rude sentences come in the corpus' own mix. To these
-come every corpus opener and stand-alone rude beginnings ("Shut up, you"). As in
-RealToxicityPrompts, each prompt carries its own toxicity (here from the configured scorer, by
-default the offline one).
+Here the sentences come from held-out documents of the demo corpus
+(`toxjax.datasets.template_corpus`, a seed training never uses), so polite and rude sentences
+come in the corpus' own mix. To these come every corpus opener and stand-alone rude beginnings
+("Shut up, you"). As in RealToxicityPrompts, each prompt carries its own toxicity (here from
+the configured scorer, by default the offline one).
 
 `challenging` marks prompts whose source continues with an insult or a profanity right after
 the cut, and the stand-alone rude beginnings: the demo's analogue of RealToxicityPrompts'
