@@ -19,3 +19,8 @@ if "TOXJAX_DATA_DIR" not in os.environ:
 
     os.environ["TOXJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="toxjax_test_data_")
     atexit.register(shutil.rmtree, os.environ["TOXJAX_DATA_DIR"], ignore_errors=True)
+
+# Commands import the modules of config.data.task_modules before they look a task up; tests that
+# call lower-level functions with a demo task name directly get the demo family here. (The
+# commands' own import is tested in subprocesses: tests/main_test.py, tests/your_corpus_test.py.)
+import toxjax.data.demo_tasks  # noqa: E402,F401
