@@ -26,7 +26,7 @@ from toxjax.data.scored_data import (
 )
 
 MIX_SUFFIX = "_mix"
-# config.data.task_modules of a config that has none (configs/default.py sets the same).
+# config.data.task_modules of a config that has none (toxjax/configs/default.py sets the same).
 DEFAULT_TASK_MODULES = ("toxjax.data.demo_tasks",)
 _NAME = re.compile(r"[\w.:#]+")  # what SeqIO accepts in task names
 
