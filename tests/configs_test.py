@@ -191,3 +191,6 @@ def test_the_wheel_installs_no_top_level_package_but_toxjax(tmp_path):
     tops = {name.split("/")[0] for name in names}
     assert {top for top in tops if not top.endswith(".dist-info")} == {"toxjax"}, sorted(tops)
     assert "toxjax/configs/default.py" in names and "toxjax/assets/real/corpus.jsonl.gz" in names
+    # Every module of the checkout is in the wheel (a folder without __init__.py would not be).
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "toxjax").rglob("*.py")}
+    assert modules <= set(names), sorted(modules - set(names))
