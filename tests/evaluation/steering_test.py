@@ -5,50 +5,23 @@ import json
 import logging
 import math
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import seqio
 
-from toxjax.configs import default as default_config
 from toxjax.evaluation import steering
 from toxjax.evaluation.bias import LabeledText
 from toxjax.evaluation.rtp import Prompt
 from toxjax.fileio import jsonable
 from toxjax.inference import loglik
 from toxjax.inference.requests import LoglikelihoodRequest, LoglikelihoodResult
-from toxjax.model import decoder, partitioning
-
-# A small random decoder on one device, scored through the real engine.
-CFG = decoder.ModelConfig(
-    num_layers=1,
-    d_model=32,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=64,
-    vocab_size=264,
-    max_len=32,
-    dtype="float32",
+from toxjax.testing.small_decoder import (
+    CFG,
+    FAST_COMPILE,
+    RULES,
+    VOCAB,
+    init_params,
+    one_device_mesh,
 )
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-RULES = partitioning.logical_rules(default_config.get_config())
-VOCAB = seqio.ByteVocabulary()
-INITIAL = nn.unbox(
-    jax.jit(lambda key: decoder.Decoder(CFG).init({"params": key}, jnp.zeros((1, 4), jnp.int32)))(
-        jax.random.key(7)
-    )["params"]
-)
-
-
-def init_params(scale: float):
-    return jax.tree.map(lambda x: x * scale if x.ndim > 1 else x, INITIAL)
-
-
-def one_device_mesh():
-    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
-
 
 SIGNALS = {"nontoxic": "N\n", "toxic": "T\n", "none": ""}
 FEW = {"n_resamples": 200}  # hand-made data: few resamples keep the tests quick

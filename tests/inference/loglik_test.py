@@ -1,47 +1,23 @@
 """Tests of the log-likelihood engine and held-out perplexity against plain forward passes."""
 
-import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
-import seqio
 
-from toxjax.configs import default as default_config
 from toxjax.data import vocab
 from toxjax.inference import loglik
 from toxjax.inference.requests import LoglikelihoodRequest, call_loglikelihood
-from toxjax.model import decoder, partitioning
-
-CFG = decoder.ModelConfig(
-    num_layers=2,
-    d_model=32,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=64,
-    vocab_size=264,
-    max_len=32,
-    dtype="float32",
+from toxjax.model import decoder
+from toxjax.testing.small_decoder import (
+    CFG,
+    FAST_COMPILE,
+    RULES,
+    VOCAB,
+    init_params,
+    one_device_mesh,
 )
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-RULES = partitioning.logical_rules(default_config.get_config())  # the shipped rules
-VOCAB = seqio.ByteVocabulary()
+
 START = vocab.START_ID
-
-
-INITIAL = nn.unbox(
-    jax.jit(lambda key: decoder.Decoder(CFG).init({"params": key}, jnp.zeros((1, 4), jnp.int32)))(
-        jax.random.key(7)
-    )["params"]
-)
-
-
-def init_params(scale: float):
-    return jax.tree.map(lambda x: x * scale if x.ndim > 1 else x, INITIAL)
-
-
-def one_device_mesh():
-    return jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
 
 
 def forward(params, tokens: np.ndarray, **kwargs) -> np.ndarray:
