@@ -66,14 +66,12 @@ def main(argv: Sequence[str]) -> None:
         raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
     maybe_initialize_distributed(_DISTRIBUTED.value)
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
-    from toxjax.data import tasks
     from toxjax.evaluation.evaluator import Evaluator
     from toxjax.interop import hf_import
     from toxjax.training import train
 
     config, workdir = _CONFIG.value, _WORKDIR.value
     record_config(config, workdir)
-    tasks.import_task_modules(config)
     if _MODE.value == "eval":
         Evaluator(config, workdir).evaluate_checkpoint(
             step=_EVAL_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value

@@ -40,7 +40,7 @@ _CACHE_FORMAT_VERSION = 1
 
 def get_task(name: str):
     """The registered seqio Task or Mixture; its task module must be imported already
-    (`tasks.import_task_modules(config.data.task_modules)`)."""
+    (`tasks.import_task_modules(config)`)."""
     import seqio
 
     try:
