@@ -12,6 +12,8 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets>=4.9.10,<5",
     "tensorflow-text>=2.21,<2.22",
     "seqio==0.0.20",
+    # The streaming training input (random-access shuffle, first-fit packing, iterator state).
+    "grain>=0.2.18,<0.3",
     # 0.2.2+ ships protobuf-7 generated code; Beam needs protobuf<7.
     "sentencepiece>=0.2.0,<0.2.2",
     "detoxify>=0.5.4,<0.6",
@@ -19,6 +21,8 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4.3",
     # Sentence segments for per-segment scores (the SEGMENT strategy).
     "sentencex>=1.0.32,<2",
+    # Parquet inputs of the scoring job (FineWeb, Dolma, RedPajama); Beam's range, 25 tested.
+    "pyarrow>=14.0.1,<26",
     "absl-py>=2.1",
     "ml-collections>=1.0",
     "alt-profanity-check>=1.9.1,<2",

@@ -1,8 +1,8 @@
 """End-to-end tests of `python -m toxjax.main`: it learns, kill -9 + resume is exact, SIGTERM.
 
 Every run is a real subprocess on the tiny config and the demo INST task (8 forced CPU devices,
-inherited from conftest). They share one packed-data cache and one persistent compilation
-cache, so only the first run pays for materialisation and compilation.
+inherited from conftest). They share one persistent compilation cache, so only the first run pays
+for compilation.
 """
 
 import json
@@ -19,7 +19,7 @@ NUM_STEPS = 100
 CHECKPOINT_EVERY = 5
 
 
-def _command(workdir: str, cache_dir: str, *extra: str) -> list[str]:
+def _command(workdir: str, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -31,7 +31,6 @@ def _command(workdir: str, cache_dir: str, *extra: str) -> list[str]:
         f"--config.train.checkpoint_every={CHECKPOINT_EVERY}",
         "--config.train.log_every=1",  # every step's loss reaches train_log.jsonl at once
         "--config.train.cpu_peak_flops=3.6e11",  # skip the matmul measurement
-        f"--config.data.cache_dir={cache_dir}",
         *extra,
     ]
 
@@ -48,7 +47,7 @@ def _start(workdir: str, shared: str, log_name: str) -> tuple[subprocess.Popen, 
     log_path = os.path.join(shared, log_name)
     with open(log_path, "w") as handle:  # the child keeps its own copy of the descriptor
         process = subprocess.Popen(
-            _command(workdir, os.path.join(shared, "data_cache")),
+            _command(workdir),
             cwd=REPO,
             env=_environment(shared),
             stdout=handle,
@@ -178,7 +177,7 @@ def test_kill9_then_resume_matches_the_uninterrupted_run_bitwise(reference_run, 
 @pytest.mark.slow
 def test_eval_mode_on_the_tiny_checkpoint_writes_every_metric(reference_run, shared):
     """--mode=eval restores the latest checkpoint and writes eval/step_<N>.json."""
-    command = _command(reference_run, os.path.join(shared, "data_cache"))
+    command = _command(reference_run)
     command[command.index("--mode=train")] = "--mode=eval"
     command += [
         "--config.eval.rtp_num_prompts=6",
@@ -206,7 +205,7 @@ def test_eval_mode_on_the_tiny_checkpoint_writes_every_metric(reference_run, sha
 @pytest.mark.slow
 def test_train_and_eval_evaluates_every_n_steps_and_at_the_end(shared, tmp_path):
     workdir = str(tmp_path / "train_and_eval")
-    command = _command(workdir, os.path.join(shared, "data_cache"))
+    command = _command(workdir)
     command[command.index("--mode=train")] = "--mode=train_and_eval"
     command[command.index(f"--config.train.num_steps={NUM_STEPS}")] = "--config.train.num_steps=6"
     command += [

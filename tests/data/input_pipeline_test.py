@@ -1,7 +1,7 @@
-"""toxjax.data.input_pipeline: step-addressed batches, host shards, cache reuse, checks."""
+"""toxjax.data.input_pipeline: row streams, process-count independence, exact resume, checks."""
 
 import dataclasses
-import os
+import json
 
 import jax
 import ml_collections
@@ -10,7 +10,7 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from toxjax.data import input_pipeline
+from toxjax.data import input_pipeline, task_documents, vocab
 
 TASK = "input_pipeline_test_task"
 NUM_DOCS = 60
@@ -42,96 +42,168 @@ def _register() -> None:
 _register()
 
 
-def _doc_ids(cache: input_pipeline.PackedCache) -> set[int]:
-    """Documents present in a cache, read back from the '<NNN>' markers in the tokens."""
-    found = set()
+def _doc_ids(batch: dict[str, np.ndarray], row: int) -> list[int]:
+    """Documents of one packed row, in order, read back from their '<NNN>' markers."""
     vocab = seqio.ByteVocabulary()
-    tokens = np.asarray(cache.arrays["decoder_target_tokens"])
-    segments = np.asarray(cache.arrays["decoder_segment_ids"])
-    for row, seg in zip(tokens, segments, strict=True):
-        for segment in np.unique(seg[seg > 0]):
-            text = vocab.decode([int(t) for t in row[seg == segment] if t > 2])
-            found.add(int(text[1:4]))
+    tokens, segments = batch["decoder_target_tokens"][row], batch["decoder_segment_ids"][row]
+    found = []
+    for segment in range(1, int(segments.max()) + 1):
+        text = vocab.decode([int(t) for t in tokens[segments == segment] if t > 2])
+        found.append(int(text[1:4]))
     return found
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> input_pipeline.PackedCache:
-    return input_pipeline.materialize(
-        TASK, "train", SEQ_LEN, 0, str(tmp_path_factory.mktemp("cache")), progress=False
+def _config(task: str = TASK, batch: int = 8, **data) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        {
+            "data": {
+                "task": task,
+                "split": "train",
+                "seq_len": SEQ_LEN,
+                "seed": 0,
+                "global_batch_size": batch,
+                "packing_bins": 2,
+                **data,
+            },
+            "model": {"vocab_size": 384},
+            "train": {"num_steps": 10},
+        }
     )
 
 
-def test_cache_holds_packed_features_of_every_document(cache):
-    assert cache.num_rows > 0
-    assert set(cache.arrays) == set(input_pipeline.FEATURES)
-    for array in cache.arrays.values():
-        assert array.shape == (cache.num_rows, SEQ_LEN)
-    # Packing put several short documents into one row.
-    assert cache.num_rows < NUM_DOCS
-    assert np.max(cache.arrays["decoder_segment_ids"]) > 1
-    assert _doc_ids(cache) == set(range(NUM_DOCS))
+def _sharding(num_devices: int = 1) -> jax.sharding.NamedSharding:
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:num_devices]), ("data",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
 
 
-def test_batch_of_a_step_is_identical_across_pipelines_and_materialisations(cache, tmp_path):
-    again = input_pipeline.materialize(TASK, "train", SEQ_LEN, 0, str(tmp_path), progress=False)
-    first = input_pipeline.StepIndexedBatches(cache, batch_size=4, seed=7)
-    second = input_pipeline.StepIndexedBatches(again, batch_size=4, seed=7)
-    # Ask in different orders: the answer depends on the step only.
-    later = {step: second.batch(step) for step in (9, 3, 0, 5)}
-    for step in (0, 3, 5, 9):
-        batch = first.batch(step)
+def _read(pipeline: input_pipeline.TrainPipeline, steps) -> list[dict[str, np.ndarray]]:
+    return [pipeline.local_batch(step) for step in steps]
+
+
+def _assert_same(first: list[dict], second: list[dict]) -> None:
+    assert len(first) == len(second)
+    for a, b in zip(first, second, strict=True):
         for name in input_pipeline.FEATURES:
-            np.testing.assert_array_equal(batch[name], later[step][name])
+            np.testing.assert_array_equal(a[name], b[name])
 
 
-def test_each_epoch_visits_every_row_once_in_a_seed_dependent_order(cache):
-    batch_size = 3
-    batches = input_pipeline.StepIndexedBatches(cache, batch_size=batch_size, seed=1)
-    steps = 2 * cache.num_rows // batch_size + 1
-    rows = np.concatenate([batches.row_indices(s) for s in range(steps)])
-    first_epoch, second_epoch = rows[: cache.num_rows], rows[cache.num_rows : 2 * cache.num_rows]
-    assert sorted(first_epoch) == list(range(cache.num_rows))
-    assert sorted(second_epoch) == list(range(cache.num_rows))
-    assert list(first_epoch) != list(second_epoch)
-    other_seed = input_pipeline.StepIndexedBatches(cache, batch_size=batch_size, seed=2)
-    assert list(other_seed.row_indices(0)) != list(batches.row_indices(0))
-    assert batches.position(steps)["epoch"] == steps * batch_size // cache.num_rows
+def test_each_row_packs_its_own_stream_of_the_shuffled_documents():
+    """Row r reads documents r, r + B, r + 2B, ... of the epoch order, packed in order (one
+    packing bin keeps their order); an epoch visits every document once."""
+    num_streams, steps = 4, 12
+    streams = input_pipeline.RowStreams(TASK, "train", SEQ_LEN, 0, range(4), num_streams, 1)
+    batches = [streams.next_rows() for _ in range(steps)]
+    order = task_documents.task_documents(TASK, "train", SEQ_LEN, 0)
+    for row in range(num_streams):
+        read = [doc for batch in batches for doc in _doc_ids(batch, row)]
+        expected = [
+            int(seqio.ByteVocabulary().decode([int(t) for t in order[i] if t > 2])[1:4])
+            for i in range(row, row + num_streams * len(read), num_streams)
+        ]
+        assert read == expected
+    first_epoch = [int(seqio.ByteVocabulary().decode(list(order[i]))[1:4]) for i in range(NUM_DOCS)]
+    assert sorted(first_epoch) == list(range(NUM_DOCS))
+    assert max(int(b["decoder_segment_ids"].max()) for b in batches) > 1  # really packed
 
 
-def test_host_shards_hold_disjoint_documents(tmp_path):
-    shards = [
-        input_pipeline.materialize(
-            TASK, "train", SEQ_LEN, 0, str(tmp_path), shard_index=i, num_shards=2, progress=False
+def test_features_equal_seqio_lm_feature_converter():
+    """A packed row's features are what seqio.LMFeatureConverter(pack=True) makes of it."""
+    streams = input_pipeline.RowStreams(TASK, "train", SEQ_LEN, 0, range(3), 3, 2)
+    batch = streams.next_rows()
+    for row in range(3):
+        targets = batch["decoder_target_tokens"][row]
+        segments = batch["decoder_segment_ids"][row]
+        inputs = seqio.utils.make_autoregressive_inputs(
+            tf.constant(targets), sequence_id=tf.constant(segments), bos_id=vocab.START_ID
         )
-        for i in range(2)
+        np.testing.assert_array_equal(batch["decoder_input_tokens"][row], inputs.numpy())
+        np.testing.assert_array_equal(batch["decoder_loss_weights"][row], targets != 0)
+        first = targets[segments == 1]
+        converted = next(
+            seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID)(
+                tf.data.Dataset.from_tensors({"targets": first}), {"targets": SEQ_LEN}
+            ).as_numpy_iterator()
+        )
+        length = len(first)
+        for name in input_pipeline.FEATURES:
+            np.testing.assert_array_equal(batch[name][row][:length], converted[name][:length])
+
+
+def test_global_batch_does_not_depend_on_the_number_of_processes():
+    """Two hosts feeding rows 0-3 and 4-7 read together what one host feeding 0-7 reads."""
+    whole = input_pipeline.RowStreams(TASK, "train", SEQ_LEN, 0, range(8), 8, 2)
+    halves = [
+        input_pipeline.RowStreams(TASK, "train", SEQ_LEN, 0, rows, 8, 2)
+        for rows in (range(4), range(4, 8))
     ]
-    ids = [_doc_ids(shard) for shard in shards]
-    assert ids[0] and ids[1]
-    assert ids[0].isdisjoint(ids[1])
-    assert ids[0] | ids[1] == set(range(NUM_DOCS))
+    for _ in range(6):
+        together = whole.next_rows()
+        parts = [half.next_rows() for half in halves]
+        for name in input_pipeline.FEATURES:
+            np.testing.assert_array_equal(
+                together[name], np.concatenate([part[name] for part in parts])
+            )
 
 
-def test_cache_is_reused_without_touching_seqio(cache, monkeypatch):
-    def fail(*args, **kwargs):
-        raise AssertionError("seqio.get_dataset called although the cache exists")
+def test_resume_from_the_saved_state_reads_the_uninterrupted_batches():
+    sharding = _sharding()
+    uninterrupted = input_pipeline.create_train_pipeline(_config(), sharding)
+    expected = _read(uninterrupted, range(12))
+    saved = json.loads(json.dumps(uninterrupted.state(5)))  # what the checkpoint JSON holds
+    assert saved["next_step"] == 5 and len(saved["main"]) == 8
+    resumed = input_pipeline.create_train_pipeline(_config(), sharding)
+    resumed.restore(saved, 5, "test checkpoint")
+    _assert_same(_read(resumed, range(5, 12)), expected[5:])
+    replayed = input_pipeline.create_train_pipeline(_config(), sharding)
+    replayed.restore({}, 5, "an old checkpoint")  # no stream state: replays the input
+    _assert_same(_read(replayed, range(5, 12)), expected[5:])
+    with pytest.raises(ValueError, match="already read"):
+        resumed.local_batch(3)
 
-    monkeypatch.setattr(seqio, "get_dataset", fail)
-    parent = os.path.dirname(cache.directory)
-    reused = input_pipeline.materialize(TASK, "train", SEQ_LEN, 0, parent, progress=False)
-    assert reused.directory == cache.directory
-    np.testing.assert_array_equal(
-        reused.arrays["decoder_target_tokens"], cache.arrays["decoder_target_tokens"]
-    )
-    # No temporary directories are left behind by the atomic write.
-    assert not [name for name in os.listdir(parent) if ".tmp-" in name]
+
+def test_another_seed_or_batch_size_does_not_take_a_saved_state(caplog):
+    first = input_pipeline.create_train_pipeline(_config(), _sharding())
+    _read(first, range(3))
+    other = input_pipeline.create_train_pipeline(_config(seed=1), _sharding())
+    other.restore(first.state(3), 3, "ckpt")
+    assert "replaying 3 steps" in caplog.text and "'seed': (0, 1)" in caplog.text
 
 
-def test_max_rows_limits_the_cache(tmp_path):
-    small = input_pipeline.materialize(
-        TASK, "train", SEQ_LEN, 0, str(tmp_path), max_rows=3, progress=False
-    )
-    assert small.num_rows == 3
+def test_train_pipeline_builds_sharded_global_batches():
+    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "tensor"))
+    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    pipeline = input_pipeline.create_train_pipeline(_config(), sharding)
+    assert pipeline.layout.rows == tuple(range(8))
+    reference = input_pipeline.create_train_pipeline(_config(), _sharding())
+    for step in range(3):
+        batch, expected = pipeline(step), reference.local_batch(step)
+        for name in input_pipeline.FEATURES:
+            assert batch[name].shape == (8, SEQ_LEN)
+            assert batch[name].sharding == sharding
+            assert batch[name].addressable_shards[0].data.shape == (2, SEQ_LEN)
+            np.testing.assert_array_equal(np.asarray(batch[name]), expected[name])
+
+
+def test_corpus_smaller_than_one_batch_is_refused():
+    with pytest.raises(ValueError, match=f"{NUM_DOCS} documents, fewer than one batch"):
+        input_pipeline.create_train_pipeline(_config(batch=NUM_DOCS + 4), _sharding())
+
+
+def test_cooldown_switches_streams_at_its_step_and_resumes_across_it():
+    assert input_pipeline.cooldown_start(10, 0.2) == 8  # data steps 8 and 9 of 0..9
+    with pytest.raises(ValueError, match="cooldown_fraction"):
+        input_pipeline.cooldown_start(10, 1.0)
+    config = _config(cooldown_fraction=0.2, cooldown_task=TASK)
+    with_cooldown = _read(input_pipeline.create_train_pipeline(config, _sharding()), range(10))
+    plain = _read(input_pipeline.create_train_pipeline(_config(), _sharding()), range(10))
+    _assert_same(with_cooldown[:8], plain[:8])
+    # The cooldown's streams start at its first step: its batch 8 is a fresh stream's batch 0.
+    _assert_same(with_cooldown[8:9], plain[:1])
+    first = input_pipeline.create_train_pipeline(config, _sharding())
+    _read(first, range(9))
+    resumed = input_pipeline.create_train_pipeline(config, _sharding())
+    resumed.restore(first.state(9), 9, "ckpt")
+    _assert_same(_read(resumed, [9]), with_cooldown[9:])
 
 
 def test_vocabulary_check_fails_clearly_when_model_vocab_is_too_small():
@@ -174,85 +246,9 @@ def test_data_layout_gives_replicas_the_same_shard(monkeypatch, process, shard):
     monkeypatch.setattr(jax, "process_index", lambda: process)
     layout = input_pipeline.get_data_layout(_FakeSharding(), global_batch_size=16, seq_len=8)
     assert layout == input_pipeline.DataLayout(
-        shard_index=shard, num_shards=2, local_batch_size=8, global_batch_size=16
+        shard_index=shard,
+        num_shards=2,
+        local_batch_size=8,
+        global_batch_size=16,
+        rows=tuple(range(8 * shard, 8 * shard + 8)),
     )
-
-
-def test_train_pipeline_builds_sharded_global_batches(cache):
-    mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "tensor"))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    layout = input_pipeline.get_data_layout(sharding, global_batch_size=8, seq_len=SEQ_LEN)
-    assert (layout.shard_index, layout.num_shards, layout.local_batch_size) == (0, 1, 8)
-    batches = input_pipeline.StepIndexedBatches(cache, layout.local_batch_size, seed=0)
-    pipeline = input_pipeline.TrainPipeline(batches, layout, sharding, SEQ_LEN)
-    batch = pipeline(2)
-    expected = batches.batch(2)
-    for name in input_pipeline.FEATURES:
-        assert batch[name].shape == (8, SEQ_LEN)
-        assert batch[name].sharding == sharding
-        assert batch[name].addressable_shards[0].data.shape == (2, SEQ_LEN)
-        np.testing.assert_array_equal(np.asarray(batch[name]), expected[name])
-    assert pipeline.position(2)["next_step"] == 2
-
-
-def test_empty_split_is_a_clear_error(tmp_path):
-    name = "input_pipeline_test_empty"
-    if name not in seqio.TaskRegistry.names():
-        seqio.TaskRegistry.add(
-            name,
-            source=seqio.FunctionDataSource(
-                lambda split, shuffle_files, seed=None: tf.data.Dataset.from_tensor_slices(
-                    {"targets": tf.constant([], tf.string)}
-                ),
-                splits=["train"],
-            ),
-            preprocessors=[seqio.preprocessors.tokenize, seqio.preprocessors.append_eos],
-            output_features={"targets": seqio.Feature(seqio.ByteVocabulary(), add_eos=True)},
-        )
-    with pytest.raises(ValueError, match=r"'input_pipeline_test_empty' split 'train'.*no examples"):
-        input_pipeline.materialize(name, "train", SEQ_LEN, 0, str(tmp_path), progress=False)
-    assert os.listdir(tmp_path) == []  # the temporary directory was removed
-
-
-def test_cache_dir_is_local_even_for_a_gcs_workdir(tmp_path):
-    data = ml_collections.ConfigDict({"cache_dir": ""})
-    assert input_pipeline.resolve_cache_dir(data, str(tmp_path)) == str(tmp_path / "data_cache")
-    remote = input_pipeline.resolve_cache_dir(data, "gs://bucket/run")
-    assert "://" not in remote and os.path.isabs(remote)
-    data.cache_dir = "gs://bucket/cache"
-    with pytest.raises(ValueError, match="config.data.cache_dir='gs://bucket/cache'.*local"):
-        input_pipeline.resolve_cache_dir(data, str(tmp_path))
-
-
-def test_cooldown_switches_streams_at_its_step_and_stays_step_indexed(cache):
-    """The last batches come from the cooldown stream, indexed from its own step 0, so a
-    fresh pipeline (a resumed run) gives every step's batch again, across the switch."""
-    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
-    sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
-    layout = input_pipeline.get_data_layout(sharding, global_batch_size=4, seq_len=SEQ_LEN)
-    assert input_pipeline.cooldown_start(10, 0.2) == 8  # data steps 8 and 9 of 0..9
-    with pytest.raises(ValueError, match="cooldown_fraction"):
-        input_pipeline.cooldown_start(10, 1.0)
-
-    def pipeline():
-        main = input_pipeline.StepIndexedBatches(cache, 4, seed=0)
-        cool = input_pipeline.StepIndexedBatches(cache, 4, seed=7)  # another order: tellable
-        return (
-            main,
-            cool,
-            input_pipeline.TrainPipeline(main, layout, sharding, SEQ_LEN, cooldown=(8, cool)),
-        )
-
-    main, cool, first = pipeline()
-    tokens = "decoder_target_tokens"
-    np.testing.assert_array_equal(first.local_batch(7)[tokens], main.batch(7)[tokens])
-    np.testing.assert_array_equal(first.local_batch(8)[tokens], cool.batch(0)[tokens])
-    np.testing.assert_array_equal(first.local_batch(9)[tokens], cool.batch(1)[tokens])
-    assert not np.array_equal(first.local_batch(8)[tokens], main.batch(8)[tokens])
-    _, _, resumed = pipeline()
-    for step in (6, 8, 9):
-        np.testing.assert_array_equal(
-            np.asarray(resumed(step)[tokens]), np.asarray(first(step)[tokens])
-        )
-    assert first.position(9)["cooldown_start"] == 8
-    assert first.position(9)["cooldown_rows_consumed_this_host"] == 4

@@ -71,26 +71,31 @@ def test_byte_vocabulary_cannot_mask():
 
 
 def test_training_pipeline_applies_the_transform_per_batch():
-    class Rows:  # StepIndexedBatches' interface, one row per step
-        seed = 0
+    class Rows:  # RowStreams' interface, one row per step
+        step = 0
 
-        def batch(self, step):
+        def next_rows(self):
+            self.step += 1
             return {
-                "decoder_target_tokens": np.array([[START, SEP, 8 + step]]),
+                "decoder_target_tokens": np.array([[START, SEP, 7 + self.step]]),
                 "decoder_segment_ids": np.ones((1, 3), np.int32),
                 "decoder_loss_weights": np.ones((1, 3), np.int32),
             }
+
+        def get_state(self):
+            return {"0": self.step}
 
     import jax
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",))
     sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     layout = input_pipeline.DataLayout(
-        shard_index=0, num_shards=1, local_batch_size=1, global_batch_size=1
+        shard_index=0, num_shards=1, local_batch_size=1, global_batch_size=1, rows=(0,)
     )
     pipeline = input_pipeline.TrainPipeline(
         Rows(), layout, sharding, 3, transform=signal_mask.SignalLossMask([START], SEP)
     )
+    pipeline(step=0), pipeline(step=1)
     batch = pipeline(step=2)
     assert np.asarray(batch["decoder_loss_weights"]).tolist() == [[0, 0, 1]]
     assert np.asarray(batch["decoder_target_tokens"]).tolist() == [[START, SEP, 10]]

@@ -24,7 +24,7 @@ def study_section(
     study.name = name
     # toxjax.scoring.job input: "demo[:<num_docs>]" | "tfds:<name>[/<config>]:<split>"
     # (slicing works, e.g. "train[:10%]") | "jsonl:<glob>" or "*.jsonl" globs |
-    # "tfrecord:<glob>" (gs:// too).
+    # "parquet:<glob>" or "*.parquet" globs | "tfrecord:<glob>" (gs:// too).
     study.corpus = corpus
     study.text_field = "text"  # field holding the document text in JSONL/TFRecord/TFDS records
     study.scorer = scorer  # toxjax.scoring.scorer_specs.make_scorer spec for the pretraining corpus

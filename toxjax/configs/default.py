@@ -102,8 +102,8 @@ def _data_config() -> ml_collections.ConfigDict:
     data.seq_len = 128  # packed sequence length (targets)
     data.global_batch_size = 16  # sequences per optimizer step, over all hosts
     data.seed = 0  # fixes the example order: batch(step) depends only on (seed, step)
-    data.num_cached_examples = -1  # packed examples materialised for indexing; -1 = all
-    data.cache_dir = ""  # where packed arrays are cached; "" = WORKDIR/data_cache
+    # Packing bins per batch row's stream (Grain first-fit): more pack tighter, buffer more.
+    data.packing_bins = 4
     # Signal-free cooldown (MeCo): the last cooldown_fraction of train.num_steps draw their
     # batches from cooldown_task (e.g. the study's untagged BASE task); 0 = none.
     data.cooldown_fraction = 0.0

@@ -1,32 +1,33 @@
-"""Packed SeqIO batches addressed by step: batch(step) depends only on (seed, step).
+"""The training input: packed rows streamed from the task's documents, resumable exactly.
 
-seqio has no deterministic resume, so each host materialises its shard of the packed, tokenized
-examples once into flat int32 files (memory-mapped afterwards) and picks the rows of a step with
-a permutation fixed by (seed, shard, epoch), as Levanter does. An interrupted run therefore
-resumes on exactly the batch it would have seen, and no iterator state is ever saved.
+Row r of every global batch comes from stream r of `global_batch_size` independent Grain
+streams: stream r reads documents r, r + B, r + 2B, ... of the task's epoch-shuffled order
+(`task_documents`), tokenizes them on the fly and packs them (Grain's FirstFitPackIterDataset).
+A host runs only the streams of its own rows, so the global batch of step k does not depend on
+the number of processes, nothing is written per strategy or per host, and the first batch
+needs only its own documents, whatever the corpus size. Each stream's Grain iterator state is
+saved with every checkpoint (gathered from all hosts into the checkpoint's JSON), so a resumed
+run, on a slice of any size, reads exactly the batches an uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import contextlib
+import copy
 import dataclasses
 import json
-import os
-import re
-import shutil
-import tempfile
-import time
-import uuid
+import queue
+import threading
 from collections.abc import Callable, Mapping
+from typing import Any
 
+import grain
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from grain import experimental as grain_experimental
 
-from toxjax import fileio
-from toxjax.data import vocab
-from toxjax.tf_import import import_tensorflow
+from toxjax.data import task_documents, vocab
 
 FEATURES = (
     "decoder_target_tokens",
@@ -35,7 +36,8 @@ FEATURES = (
     "decoder_segment_ids",
     "decoder_positions",
 )
-_CACHE_FORMAT_VERSION = 1
+STATE_FORMAT = "grain-row-streams-v1"
+PACKED = "targets"
 
 
 def get_task(name: str):
@@ -81,6 +83,7 @@ class DataLayout:
     num_shards: int
     local_batch_size: int
     global_batch_size: int
+    rows: tuple[int, ...] = ()  # the global batch rows this host feeds, in order
 
 
 def get_data_layout(
@@ -99,51 +102,19 @@ def get_data_layout(
         num_shards=len(distinct),
         local_batch_size=len(mine),
         global_batch_size=global_batch_size,
+        rows=mine,
     )
-
-
-@dataclasses.dataclass(frozen=True)
-class PackedCache:
-    """Memory-mapped packed examples of one host shard: arrays[name] is [num_rows, seq_len]."""
-
-    directory: str
-    num_rows: int
-    seq_len: int
-    arrays: Mapping[str, np.ndarray]
-
-
-def cache_key(
-    task: str, split: str, seq_len: int, seed: int, max_rows: int, shard_index: int, num_shards: int
-) -> str:
-    safe_task = re.sub(r"[^A-Za-z0-9_.-]", "_", task)
-    rows = "all" if max_rows < 0 else str(max_rows)
-    return (
-        f"{safe_task}-{split}-len{seq_len}-seed{seed}-rows{rows}-shard{shard_index}of{num_shards}"
-        f"-v{_CACHE_FORMAT_VERSION}"
-    )
-
-
-def _open_cache(directory: str) -> PackedCache:
-    with open(os.path.join(directory, "meta.json")) as f:
-        meta = json.load(f)
-    num_rows, seq_len = int(meta["num_rows"]), int(meta["seq_len"])
-    arrays = {
-        name: np.memmap(
-            os.path.join(directory, f"{name}.bin"), np.int32, mode="r", shape=(num_rows, seq_len)
-        )
-        for name in FEATURES
-    }
-    return PackedCache(directory=directory, num_rows=num_rows, seq_len=seq_len, arrays=arrays)
 
 
 def packed_lm_dataset(
     task: str, split: str, seq_len: int, *, shuffle: bool, seed: int | None = None, shard_info=None
 ):
-    """One epoch of the task's split, packed into rows of seq_len by seqio.LMFeatureConverter
-    (every document starts from `vocab.START_ID`); shuffled by seed, or in order."""
+    """One epoch of the task's split through seqio, packed into rows of seq_len by
+    seqio.LMFeatureConverter (every document starts from `vocab.START_ID`); the held-out
+    evaluation reads this, training streams (`TrainPipeline`)."""
     import seqio
 
-    get_task(task)  # clear error for unknown names, registers toxjax tasks
+    get_task(task)  # clear error for unknown names
     return seqio.get_dataset(
         task,
         task_feature_lengths={"targets": seq_len},
@@ -157,205 +128,155 @@ def packed_lm_dataset(
     )
 
 
-def _packed_dataset(
-    task: str, split: str, seq_len: int, seed: int, shard_index: int, num_shards: int, max_rows
-):
-    """The task's split, shuffled by seed, packed to seq_len, in batches of 256 rows."""
-    import seqio
+class _Pieces(grain_experimental.FlatMapTransform):
+    """A document is one sequence, or several (long_documents="split")."""
 
-    tf = import_tensorflow()
-    shard_info = seqio.ShardInfo(index=shard_index, num_shards=num_shards)
-    dataset = packed_lm_dataset(
-        task, split, seq_len, shuffle=True, seed=seed, shard_info=shard_info
+    max_fan_out = task_documents.MAX_PIECES
+
+    def flat_map(self, element):
+        pieces = element if isinstance(element, list) else [element]
+        return [{PACKED: piece} for piece in pieces]
+
+
+def row_stream(
+    documents: grain.MapDataset, row: int, num_streams: int, seq_len: int, packing_bins: int
+) -> grain.DatasetIterator:
+    """Packed rows of stream `row`: documents row, row + num_streams, ... in order."""
+    mine = documents[row::num_streams].to_iter_dataset(
+        grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
     )
-    if max_rows >= 0:
-        dataset = dataset.take(max_rows)
-    return dataset.batch(256).prefetch(tf.data.AUTOTUNE)
-
-
-def _write_rows(dataset, directory: str, task: str, seq_len: int, bar) -> int:
-    """Appends every feature's rows to directory/<feature>.bin; returns the row count."""
-    num_rows = 0
-    with contextlib.ExitStack() as stack:
-        files = {
-            name: stack.enter_context(open(os.path.join(directory, f"{name}.bin"), "wb"))
-            for name in FEATURES
-        }
-        for chunk in dataset.as_numpy_iterator():
-            for name in FEATURES:
-                values = np.asarray(chunk[name], np.int32)
-                if values.shape[1:] != (seq_len,):
-                    raise ValueError(
-                        f"task {task!r} feature {name!r} has shape {values.shape[1:]}, "
-                        f"expected ({seq_len},)"
-                    )
-                files[name].write(np.ascontiguousarray(values).tobytes())
-            num_rows += len(chunk[FEATURES[0]])
-            bar.update(len(chunk[FEATURES[0]]))
-    return num_rows
-
-
-def _publish(tmp: str, directory: str, meta: Mapping[str, object]) -> None:
-    """Writes meta.json last and renames the finished directory into place."""
-    with open(os.path.join(tmp, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
-    try:
-        os.rename(tmp, directory)
-    except OSError:  # another process finished the same cache first
-        if not os.path.exists(os.path.join(directory, "meta.json")):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def materialize(
-    task: str,
-    split: str,
-    seq_len: int,
-    seed: int,
-    cache_dir: str,
-    *,
-    shard_index: int = 0,
-    num_shards: int = 1,
-    max_rows: int = -1,
-    progress: bool = True,
-) -> PackedCache:
-    """Packed rows of one seqio shard, built once and reused from cache_dir afterwards.
-
-    One pass over the (shuffled by seed) split; max_rows < 0 keeps every packed row. The
-    directory appears atomically (written under a temporary name, then renamed), so a crash
-    mid-write never leaves a cache that looks complete. The cache is local disk on purpose:
-    training reads it through np.memmap.
-    """
-    directory = os.path.join(
-        cache_dir, cache_key(task, split, seq_len, seed, max_rows, shard_index, num_shards)
+    packed = grain_experimental.FirstFitPackIterDataset(
+        grain_experimental.FlatMapIterDataset(mine, _Pieces()),
+        length_struct={PACKED: seq_len},
+        num_packing_bins=packing_bins,
+        shuffle_bins=False,
     )
-    if os.path.exists(os.path.join(directory, "meta.json")):
-        logging.info("Reusing packed-example cache %s", directory)
-        return _open_cache(directory)
+    return iter(packed)
 
-    from tqdm import tqdm
 
-    dataset = _packed_dataset(task, split, seq_len, seed, shard_index, num_shards, max_rows)
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = f"{directory}.tmp-{uuid.uuid4().hex}"
-    os.makedirs(tmp)
-    start = time.time()
-    logging.info(
-        "Materialising %s/%s shard %d/%d into %s", task, split, shard_index, num_shards, directory
-    )
-    try:
-        with tqdm(
-            desc=f"packing {task}/{split} shard {shard_index}",
-            unit="rows",
-            total=max_rows if max_rows >= 0 else None,
-            disable=not progress,
-        ) as bar:
-            num_rows = _write_rows(dataset, tmp, task, seq_len, bar)
-        if num_rows == 0:
-            raise ValueError(
-                f"task {task!r} split {split!r} shard {shard_index}/{num_shards} produced no "
-                "examples; check the split name and the source data"
-            )
-        meta = {
-            "task": task,
-            "split": split,
-            "seq_len": seq_len,
-            "seed": seed,
-            "shard_index": shard_index,
-            "num_shards": num_shards,
-            "num_rows": num_rows,
-            "features": list(FEATURES),
-            "format_version": _CACHE_FORMAT_VERSION,
+def model_features(rows: list[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Packed rows as the decoder's features, as seqio.LMFeatureConverter(pack=True) makes
+    them: inputs shifted right within each document, START_ID at each document's start."""
+    targets = np.stack([row[PACKED] for row in rows]).astype(np.int32)
+    segments = np.stack([row[f"{PACKED}_segment_ids"] for row in rows]).astype(np.int32)
+    positions = np.stack([row[f"{PACKED}_positions"] for row in rows]).astype(np.int32)
+    shifted = np.pad(targets[:, :-1], ((0, 0), (1, 0)), constant_values=vocab.START_ID)
+    previous = np.pad(segments[:, :-1], ((0, 0), (1, 0)))
+    inputs = np.where(segments == previous, shifted, vocab.START_ID).astype(np.int32)
+    return {
+        "decoder_target_tokens": targets,
+        "decoder_input_tokens": inputs,
+        "decoder_loss_weights": (targets != 0).astype(np.int32),
+        "decoder_segment_ids": segments,
+        "decoder_positions": positions,
+    }
+
+
+class RowStreams:
+    """This host's rows of one task: one Grain stream per global batch row it feeds."""
+
+    def __init__(
+        self, task: str, split: str, seq_len: int, seed: int, rows, num_streams: int, bins: int
+    ):
+        documents = task_documents.task_documents(task, split, seq_len, seed)
+        self.task, self.rows = task, tuple(rows)
+        self.iterators = {
+            row: row_stream(documents, row, num_streams, seq_len, bins) for row in self.rows
         }
-        _publish(tmp, directory, meta)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    logging.info("Materialised %d packed rows in %.1fs", num_rows, time.time() - start)
-    return _open_cache(directory)
+
+    def next_rows(self) -> dict[str, np.ndarray]:
+        return model_features([next(self.iterators[row]) for row in self.rows])
+
+    def get_state(self) -> dict[str, Any]:
+        return {str(row): copy.deepcopy(it.get_state()) for row, it in self.iterators.items()}
+
+    def set_state(self, states: Mapping[str, Any], where: str) -> None:
+        missing = [row for row in self.rows if str(row) not in states]
+        if missing:
+            raise ValueError(f"{where}: no saved stream state for rows {missing[:8]}")
+        for row, iterator in self.iterators.items():
+            iterator.set_state(copy.deepcopy(states[str(row)]))
 
 
-class StepIndexedBatches:
-    """This host's rows for any step, with no iterator: position = step * batch + j.
-
-    Row j of step s is perm(seed, shard, epoch)[(s * batch + j) % num_rows] with
-    epoch = (s * batch + j) // num_rows, so every epoch visits each cached row once.
-    """
-
-    def __init__(self, cache: PackedCache, batch_size: int, seed: int, shard_index: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"local batch size must be >= 1, got {batch_size}")
-        self.cache = cache
-        self.batch_size = batch_size
-        self.seed = seed
-        self.shard_index = shard_index
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            if len(self._permutations) >= 2:  # the current and the next epoch suffice
-                self._permutations.pop(min(self._permutations))
-            rng = np.random.default_rng([self.seed, self.shard_index, epoch])
-            self._permutations[epoch] = rng.permutation(self.cache.num_rows)
-        return self._permutations[epoch]
-
-    def row_indices(self, step: int) -> np.ndarray:
-        if step < 0:
-            raise ValueError(f"step must be >= 0, got {step}")
-        positions = step * self.batch_size + np.arange(self.batch_size, dtype=np.int64)
-        epochs, offsets = np.divmod(positions, self.cache.num_rows)
-        rows = np.empty(self.batch_size, np.int64)
-        for epoch in np.unique(epochs):
-            selected = epochs == epoch
-            rows[selected] = self._permutation(int(epoch))[offsets[selected]]
-        return rows
-
-    def batch(self, step: int) -> dict[str, np.ndarray]:
-        rows = self.row_indices(step)
-        return {name: np.asarray(array[rows]) for name, array in self.cache.arrays.items()}
-
-    def position(self, step: int) -> dict[str, int]:
-        """Where the data stream stands before `step`; saved with checkpoints for inspection."""
-        examples = step * self.batch_size
-        return {
-            "next_step": step,
-            "epoch": examples // self.cache.num_rows,
-            "rows_consumed_this_host": examples,
-            "rows_per_epoch_this_host": self.cache.num_rows,
-        }
+@dataclasses.dataclass
+class _Produced:
+    step: int
+    batch: dict[str, np.ndarray]
+    state_after: dict[str, Any]  # the streams' state once this batch is read
 
 
 class TrainPipeline:
-    """Global, sharded batches for a step, assembled from every host's local rows.
+    """Global, sharded batches, read in step order by a background thread (2 ahead).
 
     transform: applied to this host's rows of the main stream (e.g. the signal loss mask).
-    cooldown: (first step, batches) of a signal-free cooldown (MeCo): from that step on, rows
-    come from the cooldown stream, indexed from its own step 0, so batch(step) stays a pure
-    function of the step and exact resume holds across the switch.
+    cooldown: (first step, streams) of a signal-free cooldown (MeCo): from that step on, rows
+    come from the cooldown task's streams, which start there.
     """
 
     def __init__(
         self,
-        batches: StepIndexedBatches,
+        streams: RowStreams,
         layout: DataLayout,
         batch_sharding: jax.sharding.Sharding,
         seq_len: int,
         transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
-        cooldown: tuple[int, StepIndexedBatches] | None = None,
+        cooldown: tuple[int, RowStreams] | None = None,
+        identity: Mapping[str, Any] | None = None,
     ):
-        self.batches = batches
-        self.transform = transform
-        self.cooldown = cooldown
-        self.layout = layout
-        self.batch_sharding = batch_sharding
+        self.streams, self.transform, self.cooldown = streams, transform, cooldown
+        self.layout, self.batch_sharding = layout, batch_sharding
         self.global_shape = (layout.global_batch_size, seq_len)
+        self.identity = dict(identity or {})  # what must match for a saved state to apply
+        self._next_step = 0
+        self._states = {0: self._stream_state()}
+        self._queue: queue.Queue[_Produced | BaseException] | None = None
+        self._stop = threading.Event()
+
+    def _stream_state(self) -> dict[str, Any]:
+        state = {"main": self.streams.get_state()}
+        if self.cooldown is not None:
+            state["cooldown"] = self.cooldown[1].get_state()
+        return state
+
+    def _produce(self, step: int) -> dict[str, np.ndarray]:
+        if self.cooldown is not None and step >= self.cooldown[0]:
+            return self.cooldown[1].next_rows()
+        local = self.streams.next_rows()
+        return local if self.transform is None else self.transform(local)
+
+    def _run(self, first_step: int) -> None:
+        step = first_step
+        try:
+            while not self._stop.is_set():
+                batch = self._produce(step)
+                item = _Produced(step, batch, self._stream_state())
+                while not self._stop.is_set():
+                    try:
+                        self._queue.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                step += 1
+        except BaseException as error:  # noqa: BLE001 (re-raised in the training thread)
+            self._queue.put(error)
 
     def local_batch(self, step: int) -> dict[str, np.ndarray]:
-        """This host's rows of `step`."""
-        if self.cooldown is not None and step >= self.cooldown[0]:
-            return self.cooldown[1].batch(step - self.cooldown[0])
-        local = self.batches.batch(step)
-        return local if self.transform is None else self.transform(local)
+        """This host's rows of `step`; steps are read in order (a jump ahead replays)."""
+        if step < self._next_step:
+            raise ValueError(f"step {step} was already read (next is {self._next_step})")
+        if self._queue is None:
+            self._queue = queue.Queue(maxsize=2)
+            first = self._next_step
+            threading.Thread(target=self._run, args=(first,), daemon=True).start()
+        while True:
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            self._states[item.step + 1] = item.state_after
+            self._states.pop(item.step - 8, None)  # a checkpoint reads a recent step's state
+            self._next_step = item.step + 1
+            if item.step == step:
+                return item.batch
 
     def __call__(self, step: int) -> dict[str, jax.Array]:
         return {
@@ -365,75 +286,105 @@ class TrainPipeline:
             for name, value in self.local_batch(step).items()
         }
 
-    def position(self, step: int) -> dict[str, int]:
-        position = {
-            **self.batches.position(step),
-            "shard_index": self.layout.shard_index,
-            "num_shards": self.layout.num_shards,
-            "seed": self.batches.seed,
+    def close(self) -> None:
+        self._stop.set()
+
+    def state(self, step: int) -> dict[str, Any]:
+        """Where the input stands before `step`, every host's streams included: saved with the
+        checkpoint of `step`. Collective on several processes (each host holds its rows)."""
+        if step not in self._states:
+            raise ValueError(f"no input state for step {step} (read up to {self._next_step})")
+        local = self._states[step]
+        return {
+            "format": STATE_FORMAT,
+            "next_step": step,
+            **self.identity,
+            **{part: _gather(states) for part, states in local.items()},
         }
-        if self.cooldown is not None:
-            start, batches = self.cooldown
-            position["cooldown_start"] = start
-            position["cooldown_rows_consumed_this_host"] = max(step - start, 0) * batches.batch_size
-        return position
 
-
-def resolve_cache_dir(data_config: ml_collections.ConfigDict, workdir: str) -> str:
-    """config.data.cache_dir, else WORKDIR/data_cache; always a local directory.
-
-    The cache is memory-mapped, so it must be local: with a gs:// workdir each host keeps its
-    shard under the system temp dir (rebuilt identically after a restart on a fresh VM).
-    """
-    if data_config.cache_dir:
-        if fileio.is_url(data_config.cache_dir):
-            raise ValueError(
-                f"config.data.cache_dir={data_config.cache_dir!r}: the packed-example cache is "
-                "memory-mapped and must be a local directory"
+    def restore(self, saved: Mapping[str, Any], step: int, where: str) -> None:
+        """Continues from a checkpoint's input state; with none usable, replays (exact, slow)."""
+        if self._queue is not None or self._next_step:
+            raise ValueError("restore the input before reading any batch")
+        changed = {
+            key: (saved.get(key), value)
+            for key, value in self.identity.items()
+            if saved.get(key) != value
+        }
+        if saved.get("format") != STATE_FORMAT or changed or saved.get("next_step") != step:
+            logging.warning(
+                "%s: no usable input state (format %s, changed %s): replaying %d steps of input",
+                where,
+                saved.get("format"),
+                changed,
+                step,
             )
-        return data_config.cache_dir
-    if fileio.is_url(workdir):
-        return os.path.join(tempfile.gettempdir(), "toxjax_data_cache")
-    return os.path.join(workdir, "data_cache")
+            for skipped in range(step):
+                self._produce(skipped)
+        else:
+            self.streams.set_state(saved["main"], where)
+            if self.cooldown is not None:
+                self.cooldown[1].set_state(saved["cooldown"], where)
+        self._next_step = step
+        self._states = {step: self._stream_state()}
+
+
+def _gather(states: dict[str, Any]) -> dict[str, Any]:
+    """Every process's stream states, merged (rows are distinct or identical replicas)."""
+    if jax.process_count() == 1:
+        return states
+    from jax.experimental import multihost_utils
+
+    data = np.frombuffer(json.dumps(states).encode(), np.uint8)
+    sizes = np.asarray(multihost_utils.process_allgather(np.array([len(data)], np.int64)))
+    padded = np.zeros(int(sizes.max()), np.uint8)
+    padded[: len(data)] = data
+    everything = np.asarray(multihost_utils.process_allgather(padded))
+    merged: dict[str, Any] = {}
+    sizes = sizes.reshape(-1)
+    for size, row in zip(sizes, everything.reshape(len(sizes), -1), strict=True):
+        merged.update(json.loads(bytes(row[: int(size)])))
+    return merged
 
 
 def create_train_pipeline(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    batch_sharding: jax.sharding.Sharding,
-    *,
-    progress: bool = True,
+    config: ml_collections.ConfigDict, batch_sharding: jax.sharding.Sharding
 ) -> TrainPipeline:
-    """The training data stream of config.data, cut for this host by batch_sharding."""
+    """The training input of config.data, cut for this host by batch_sharding."""
     data = config.data
     check_vocabulary(data.task, int(config.model.vocab_size))
-    layout = get_data_layout(batch_sharding, int(data.global_batch_size), int(data.seq_len))
-    total_rows = int(data.num_cached_examples)
-    rows_per_shard = -1 if total_rows < 0 else -(-total_rows // layout.num_shards)
+    seq_len, seed = int(data.seq_len), int(data.seed)
+    layout = get_data_layout(batch_sharding, int(data.global_batch_size), seq_len)
+    bins = int(data.get("packing_bins", 4))
 
-    def step_batches(task: str) -> StepIndexedBatches:
-        cache = materialize(
-            task,
-            data.split,
-            int(data.seq_len),
-            int(data.seed),
-            resolve_cache_dir(data, workdir),
-            shard_index=layout.shard_index,
-            num_shards=layout.num_shards,
-            max_rows=rows_per_shard,
-            progress=progress,
-        )
-        return StepIndexedBatches(
-            cache, layout.local_batch_size, int(data.seed), layout.shard_index
+    def streams(task: str) -> RowStreams:
+        size = task_documents.split_size(task, data.split)
+        if size < layout.global_batch_size:
+            raise ValueError(
+                f"task {task!r} split {data.split!r} has {size} documents, fewer than one "
+                f"batch (config.data.global_batch_size={layout.global_batch_size}): every "
+                "batch row streams its own documents; use a smaller batch or more data"
+            )
+        return RowStreams(
+            task, data.split, seq_len, seed, layout.rows, layout.global_batch_size, bins
         )
 
+    identity = {
+        "task": data.task,
+        "split": data.split,
+        "seq_len": seq_len,
+        "seed": seed,
+        "num_streams": layout.global_batch_size,
+        "packing_bins": bins,
+    }
     return TrainPipeline(
-        step_batches(data.task),
+        streams(data.task),
         layout,
         batch_sharding,
-        int(data.seq_len),
+        seq_len,
         transform=loss_transform(data.task),
-        cooldown=_cooldown(config, step_batches),
+        cooldown=_cooldown(config, streams),
+        identity=identity,
     )
 
 
@@ -445,7 +396,7 @@ def cooldown_start(num_steps: int, fraction: float) -> int:
     return num_steps - int(round(fraction * num_steps))
 
 
-def _cooldown(config: ml_collections.ConfigDict, step_batches) -> tuple | None:
+def _cooldown(config: ml_collections.ConfigDict, streams) -> tuple | None:
     fraction = float(config.data.get("cooldown_fraction", 0.0))
     if fraction == 0.0:
         return None
@@ -456,7 +407,7 @@ def _cooldown(config: ml_collections.ConfigDict, step_batches) -> tuple | None:
     logging.info(
         "cooldown: the last %d batches draw from %s", int(config.train.num_steps) - start, task
     )
-    return start, step_batches(task)
+    return start, streams(task)
 
 
 def loss_transform(task_name: str):

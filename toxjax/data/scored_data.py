@@ -171,22 +171,30 @@ def _checked_records(
     count = 0
     for line_number, record in _shard_lines(path):
         where = f"{path}:{line_number}"
-        try:
-            text = get_field(record, text_field)
-        except KeyError:
-            raise ScoredDataError(f"{where}: field {text_field!r} missing") from None
-        if not isinstance(text, str):
-            raise ScoredDataError(f"{where}: field {text_field!r} is not a string")
-        score = math.nan if attribute is None else _score(record, attribute, where)
-        doc_id = record.get("id")
-        key = stable_doc_key(text) if doc_id is None else str(doc_id)
+        text, score, key = checked_fields(record, attribute, text_field, where)
         count += 1
-        yield where, record, text, float(score), key
+        yield where, record, text, score, key
     if expected_records is not None and count != expected_records:
         raise ScoredDataError(
             f"{path}: holds {count} records but the manifest lists num_records="
             f"{expected_records}: the shard was truncated or rewritten after scoring"
         )
+
+
+def checked_fields(
+    record: dict[str, Any], attribute: str | None, text_field: str, where: str
+) -> tuple[str, float, str]:
+    """(text, score, key) of one scored record; `where` ("path:line") heads every error."""
+    try:
+        text = get_field(record, text_field)
+    except KeyError:
+        raise ScoredDataError(f"{where}: field {text_field!r} missing") from None
+    if not isinstance(text, str):
+        raise ScoredDataError(f"{where}: field {text_field!r} is not a string")
+    score = math.nan if attribute is None else _score(record, attribute, where)
+    doc_id = record.get("id")
+    key = stable_doc_key(text) if doc_id is None else str(doc_id)
+    return text, float(score), key
 
 
 def segment_fields(
@@ -333,7 +341,12 @@ class ScoredShardsSource(seqio.DataSource):
             return self.corpus(split).num_records
         return None  # the hash split's sizes are only known after reading every key
 
-    def _keeps(self, split: str) -> Callable[[str], bool]:
+    @property
+    def segments(self) -> bool:
+        return self._segments
+
+    def keeps(self, split: str) -> Callable[[str], bool]:
+        """Whether a document key belongs to `split` (always, for per-split directories)."""
         if isinstance(self._scored, Mapping):
             return lambda key: True
         fraction, seed = self._validation_fraction, self._split_seed
@@ -342,7 +355,7 @@ class ScoredShardsSource(seqio.DataSource):
 
     def iter_split(self, split: str) -> Iterator[tuple[str, float, str]]:
         """(text, score, key) of a split in manifest order, in plain Python (checks, analyses)."""
-        corpus, keep = self.corpus(split), self._keeps(split)
+        corpus, keep = self.corpus(split), self.keeps(split)
         for shard in corpus.shards:
             for text, score, key in iter_scored_records(
                 shard.path,
@@ -366,7 +379,7 @@ class ScoredShardsSource(seqio.DataSource):
     ) -> tf.data.Dataset:
         del sequence_length, use_cached, num_epochs
         import_tensorflow()  # before this pipeline's first TF op
-        corpus, keep = self.corpus(split), self._keeps(split)
+        corpus, keep = self.corpus(split), self.keeps(split)
         shards = list(corpus.shards)
         if shard_info is not None and shard_info.num_shards > 1:
             if len(shards) < shard_info.num_shards:

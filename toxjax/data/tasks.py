@@ -56,13 +56,21 @@ def import_task_modules(config: ml_collections.ConfigDict) -> tuple[str, ...]:
 
 
 class ConditionedTask(seqio.Task):
-    """A seqio.Task that remembers its family and conditioning (for replacement and eval)."""
+    """A seqio.Task that remembers its family and conditioning (for replacement and eval) and
+    its long-document rule (for the streaming training input, which reads the same steps)."""
 
     def __init__(
-        self, *args, toxjax_family: str, strategy: Strategy, fmt: ConditioningFormat, **kwargs
+        self,
+        *args,
+        toxjax_family: str,
+        strategy: Strategy,
+        fmt: ConditioningFormat,
+        long_documents: str = "trim",
+        **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.toxjax_family, self.strategy, self.fmt = toxjax_family, strategy, fmt
+        self.long_documents = long_documents
 
 
 class ConditionedMixture(seqio.Mixture):
@@ -141,6 +149,7 @@ def register_toxicity_tasks(
             shuffle_buffer_size=shuffle_buffer_size,
             task_cls=ConditionedTask,
             strategy=strategy,
+            long_documents=long_documents,
             **family,
         )
         registered[strategy.value] = task_name

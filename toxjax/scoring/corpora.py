@@ -1,10 +1,11 @@
-"""Text corpora (JSONL, TFRecord, TFDS, the demo corpus) as one deterministic record sequence.
+"""Text corpora (JSONL, Parquet, TFRecord, TFDS, demo corpus) as one deterministic record sequence.
 
 The scoring job needs three things from an input: a cheap count of its records (to plan shards
 before scoring anything), a way to read any contiguous range of records (so a shard can be
 scored alone, by a local loop or a Beam worker), and per-record validation that names the
 file, line and field of every bad record. Records are numbered 1-based per file ("line"); for
-TFRecord and TFDS inputs the number is the record's position in the file or split.
+Parquet, TFRecord and TFDS inputs the number is the record's (row's) position in the file or
+split.
 
 This module holds what every format shares (records, validation, shard plans, the Corpus
 interface) and picks the reader for an input spec; the readers themselves are in

@@ -1,22 +1,28 @@
-"""The input formats of toxjax.scoring.corpora: JSON Lines, TFRecord, TFDS and the demo corpus.
+"""The input formats of toxjax.scoring.corpora: JSON Lines, Parquet, TFRecord, TFDS and the demo
+corpus.
 
 Each reader only knows how to count, seek and decode its format; the shared behaviour (range
 reads that stream in order, field access, text validation) lives in corpora.Corpus, and
-open_corpus picks the reader from the input spec.
+open_corpus picks the reader from the input spec. Parquet (how FineWeb, Dolma and RedPajama
+ship) is counted from each file's footer and seeks by row group, so planning reads no data and
+a shard reads only the row groups it needs.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
+import decimal
 import gzip
 import json
+import os
 import re
-from collections.abc import Iterator
-from typing import Any, BinaryIO
+from collections.abc import Collection, Iterator
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
-from toxjax.fileio import glob_files, open_read
+from toxjax.fileio import glob_files, is_url, open_read
 from toxjax.scoring.corpora import (
     DEFAULT_MAX_DOC_CHARS,
     INVALID_UTF8,
@@ -41,10 +47,13 @@ _CHUNK_BYTES = 1 << 20
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 # "<name>[/<config>][:<version>]:<split>"; the split may hold colons ("train[10:20]").
 _TFDS_SPEC = re.compile(r"^(?P<name>[^:\[\]]+(?::[\d*]+\.[\d*]+\.[\d*]+)?):(?P<split>.+)$")
+# Parquet rows turned into Python objects at a time: a whole row group could be ~1 GB of text.
+_PARQUET_BATCH_ROWS = 1024
 
 
 def _jsonable(value: Any) -> Any:
-    """numpy/bytes values (TFDS, TFRecord) as JSON values; non-UTF-8 bytes as base64."""
+    """numpy/bytes/Arrow values (TFDS, TFRecord, Parquet) as JSON values; non-UTF-8 bytes as
+    base64, dates and times as ISO 8601, decimals as exact strings, durations in seconds."""
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
@@ -56,8 +65,14 @@ def _jsonable(value: Any) -> Any:
         return _jsonable(value.item())
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
+    if isinstance(value, list | tuple):  # tuples: the (key, value) pairs of a Parquet map
         return [_jsonable(item) for item in value]
+    if isinstance(value, datetime.date | datetime.time):  # datetime is a date
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
     return value
 
 
@@ -238,6 +253,162 @@ class TFRecordCorpus(_FileCorpus):
         return Document(source, line, record, text)
 
 
+class _UnreadableValue(NamedTuple):
+    """A Parquet row with a string that is not UTF-8: decoded into an INVALID_UTF8 record."""
+
+    field: str
+    detail: str
+
+
+def _invalid_utf8_value(column: Any, path: str) -> _UnreadableValue | None:
+    """The first field (dotted into structs) of a one-row Arrow column that is not UTF-8."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(column.type):
+        for index in range(column.type.num_fields):
+            name = column.type.field(index).name
+            found = _invalid_utf8_value(column.field(index), f"{path}.{name}")
+            if found is not None:
+                return found
+        return None
+    try:
+        column.to_pylist()
+    except UnicodeDecodeError as e:
+        return _UnreadableValue(path, f"byte 0x{e.object[e.start]:02x} at offset {e.start}")
+    return None
+
+
+def _is_json_type(arrow_type: Any) -> bool:
+    """Whether Arrow's to_pylist already gives JSON values for the type (so _jsonable's
+    per-value walk, most of the reading time on wide rows, can be skipped)."""
+    import pyarrow as pa
+
+    types = pa.types
+    if types.is_struct(arrow_type):
+        return all(_is_json_type(arrow_type.field(i).type) for i in range(arrow_type.num_fields))
+    if types.is_list(arrow_type) or types.is_large_list(arrow_type):
+        return _is_json_type(arrow_type.value_type)
+    if types.is_fixed_size_list(arrow_type) or types.is_dictionary(arrow_type):
+        return _is_json_type(arrow_type.value_type)
+    simple = (types.is_string, types.is_large_string, types.is_integer, types.is_floating)
+    return any(test(arrow_type) for test in (*simple, types.is_boolean, types.is_null))
+
+
+def _parquet_rows(batch: Any, convert: list[str]) -> list[dict[str, Any] | _UnreadableValue]:
+    """A record batch as row dicts, the `convert` columns made JSON values; a row holding
+    invalid UTF-8 (Arrow checks it only when converting) becomes one bad record instead of
+    failing the whole batch."""
+    try:
+        rows = batch.to_pylist()
+    except UnicodeDecodeError:
+        rows = []
+        for index in range(batch.num_rows):
+            row = batch.slice(index, 1)
+            try:
+                rows.append(row.to_pylist()[0])
+            except UnicodeDecodeError:
+                names = enumerate(row.schema.names)
+                found = (_invalid_utf8_value(row.column(i), name) for i, name in names)
+                rows.append(next(filter(None, found), None) or _UnreadableValue("", "not UTF-8"))
+    for name in convert:
+        for row in rows:
+            if isinstance(row, dict):
+                row[name] = _jsonable(row[name])
+    return rows
+
+
+def _next_batch(batches: Iterator[Any], source: str, sizes: list[int], position: int) -> Any:
+    """The next record batch, or None; unreadable data stops the run naming file and row group
+    (a corrupt page cannot be skipped like a bad record: its rows cannot be told apart)."""
+    import pyarrow as pa
+
+    try:
+        return next(batches, None)
+    except (pa.ArrowException, OSError) as e:
+        group, first = 0, 0
+        while group < len(sizes) - 1 and first + sizes[group] <= position:
+            first, group = first + sizes[group], group + 1
+        raise InputError(
+            f"{source}: unreadable Parquet data in row group {group} (records "
+            f"{first + 1}-{first + sizes[group]}): {e}"
+        ) from None
+
+
+class ParquetCorpus(_FileCorpus):
+    """Parquet files; one row is one record, every column kept (structs as nested objects).
+
+    Counts come from the footer and a range read starts at the row group holding its first
+    row, so neither planning nor a shard read in the middle of a file reads earlier data.
+    """
+
+    @staticmethod
+    def _parquet_file(source: str) -> Any:
+        """The file with its footer read; a file that cannot be read stops the run, naming it."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not is_url(source) and os.path.isdir(source):  # Spark writes "x.parquet/" folders
+            raise InputError(f"{source}: a directory; name its files, e.g. '{source}/*.parquet'")
+        try:
+            return pq.ParquetFile(open_read(source) if is_url(source) else source)
+        except (pa.ArrowException, OSError) as e:
+            if isinstance(e, FileNotFoundError | PermissionError | IsADirectoryError):
+                raise InputError(f"{source}: cannot open: {e}") from None
+            raise InputError(
+                f"{source}: not a Parquet file or truncated (footer unreadable): {e}"
+            ) from None
+
+    def count(self, source: str, first_global: int, every: int) -> tuple[int, dict[int, int]]:
+        file = self._parquet_file(source)
+        try:
+            return file.metadata.num_rows, {}
+        finally:
+            file.close(force=True)  # force: also a URL's file object, which we opened
+
+    def _open(self, segment: Segment) -> Iterator[dict[str, Any] | _UnreadableValue]:
+        return self._rows(segment.source, segment.start)
+
+    def _rows(self, source: str, start: int) -> Iterator[dict[str, Any] | _UnreadableValue]:
+        """Rows from `start` on, decoded a batch at a time; the file closes with the iterator."""
+        file = self._parquet_file(source)
+        try:
+            metadata = file.metadata
+            sizes = [metadata.row_group(g).num_rows for g in range(metadata.num_row_groups)]
+            group, position = 0, 0  # the row group holding row `start`, and its first row
+            while group < len(sizes) and position + sizes[group] <= start:
+                position, group = position + sizes[group], group + 1
+            if group == len(sizes):
+                return  # the file shrank since planning: Corpus.read reports it
+            groups = list(range(group, len(sizes)))
+            batches = file.iter_batches(batch_size=_PARQUET_BATCH_ROWS, row_groups=groups)
+            text_column = self._text_column(file.schema_arrow.names)
+            convert = [  # the text column is converted by decode, once its text is checked
+                field.name
+                for field in file.schema_arrow
+                if not _is_json_type(field.type) and field.name != text_column
+            ]
+            while (batch := _next_batch(batches, source, sizes, position)) is not None:
+                skip = max(0, start - position)
+                position += batch.num_rows
+                if skip < batch.num_rows:
+                    yield from _parquet_rows(batch.slice(skip), convert)
+        finally:
+            file.close(force=True)
+
+    def decode(self, raw: RawRecord) -> Document:
+        source, line, row = raw
+        if isinstance(row, _UnreadableValue):
+            raise BadRecordError(source, line, row.field or None, INVALID_UTF8, row.detail)
+        text = self._text(row, source, line)  # before _jsonable, which base64s non-UTF-8 bytes
+        column = self._text_column(row)
+        row[column] = _jsonable(row[column])
+        return Document(source, line, row, text)
+
+    def _text_column(self, names: Collection[str]) -> str:
+        """The column holding the text field (a dotted path leads into a struct column)."""
+        return self.text_field if self.text_field in names else self.text_field.split(".")[0]
+
+
 class TfdsCorpus(Corpus):
     """A TFDS split, read in file order; `<name>[/<config>][:<version>]:<split>`.
 
@@ -379,10 +550,11 @@ def open_corpus(
     tfds_data_dir: str | None = None,
     tfds_download: bool = False,
 ) -> Corpus:
-    """`demo[:<num_docs>]` | `real` | `[jsonl:]<glob>[,<glob>...]` | `tfrecord:<glob>` |
-    `tfds:<...>`.
+    """`demo[:<num_docs>]` | `real` | `[jsonl:]<glob>[,<glob>...]` | `parquet:<glob>` |
+    `tfrecord:<glob>` | `tfds:<...>`.
 
-    Unprefixed globs are JSONL unless every pattern names `.tfrecord` files.
+    Unprefixed globs are JSONL unless every pattern names `.parquet` (or every one `.tfrecord`)
+    files.
     """
     if not text_field:
         raise ValueError("text_field must be a non-empty field name")
@@ -406,7 +578,11 @@ def open_corpus(
         return TFRecordCorpus(input_spec, body, text_field, max_doc_chars)
     if kind == "jsonl":
         return JsonlCorpus(input_spec, body, text_field, max_doc_chars)
+    if kind == "parquet":
+        return ParquetCorpus(input_spec, body, text_field, max_doc_chars)
     patterns = [p.strip() for p in input_spec.split(",") if p.strip()]
+    if patterns and all(p.endswith(".parquet") for p in patterns):
+        return ParquetCorpus(input_spec, input_spec, text_field, max_doc_chars)
     if patterns and all(re.search(r"\.tfrecords?(\.gz)?$", p) for p in patterns):
         return TFRecordCorpus(input_spec, input_spec, text_field, max_doc_chars)
     return JsonlCorpus(input_spec, input_spec, text_field, max_doc_chars)

@@ -79,7 +79,7 @@ def first_nonfinite(fetched: list[tuple[int, Mapping[str, Any]]]) -> NonFiniteLo
 
 @flax.struct.dataclass
 class TrainState:
-    """Everything a resume needs; the data position is the step (see input_pipeline)."""
+    """Everything a resume needs besides the input's stream state (saved in the meta JSON)."""
 
     step: jax.Array
     params: Any
@@ -415,21 +415,9 @@ def _checkpoint_meta(setup: TrainSetup, pipeline: input_pipeline.TrainPipeline, 
     return {
         "step": step,
         "model_config": setup.model_config_dict,
-        "data": pipeline.position(step),
+        "data": pipeline.state(step),
         "config": json.loads(setup.config.to_json_best_effort()),
     }
-
-
-def _warn_if_data_order_changed(saved: Mapping[str, Any], current: Mapping[str, Any]) -> None:
-    for key in ("seed", "num_shards", "shard_index"):
-        if key in saved and saved[key] != current[key]:
-            logging.warning(
-                "Resuming with data %s=%s (checkpoint had %s): the example order differs from "
-                "the interrupted run",
-                key,
-                current[key],
-                saved[key],
-            )
 
 
 def _train_loop(
@@ -535,11 +523,11 @@ def train_and_evaluate(
         warm_params = None
         if restored is None and warm_start_fn is not None:
             warm_params = warm_start_fn(setup.abstract_state.params, setup.model_config_dict)
-        pipeline = input_pipeline.create_train_pipeline(config, workdir, setup.batch_sharding)
+        pipeline = input_pipeline.create_train_pipeline(config, setup.batch_sharding)
 
         if restored is not None:
             state, meta, resumed = restored
-            _warn_if_data_order_changed(meta.get("data", {}), pipeline.position(resumed))
+            pipeline.restore(meta.get("data", {}), resumed, f"{checkpointer.directory} {resumed}")
             logging.info("Resumed from %s step %d", checkpointer.directory, resumed)
         else:
             state = create_train_state(setup, init_rng(config))
@@ -560,6 +548,7 @@ def train_and_evaluate(
             raise
         finally:
             logger.close()
+            pipeline.close()
     finally:
         stop.uninstall()
         if checkpointer is not None:
