@@ -34,6 +34,8 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
 ]
 
+GCS = "google-cloud-storage>=2.10,<4"
+
 EXTRAS_REQUIRE = {
     "beam": ["apache-beam>=2.70,<3"],
     "test": [
@@ -49,7 +51,10 @@ EXTRAS_REQUIRE = {
         "lm-eval>=0.4.13,<0.5",
         "accelerate>=0.26",
     ],
-    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
+    # A gs:// workdir's lock (toxjax.workdir_lock) uses Cloud Storage generation preconditions.
+    "gcs": [GCS],
+    # TPU launches write to gs:// workdirs, so they install the lock's client too.
+    "tpu": ["jax[tpu]>=0.10.2,<0.11", GCS],
     # Compiling for TPU slices on a host without one (toxjax.compile, the launcher's fit
     # check): the libtpu jax[tpu] 0.10.2 pins, without the TPU runtime's other needs.
     "tpu-aot": ["libtpu==0.0.42.*"],

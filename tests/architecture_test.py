@@ -26,7 +26,14 @@ MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 # The data flow, bottom to top; written once. A module may import its own layer's packages and
 # any layer below, never one above. Packages of one layer must not form a loop either.
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("toxjax", "toxjax.fileio", "toxjax.tf_import", "toxjax.commands", "toxjax.distributed"),
+    (
+        "toxjax",
+        "toxjax.fileio",
+        "toxjax.tf_import",
+        "toxjax.commands",
+        "toxjax.distributed",
+        "toxjax.workdir_lock",
+    ),
     ("toxjax.datasets",),  # the packaged real and synthetic data
     ("toxjax.model",),
     ("toxjax.scoring",),
@@ -44,6 +51,8 @@ def unit_of(module: str) -> str:
     """The layer unit of a module: its subpackage (toxjax.data), or a top-level module."""
     parts = module.split(".")
     return ".".join(parts[:2])
+
+
 TREES = {name: ast.parse(path.read_text(), str(path)) for name, path in MODULES.items()}
 
 

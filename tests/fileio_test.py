@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import io
 import json
 import math
 import os
+import pickle
 
 import numpy as np
 import pytest
@@ -39,6 +42,37 @@ def test_error_before_commit_leaves_the_old_file_and_no_temp_file(tmp_path):
     assert _temp_files(tmp_path) == []
     fileio.write_atomic(str(path), b"new\n")
     assert path.read_bytes() == b"new\n"
+
+
+class _FullDisk(io.FileIO):
+    """A file on a full disk: every write fails with ENOSPC."""
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+@pytest.mark.parametrize("buffered", [False, True], ids=["at write", "at commit"])
+def test_a_full_disk_names_the_file_and_the_bytes_and_leaves_no_temp_file(
+    tmp_path, monkeypatch, buffered
+):
+    """Unbuffered, write() fails; buffered, the bytes reach the disk (and fail) at commit."""
+
+    def full_disk_open(path, mode="r", **kwargs):
+        raw = _FullDisk(path, "wb")
+        return io.BufferedWriter(raw) if buffered else raw
+
+    monkeypatch.setattr(fileio, "open", full_disk_open, raising=False)  # shadows the builtin
+    path = str(tmp_path / "manifest.json")
+    with pytest.raises(fileio.DiskFullError) as full:
+        fileio.write_atomic(path, b"x" * 1234)
+    assert isinstance(full.value, OSError) and full.value.errno == errno.ENOSPC
+    assert (full.value.path, full.value.num_bytes) == (path, 1234)
+    assert f"no space left on device writing {path} (1234 bytes)" in str(full.value)
+    assert "free space" in str(full.value)
+    assert isinstance(full.value.__cause__, OSError)  # the original error is kept
+    assert os.listdir(tmp_path) == []  # neither the file nor its temporary file
+    copy = pickle.loads(pickle.dumps(full.value))  # as a Beam worker's error travels
+    assert (str(copy), copy.errno, copy.num_bytes) == (str(full.value), errno.ENOSPC, 1234)
 
 
 def test_local_helpers(tmp_path, monkeypatch):

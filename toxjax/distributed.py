@@ -21,14 +21,21 @@ def is_multi_process_environment(environ: Mapping[str, str] | None = None) -> bo
     return len([h for h in hostnames.split(",") if h.strip()]) > 1
 
 
+# Seconds without a heartbeat after which the survivors of a dead process stop with an error
+# naming it (JAX's default is 100 s); set in the environment of every process.
+HEARTBEAT_ENV = "TOXJAX_HEARTBEAT_TIMEOUT_S"
+
+
 def initialize_kwargs(environ: Mapping[str, str] | None = None) -> dict[str, int]:
-    """jax.distributed.initialize() reads JAX_COORDINATOR_ADDRESS itself but not these two."""
+    """jax.distributed.initialize() reads JAX_COORDINATOR_ADDRESS itself but not these."""
     env = os.environ if environ is None else environ
     kwargs = {}
     if env.get("JAX_NUM_PROCESSES"):
         kwargs["num_processes"] = int(env["JAX_NUM_PROCESSES"])
     if env.get("JAX_PROCESS_ID"):
         kwargs["process_id"] = int(env["JAX_PROCESS_ID"])
+    if env.get(HEARTBEAT_ENV):
+        kwargs["heartbeat_timeout_seconds"] = int(env[HEARTBEAT_ENV])
     return kwargs
 
 

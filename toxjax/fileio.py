@@ -9,7 +9,9 @@ JSON-lines file is read by `read_jsonl`, so errors always name the file and line
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
 import glob as glob_lib
 import json
 import math
@@ -28,6 +30,25 @@ TMP_MARKER = ".tmp-"  # in the names of unfinished files: "<dir>/.<name>.tmp-<ra
 
 class FileFormatError(ValueError):
     """A file that is missing, empty or malformed; the message starts with `path[:line]:`."""
+
+
+class DiskFullError(OSError):
+    """A write that found no space left on the device (errno stays ENOSPC): the message names
+    the file, the bytes being written and what to do, instead of a bare "[Errno 28]"."""
+
+    def __init__(self, path: str, num_bytes: int, message: str | None = None):
+        self.path, self.num_bytes = path, num_bytes
+        self.message = message or (
+            f"no space left on device writing {path} ({num_bytes} bytes): free space on that "
+            "disk, or write to another directory"
+        )
+        super().__init__(errno.ENOSPC, self.message)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __reduce__(self):  # pickled across processes (Beam) with its own arguments
+        return type(self), (self.path, self.num_bytes, self.message)
 
 
 def is_url(path: str) -> bool:
@@ -149,24 +170,47 @@ class AtomicFile:
     """A file that appears complete at `path` on commit(), or not at all.
 
     Writes go to a temporary file in the same directory (so the rename stays on one
-    filesystem); commit() flushes and fsyncs it, then renames it over `path`.
+    filesystem); commit() flushes and fsyncs it, then renames it over `path`. A full disk
+    raises DiskFullError (naming the path and size) and leaves no temporary file.
     """
 
     def __init__(self, path: str):
         self.path = path
+        self.num_bytes = 0  # written so far
         directory, name = path.rsplit("/", 1) if "/" in path else (".", path)
         self.tmp_path = f"{directory}/.{name}{TMP_MARKER}{uuid.uuid4().hex[:12]}"
         self._remote = is_url(path)
         if self._remote:
             self._file = _gfile().GFile(self.tmp_path, "wb")
         else:  # closed by commit() or __exit__
-            self._file = open(self.tmp_path, "wb")  # noqa: SIM115
+            try:
+                self._file = open(self.tmp_path, "wb")  # noqa: SIM115
+            except OSError as error:  # no inode left is ENOSPC too
+                self._disk_full(error, 0)
+                raise
         self._committed = False
 
+    def _disk_full(self, error: OSError, num_bytes: int) -> None:
+        """Re-raises ENOSPC as DiskFullError; any other error is left to the caller."""
+        if error.errno == errno.ENOSPC and not isinstance(error, DiskFullError):
+            raise DiskFullError(self.path, num_bytes) from error
+
     def write(self, data: bytes) -> None:
-        self._file.write(data)
+        try:
+            self._file.write(data)
+        except OSError as error:
+            self._disk_full(error, self.num_bytes + len(data))
+            raise
+        self.num_bytes += len(data)
 
     def commit(self) -> None:
+        try:
+            self._commit()
+        except OSError as error:  # buffered bytes reach the disk only now
+            self._disk_full(error, self.num_bytes)
+            raise
+
+    def _commit(self) -> None:
         if self._remote:
             self._file.close()
             _gfile().rename(self.tmp_path, self.path, overwrite=True)
@@ -187,7 +231,8 @@ class AtomicFile:
 
     def __exit__(self, *exc_info) -> None:
         if not self._committed:  # an error before commit: leave nothing behind
-            self._file.close()
+            with contextlib.suppress(OSError):  # closing flushes: a full disk fails again
+                self._file.close()
             if exists(self.tmp_path):
                 remove(self.tmp_path)
 

@@ -1,6 +1,7 @@
 """Entry point: python -m toxjax.main --config=toxjax/configs/tiny.py --workdir=DIR --mode=train.
 
-Thin on purpose (lm1b shape): flags, multi-process start-up, config record, then train.py.
+Thin on purpose (lm1b shape): flags, multi-process start-up, the workdir's lock
+(toxjax.workdir_lock), config record, then train.py.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from toxjax import fileio
+from toxjax import fileio, workdir_lock
 from toxjax.commands import run_command
 from toxjax.distributed import maybe_initialize_distributed
 
@@ -61,28 +62,34 @@ def record_config(config, workdir: str) -> None:
     fileio.write_atomic(fileio.join(workdir, "config.json"), as_json.encode())
 
 
-def main(argv: Sequence[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
-    maybe_initialize_distributed(_DISTRIBUTED.value)
+def train_or_evaluate(config, workdir: str, mode: str) -> None:
+    """The run itself, with WORKDIR's lock held."""
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
     from toxjax.evaluation.evaluator import Evaluator
     from toxjax.interop import hf_import
     from toxjax.training import train
 
-    config, workdir = _CONFIG.value, _WORKDIR.value
     record_config(config, workdir)
-    if _MODE.value == "eval":
+    if mode == "eval":
         Evaluator(config, workdir).evaluate_checkpoint(
             step=_EVAL_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value
         )
         return
     # One evaluator for the whole run, built before training so that bad prompt or label
     # files fail first; its compiled engines are reused at every eval step.
-    evaluator = Evaluator(config, workdir) if _MODE.value == "train_and_eval" else None
+    evaluator = Evaluator(config, workdir) if mode == "train_and_eval" else None
     train.train_and_evaluate(
         config, workdir, eval_fn=evaluator, warm_start_fn=hf_import.warm_starter(config)
     )
+
+
+def main(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected command-line arguments: {argv[1:]}")
+    maybe_initialize_distributed(_DISTRIBUTED.value)
+    # One run per workdir: a second one is refused before it writes anything.
+    with workdir_lock.hold(_WORKDIR.value):
+        train_or_evaluate(_CONFIG.value, _WORKDIR.value, _MODE.value)
 
 
 def run() -> None:

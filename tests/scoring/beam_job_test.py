@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import pytest
-from job_test import LengthScorer, leftover_temp_files, snapshot
+from job_test import LengthScorer, leftover_temp_files, shard_files, snapshot
 
 from toxjax.scoring import beam_job, job, run_manifest
 
@@ -101,9 +101,7 @@ def test_shards_finished_by_workers_of_a_dead_job_are_adopted(tmp_path):
     )
     assert resumed.texts == 200
     assert snapshot(out) == snapshot(reference)
-    assert sorted(os.listdir(os.path.join(out, "shards"))) == [
-        f"scored-{i:05d}.jsonl" for i in range(4)
-    ]
+    assert sorted(os.listdir(os.path.join(out, "shards"))) == shard_files(range(4))
 
 
 def test_beam_needs_a_scorer_spec_workers_can_rebuild(tmp_path):

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
+import io
 import json
 import os
 import pathlib
@@ -15,9 +17,11 @@ from collections.abc import Sequence
 import numpy as np
 import pytest
 
+from toxjax import fileio, workdir_lock
 from toxjax.datasets import template_corpus
 from toxjax.scoring import job, run_manifest, scorer_specs, scorers
 from toxjax.scoring.corpora import BadRecordError
+from toxjax.scoring.line_index import INDEX_SUFFIX
 
 
 class LengthScorer(scorers.Scorer):
@@ -74,6 +78,12 @@ def snapshot(output_dir) -> dict:
     with open(os.path.join(output_dir, "summary.json")) as f:
         summary = _without_runtimes(json.load(f))
     return {"shards": files, "manifest": manifest, "summary": summary}
+
+
+def shard_files(indices) -> list[str]:
+    """The sorted names of finished shards: each with its line index."""
+    names = [f"scored-{i:05d}.jsonl" for i in indices]
+    return sorted(names + [name + INDEX_SUFFIX for name in names])
 
 
 def leftover_temp_files(output_dir) -> list[str]:
@@ -227,9 +237,7 @@ def test_rerun_with_other_scorer_or_input_is_refused_unless_overwrite(tmp_path):
         progress=False,
     )
     assert manifest["scorer"] == "length@2" and manifest["summary"]["docs_scored"] == 120
-    assert sorted(os.listdir(os.path.join(out, "shards"))) == [
-        f"scored-{i:05d}.jsonl" for i in range(3)
-    ]
+    assert sorted(os.listdir(os.path.join(out, "shards"))) == shard_files(range(3))
 
 
 def test_url_inputs_and_outputs_go_through_tf_gfile(tmp_path):
@@ -282,10 +290,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_output(tmp_path):
     partial = run_manifest.load_manifest(out)
     assert partial["complete"] is False and [e["index"] for e in partial["shards"]] == [0, 1]
     assert leftover_temp_files(out) == []
-    assert sorted(os.listdir(os.path.join(out, "shards"))) == [
-        "scored-00000.jsonl",
-        "scored-00001.jsonl",
-    ]
+    assert sorted(os.listdir(os.path.join(out, "shards"))) == shard_files([0, 1])
     resumed = LengthScorer()
     job.score_corpus(
         "demo:500",
@@ -484,3 +489,91 @@ def test_segment_scores_cover_each_document(tmp_path):
         job.score_corpus(str(path), out, scorer, job.ScoreOptions(segment="chunk:10"))
     with pytest.raises(job.ConfigError, match="chunk:<chars>"):
         job.ScoreOptions(segment="paragraph")
+
+
+# ----- one run per output directory; a full disk -----
+
+
+class _FullDiskAfter(io.FileIO):
+    """A shard file on a disk that fills up after `room` bytes (ENOSPC, like the OS)."""
+
+    def __init__(self, path: str, room: int):
+        super().__init__(path, "wb")
+        self.room = room
+
+    def write(self, data):
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return super().write(data)
+
+
+def _full_disk_open(room: int):
+    """fileio's `open`, on a disk with `room` bytes left for shard 1 (shard 0 fits)."""
+
+    def open_file(path, mode="r", **kwargs):
+        if "scored-00001" in path:
+            return _FullDiskAfter(path, room)
+        return open(path, mode, **kwargs)
+
+    return open_file
+
+
+def test_a_full_disk_while_writing_a_shard_names_it_and_publishes_nothing(tmp_path, monkeypatch):
+    out = str(tmp_path / "out")
+    options = job.ScoreOptions(records_per_shard=100, score_batch_size=30)
+    monkeypatch.setattr(fileio, "open", _full_disk_open(room=1), raising=False)
+    with pytest.raises(fileio.DiskFullError) as full:
+        job.score_corpus("demo:300", out, LengthScorer(), options, progress=False)
+    message = str(full.value)
+    shard = os.path.join(out, "shards", "scored-00001.jsonl")
+    assert full.value.errno == errno.ENOSPC and full.value.path == shard
+    assert f"no space left on device writing shard {shard}: it needs more than " in message
+    assert "free space on that disk, or choose another --output_dir" in message
+    assert sorted(os.listdir(os.path.join(out, "shards"))) == shard_files([0])
+    assert leftover_temp_files(out) == [] and sorted(os.listdir(out)) == ["manifest.json", "shards"]
+    assert [e["index"] for e in run_manifest.load_manifest(out)["shards"]] == [0]
+    # Room for one batch: the message estimates what the whole shard needs.
+    monkeypatch.setattr(fileio, "open", _full_disk_open(room=15_000), raising=False)
+    with pytest.raises(fileio.DiskFullError, match=r"it needs about \d+ bytes for its 100 records"):
+        job.score_corpus("demo:300", out, LengthScorer(), options, progress=False)
+    monkeypatch.undo()  # space freed: the rerun scores the rest
+    resumed = LengthScorer()
+    job.score_corpus("demo:300", out, resumed, options, progress=False)
+    assert resumed.texts == 200
+
+
+def test_a_second_scoring_run_on_an_output_in_use_is_refused_before_writing(tmp_path):
+    out = str(tmp_path / "out")
+    scorer = LengthScorer()
+    with workdir_lock.hold(out, "python -m toxjax.scoring --output_dir=out"):
+        with pytest.raises(workdir_lock.WorkdirInUseError, match="--output_dir=out"):
+            job.score_corpus("demo:50", out, scorer, progress=False)
+        assert os.listdir(out) == [workdir_lock.LOCK_NAME] and scorer.calls == 0
+    manifest = job.score_corpus("demo:50", out, scorer, progress=False)
+    assert manifest["complete"] and workdir_lock.LOCK_NAME not in os.listdir(out)
+
+
+def test_cli_on_an_output_in_use_exits_1_naming_the_holder(tmp_path):
+    out = str(tmp_path / "out")
+    with workdir_lock.hold(out, "the first scoring run"):
+        result = subprocess.run(
+            [sys.executable, "-m", "toxjax.scoring", "--input=demo:20", f"--output_dir={out}"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert os.listdir(out) == [workdir_lock.LOCK_NAME]
+    assert result.returncode == 1
+    assert f"toxjax.scoring: error: {out} is in use by another run" in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr and "the first scoring run" in result.stderr
+
+
+def test_a_finished_output_is_read_without_taking_its_lock(tmp_path):
+    """Study jobs that share a scored corpus each find it finished, all at once."""
+    out = str(tmp_path / "out")
+    manifest = job.score_corpus("demo:50", out, LengthScorer(), progress=False)
+    with workdir_lock.hold(out, "another job"):
+        again = LengthScorer()
+        assert job.score_corpus("demo:50", out, again, progress=False) == manifest
+        assert again.calls == 0

@@ -9,6 +9,7 @@ import pathlib
 
 import pytest
 
+from toxjax import workdir_lock
 from toxjax.configs import demo, demo_synthetic, study_paper, study_smoke
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
@@ -388,3 +389,21 @@ def test_bad_settings_and_task_modules_fail_before_anything_is_written(tmp_path)
     with pytest.raises(ImportError, match="config.data.task_modules: cannot import"):
         experiment.run_study(config, str(workdir), progress=False)
     assert not workdir.exists()
+
+
+def test_a_job_on_a_run_in_use_is_refused_before_anything_is_written(tmp_path):
+    """Jobs may share a study workdir (one per strategy), never a run directory."""
+    workdir = tmp_path / "study"
+    config = study_smoke.get_config()
+    plan = plan_lib.plan_study(config, str(workdir))
+    assert experiment.run_directories(plan) == sorted(
+        str(workdir / run_plan.name) for run_plan in plan.runs
+    )
+    busy = run_plan(config, "inst", str(workdir)).directory
+    with workdir_lock.hold(busy, "another study job"):
+        with pytest.raises(workdir_lock.WorkdirInUseError, match="another study job"):
+            experiment.run_study(config, str(workdir), progress=False)
+        written = [
+            os.path.join(root, name) for root, _, names in os.walk(workdir) for name in names
+        ]
+        assert written == [os.path.join(busy, workdir_lock.LOCK_NAME)]

@@ -4,7 +4,7 @@ The training input (Grain) reads documents by global index in a shuffled order, 
 scored shard gets a line index: the byte offset and line number of each record, 16 bytes per
 document (well under 0.1 byte per training token), written once per corpus next to the shard
 (`<shard>.index.npy`, local disk or gs://) and shared by every strategy, vocabulary and host.
-The scoring job writes it when it finishes; a directory scored before then gets it on first
+The scoring job writes it as it commits each shard; a directory scored before gets it on first
 read. Records are checked exactly as the sequential reader checks them (`scored_data`), so a
 bad record stops training with the same "path:line: field ..." error.
 """
@@ -28,26 +28,7 @@ from toxjax.data.scored_data import (
     checked_fields,
     segment_fields,
 )
-
-INDEX_SUFFIX = ".index.npy"
-
-
-def line_index(data: bytes) -> np.ndarray:
-    """[records, 2] int64: (byte offset, 1-based line number) of every non-blank line, the
-    lines `fileio.read_jsonl` yields."""
-    buffer = np.frombuffer(data, np.uint8)
-    ends = np.flatnonzero(buffer == ord("\n"))
-    starts = np.concatenate([[0], ends + 1])
-    stops = np.concatenate([ends, [len(data)]])
-    numbers = np.arange(1, len(starts) + 1)
-    keep = [bool(data[a:b].strip()) for a, b in zip(starts, stops, strict=True)]
-    return np.stack([starts[keep], numbers[keep]], axis=1).astype(np.int64)
-
-
-def index_bytes(index: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    np.save(out, index, allow_pickle=False)
-    return out.getvalue()
+from toxjax.scoring.line_index import INDEX_SUFFIX, index_bytes, line_index
 
 
 def write_shard_index(shard_path: str) -> np.ndarray:

@@ -261,8 +261,9 @@ def heldout_perplexity(
     )
     total = num_batches if num_batches >= 0 else None
     description = f"perplexity {task_name}:{split}"
+    sharding = partitioning.batch_sharding(mesh, rules)
     for batch in tqdm(batches, total=total, desc=description, unit="batch", disable=not progress):
-        sums = jax.device_get(loss(params, batch))
+        sums = jax.device_get(loss(params, partitioning.from_host_copies(batch, sharding)))
         ce_sum += float(sums["ce_sum"])
         weight_sum += float(sums["weight_sum"])
         count += 1

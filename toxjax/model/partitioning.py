@@ -200,6 +200,20 @@ def check_divisible(abstract_tree: PyTree, shardings: PyTree) -> None:
         )
 
 
+def from_host_copies(tree: PyTree, sharding: jax.sharding.Sharding) -> PyTree:
+    """Numpy arrays that every process holds in full, as global arrays laid out in `sharding`.
+
+    jit refuses numpy inputs with a non-trivial sharding once there are several processes;
+    each process hands over only the pieces its own devices hold.
+    """
+    return jax.tree.map(
+        lambda value: jax.make_array_from_callback(
+            value.shape, sharding, lambda index: value[index]
+        ),
+        tree,
+    )
+
+
 @contextlib.contextmanager
 def mesh_and_rules(mesh: Mesh, rules: LogicalRules) -> Iterator[None]:
     """Both contexts a sharded trace needs: the mesh (for constraints) and the axis rules."""

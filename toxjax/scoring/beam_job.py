@@ -27,6 +27,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from toxjax import workdir_lock
 from toxjax.scoring import corpora, job, run_manifest
 
 _METRICS_NAMESPACE = "toxjax.scoring.job"
@@ -131,14 +132,16 @@ def score_corpus_beam(
     options = options or job.ScoreOptions()
     scorer_kwargs = dict(scorer_kwargs or {})
     launcher_scorer = scorer_specs.make_scorer(scorer, **scorer_kwargs)
-    run = job.start_run(input_spec, output_dir, launcher_scorer, options, overwrite=overwrite)
-    run.corpus.close()
-    if not run.pending:
-        manifest = run_manifest.load_manifest(output_dir)
-        if job.is_finalized(output_dir, manifest, options):
-            return manifest
-        return job.finalize(output_dir, run.header, run.finished, options)
-    pipeline_options = PipelineOptions([f"--runner={runner}", *pipeline_args])
-    with beam.Pipeline(options=pipeline_options) as pipeline:
-        build_pipeline(pipeline, run, input_spec, output_dir, scorer, scorer_kwargs, options)
-    return run_manifest.load_manifest(output_dir)
+    # This launcher holds the output's lock until the pipeline has finished (its workers write).
+    with workdir_lock.hold(output_dir, every_process=False):
+        run = job.start_run(input_spec, output_dir, launcher_scorer, options, overwrite=overwrite)
+        run.corpus.close()
+        if not run.pending:
+            manifest = run_manifest.load_manifest(output_dir)
+            if job.is_finalized(output_dir, manifest, options):
+                return manifest
+            return job.finalize(output_dir, run.header, run.finished, options)
+        pipeline_options = PipelineOptions([f"--runner={runner}", *pipeline_args])
+        with beam.Pipeline(options=pipeline_options) as pipeline:
+            build_pipeline(pipeline, run, input_spec, output_dir, scorer, scorer_kwargs, options)
+        return run_manifest.load_manifest(output_dir)

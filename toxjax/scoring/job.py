@@ -8,29 +8,38 @@ The input is cut into shards of --records_per_shard records (input files sorted,
 order), so every run, local or Beam, produces the same shards. Each shard is written to a
 temporary file and renamed into place, and the manifest (rewritten the same way after every
 shard) lists the finished ones: a killed run, rerun with the same flags, scores only what is
-missing, and its output equals that of an uninterrupted run record for record.
+missing, and its output equals that of an uninterrupted run record for record. The output
+directory is locked while a run writes to it (toxjax.workdir_lock: a second run is refused);
+a full disk stops the run with an error naming the shard and the space it needs. Each shard
+gets its line index (`<shard>.index.npy`, line_index.py) as it is committed.
+
+On several JAX processes (a pod slice's workers, `--distributed`) see multiprocess_job.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import hashlib
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 from absl import logging
 
-from toxjax import fileio
+from toxjax import fileio, workdir_lock
 from toxjax.fileio import AtomicFile, write_atomic
 from toxjax.scoring import corpora, corpus_summary, readers, scorer_specs
 from toxjax.scoring.corpora import BadRecordError, Corpus, InputError, ShardSpec
+from toxjax.scoring.line_index import INDEX_SUFFIX, LineIndexer, index_bytes
 from toxjax.scoring.run_manifest import (
     FORMAT_VERSION,
     HISTOGRAM,
     SUMMARY,
+    complete_manifest,
     json_bytes,
     load_manifest,
     prepare_output,
@@ -171,6 +180,31 @@ def _scored_lines(
     return b"".join(lines), scores
 
 
+@contextlib.contextmanager
+def _no_space_names_the_shard(
+    path: str, shard: ShardSpec, progress: Callable[[], tuple[int, int]]
+) -> Iterator[None]:
+    """A full disk while a shard is written: an error with the shard's path, its size so far
+    and the size it needs (estimated from the records scored so far), and what to do. The
+    shard's temporary file is gone by then (AtomicFile), so no partial shard is published."""
+    try:
+        yield
+    except fileio.DiskFullError as error:
+        written, num_scored = progress()  # the lines of the batches written before
+        if num_scored:
+            needed = f"about {written * shard.num_records // num_scored} bytes for its "
+            needed += f"{shard.num_records} records ({written} bytes for the first {num_scored})"
+        else:
+            needed = f"more than {error.num_bytes} bytes (its first batch)"
+        raise fileio.DiskFullError(
+            path,
+            max(written, error.num_bytes),
+            f"no space left on device writing shard {path}: it needs {needed}. Finished "
+            "shards are kept: free space on that disk, or choose another --output_dir, then "
+            "rerun the same command to score the rest",
+        ) from error
+
+
 def score_shard(
     shard: ShardSpec,
     corpus: Corpus,
@@ -179,7 +213,9 @@ def score_shard(
     options: ScoreOptions,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Scores one shard and commits its file atomically; returns its manifest entry.
+    """Scores one shard and commits its file, then its line index (`<shard>.index.npy`, what
+    the training input reads documents at random through), atomically; returns its manifest
+    entry.
 
     Only one batch of documents is held in memory; lines stream into the temporary file.
     on_progress gets the number of input records consumed (scored or skipped) since last call.
@@ -193,7 +229,12 @@ def score_shard(
     digest = hashlib.sha256()
     num_bytes = num_scored = num_read = num_reported = 0
     batch: list[corpora.Document] = []
-    with AtomicFile(fileio.join(output_dir, relative)) as out:
+    indexer = LineIndexer()
+    path = fileio.join(output_dir, relative)
+    with (
+        _no_space_names_the_shard(path, shard, lambda: (num_bytes, num_scored)),
+        AtomicFile(path) as out,
+    ):
         for raw in corpus.read_shard(shard):
             num_read += 1
             try:
@@ -208,6 +249,7 @@ def score_shard(
                 data, scores = _scored_lines(batch, scorer, segmenter)
                 out.write(data)
                 digest.update(data)
+                indexer.add(data)
                 stats.add(scores)
                 num_bytes, num_scored, batch = num_bytes + len(data), num_scored + len(batch), []
                 if on_progress is not None:
@@ -222,6 +264,8 @@ def score_shard(
         if options.shard_delay_s > 0:
             time.sleep(options.shard_delay_s)
         out.commit()
+    # Before the manifest or a note lists the shard: a listed shard always has its index.
+    write_atomic(path + INDEX_SUFFIX, index_bytes(indexer.index()))
     return {
         "index": shard.index,
         "path": relative,
@@ -253,6 +297,50 @@ class Run:
     def pending(self) -> list[ShardSpec]:
         return [shard for shard in self.plan.shards if shard.index not in self.finished]
 
+    def commit(self, output_dir: str, entry: dict) -> None:
+        """Records a finished shard: the manifest, rewritten atomically, lists it."""
+        self.finished[entry["index"]] = entry
+        write_manifest(output_dir, self.header, self.finished)
+
+
+def plan_run(
+    input_spec: str, scorer, options: ScoreOptions, *, progress: bool = False
+) -> tuple[Corpus, corpora.ShardPlan, dict[str, Any]]:
+    """Opens the input and plans its shards (reading only); returns them with the run header."""
+    if options.attribute not in scorer.attributes:
+        raise ConfigError(
+            f"attribute {options.attribute!r} is not scored by {scorer.scorer_id} "
+            f"(it scores {', '.join(scorer.attributes)})"
+        )
+    corpus = options.open_corpus(input_spec)
+    try:
+        plan = corpora.plan_shards(corpus, options.records_per_shard, progress=progress)
+    except BaseException:
+        corpus.close()
+        raise
+    return corpus, plan, run_header(plan, scorer, options)
+
+
+def open_output(
+    output_dir: str,
+    corpus: Corpus,
+    plan: corpora.ShardPlan,
+    header: dict[str, Any],
+    *,
+    overwrite: bool,
+) -> Run:
+    """Checks the output directory against the planned run (its lock held), finds finished
+    shards."""
+    finished = prepare_output(output_dir, header, overwrite=overwrite)
+    logging.info(
+        "%s: %d records in %d shards; %d shards already done",
+        plan.input_spec,
+        plan.num_records,
+        len(plan.shards),
+        len(finished),
+    )
+    return Run(corpus, plan, header, finished)
+
 
 def start_run(
     input_spec: str,
@@ -264,23 +352,8 @@ def start_run(
     progress: bool = False,
 ) -> Run:
     """Plans the shards, checks the output directory against them, finds finished shards."""
-    if options.attribute not in scorer.attributes:
-        raise ConfigError(
-            f"attribute {options.attribute!r} is not scored by {scorer.scorer_id} "
-            f"(it scores {', '.join(scorer.attributes)})"
-        )
-    corpus = options.open_corpus(input_spec)
-    plan = corpora.plan_shards(corpus, options.records_per_shard, progress=progress)
-    header = run_header(plan, scorer, options)
-    finished = prepare_output(output_dir, header, overwrite=overwrite)
-    logging.info(
-        "%s: %d records in %d shards; %d shards already done",
-        input_spec,
-        plan.num_records,
-        len(plan.shards),
-        len(finished),
-    )
-    return Run(corpus, plan, header, finished)
+    corpus, plan, header = plan_run(input_spec, scorer, options, progress=progress)
+    return open_output(output_dir, corpus, plan, header, overwrite=overwrite)
 
 
 def _restat(output_dir: str, entry: dict, attributes: list[str], threshold: float) -> dict:
@@ -328,6 +401,60 @@ def finalize(
     return manifest
 
 
+def finished_manifest(
+    output_dir: str, header: Mapping[str, Any], options: ScoreOptions
+) -> dict | None:
+    """The manifest of a finished output of this very run, found by reading only: runs that
+    share a finished output (parallel study jobs) use it without taking its lock."""
+    manifest = complete_manifest(output_dir, header)
+    return manifest if manifest and is_finalized(output_dir, manifest, options) else None
+
+
+def score_shards(
+    shards: Sequence[ShardSpec],
+    corpus: Corpus,
+    scorer,
+    output_dir: str,
+    options: ScoreOptions,
+    on_done: Callable[[dict], None],
+    *,
+    progress: bool,
+    total: int | None = None,
+    initial: int = 0,
+) -> None:
+    """Scores `shards` in order; each entry goes to on_done (which records it: the manifest,
+    or a note) before the next shard starts, so a killed run resumes after the last one."""
+    from tqdm import tqdm
+
+    with tqdm(
+        total=sum(shard.num_records for shard in shards) if total is None else total,
+        initial=initial,
+        unit="docs",
+        desc="scoring",
+        disable=not progress,
+        dynamic_ncols=True,
+    ) as bar:
+        for shard in shards:
+            on_done(score_shard(shard, corpus, scorer, output_dir, options, bar.update))
+
+
+def score_pending(run: Run, scorer, output_dir: str, options: ScoreOptions, progress: bool):
+    """Scores the run's unfinished shards in order, the manifest rewritten after each."""
+    done = sum(entry["num_input_records"] for entry in run.finished.values())
+    on_done = functools.partial(run.commit, output_dir)
+    score_shards(
+        run.pending,
+        run.corpus,
+        scorer,
+        output_dir,
+        options,
+        on_done,
+        progress=progress,
+        total=run.plan.num_records,
+        initial=done,
+    )
+
+
 def score_corpus(
     input_spec: str,
     output_dir: str,
@@ -340,33 +467,28 @@ def score_corpus(
     """Scores `input_spec` into `output_dir` in this process; returns the final manifest.
 
     scorer: a Scorer or a scorer_specs.make_scorer spec ("offline", "detoxify-jax:original").
-    overwrite discards an existing output of a different run instead of refusing it.
+    overwrite discards an existing output of a different run instead of refusing it. The
+    output directory is locked (toxjax.workdir_lock) before anything is written to it; a
+    finished output of the same run is only read.
+
+    In a multi-process JAX run this is process 0's alone (the study's scoring stage); for
+    every process scoring a share of the shards see multiprocess_job.score_corpus.
     """
     options = options or ScoreOptions()
     scorer = scorer_specs.make_scorer(scorer) if isinstance(scorer, str) else scorer
-    run = start_run(input_spec, output_dir, scorer, options, overwrite=overwrite, progress=progress)
-    pending = run.pending
-    if not pending:
-        manifest = load_manifest(output_dir)
-        if is_finalized(output_dir, manifest, options):
-            logging.info("%s is already complete: nothing to do", output_dir)
-            return manifest
-    from tqdm import tqdm
-
-    done = sum(entry["num_input_records"] for entry in run.finished.values())
+    corpus, plan, header = plan_run(input_spec, scorer, options, progress=progress)
     try:
-        with tqdm(
-            total=run.plan.num_records,
-            initial=done,
-            unit="docs",
-            desc="scoring",
-            disable=not progress,
-            dynamic_ncols=True,
-        ) as bar:
-            for shard in pending:
-                entry = score_shard(shard, run.corpus, scorer, output_dir, options, bar.update)
-                run.finished[shard.index] = entry
-                write_manifest(output_dir, run.header, run.finished)
+        finished = None if overwrite else finished_manifest(output_dir, header, options)
+        if finished is not None:
+            logging.info("%s is already complete: nothing to do", output_dir)
+            return finished
+        with workdir_lock.hold(output_dir, every_process=False):
+            run = open_output(output_dir, corpus, plan, header, overwrite=overwrite)
+            if not run.pending:
+                manifest = load_manifest(output_dir)
+                if is_finalized(output_dir, manifest, options):
+                    return manifest
+            score_pending(run, scorer, output_dir, options, progress)
+            return finalize(output_dir, run.header, run.finished, options)
     finally:
-        run.corpus.close()
-    return finalize(output_dir, run.header, run.finished, options)
+        corpus.close()

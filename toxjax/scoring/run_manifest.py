@@ -2,11 +2,14 @@
 
     <output_dir>/manifest.json              the run's header + its finished shards (+ summary)
     <output_dir>/shards/scored-NNNNN.jsonl  one scored record per line
+    <output_dir>/shards/scored-NNNNN.jsonl.index.npy  its line index (line_index.py)
     <output_dir>/summary.json, histogram.png
 
 The manifest is rewritten atomically after every shard, so it always names only shards whose
 files are complete; a Beam worker also leaves a small note next to each shard it finishes, so
-the shards of a job that died before writing its manifest are adopted rather than rescored.
+the shards of a job that died before writing its manifest are adopted rather than rescored
+(the processes of a multi-process JAX run other than process 0 leave the same notes). A shard's
+index and note share its name's prefix, so removing `scored-*` removes them with it.
 """
 
 from __future__ import annotations
@@ -74,6 +77,19 @@ def _shard_is_intact(output_dir: str, entry: Mapping[str, Any]) -> bool:
     return fileio.exists(path) and fileio.size(path) == entry["num_bytes"]
 
 
+def complete_manifest(output_dir: str, header: Mapping[str, Any]) -> dict | None:
+    """The manifest of a complete output of this very run (same header, every shard intact),
+    found by reading only, or None: then the run must lock the directory and prepare it."""
+    if not fileio.exists(fileio.join(output_dir, MANIFEST)):
+        return None
+    manifest = load_manifest(output_dir)
+    same_run = all(manifest.get(key) == value for key, value in header.items())
+    if not (same_run and manifest.get("complete")):
+        return None
+    intact = all(_shard_is_intact(output_dir, entry) for entry in manifest["shards"])
+    return manifest if intact else None
+
+
 def _short(value: Any) -> str:
     text = json.dumps(value)
     return text if len(text) <= 120 else text[:117] + "..."
@@ -128,13 +144,8 @@ def prepare_output(output_dir: str, header: dict[str, Any], *, overwrite: bool) 
             finished[entry["index"]] = entry
         else:
             logging.warning("%s is missing or damaged; it will be scored again", entry["path"])
-    digest = header_digest(header)
-    for name in fileio.list_dir(shards_dir):
-        if name.endswith(RESULT_SUFFIX):
-            result = json.loads(fileio.read_bytes(fileio.join(shards_dir, name)))
-            entry = result["entry"]
-            if result["header_digest"] == digest and _shard_is_intact(output_dir, entry):
-                finished.setdefault(entry["index"], entry)
+    for index, entry in shard_results(output_dir, header).items():
+        finished.setdefault(index, entry)
     if existing is None or [e["index"] for e in existing["shards"]] != sorted(finished):
         write_manifest(output_dir, header, finished)
     return finished
@@ -144,6 +155,21 @@ def write_shard_result(output_dir: str, header: Mapping[str, Any], entry: dict) 
     """A Beam worker's durable note that a shard is done, adopted by prepare_output."""
     path = fileio.join(output_dir, entry["path"] + RESULT_SUFFIX)
     fileio.write_atomic(path, json_bytes({"header_digest": header_digest(header), "entry": entry}))
+
+
+def shard_results(output_dir: str, header: Mapping[str, Any]) -> dict[int, dict]:
+    """The entries of the shards that notes (write_shard_result) of this very run name and
+    whose files are intact: what a Beam worker or another JAX process finished."""
+    shards_dir = fileio.join(output_dir, SHARDS_DIR)
+    digest = header_digest(header)
+    entries: dict[int, dict] = {}
+    for name in sorted(fileio.list_dir(shards_dir)):
+        if name.endswith(RESULT_SUFFIX):
+            result = json.loads(fileio.read_bytes(fileio.join(shards_dir, name)))
+            entry = result["entry"]
+            if result["header_digest"] == digest and _shard_is_intact(output_dir, entry):
+                entries.setdefault(entry["index"], entry)
+    return entries
 
 
 def remove_shard_results(output_dir: str) -> None:

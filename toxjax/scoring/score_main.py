@@ -1,7 +1,8 @@
 """The scoring command: `python -m toxjax.scoring` or `toxjax-score`.
 
-Local runs score in this process; any other --runner builds the same job as a Beam pipeline,
-and the argv absl does not know is passed to Beam's PipelineOptions.
+Local runs score in this process (or, started on each worker of a multi-process JAX run, in
+all of them together: multiprocess_job.py); any other --runner builds the same job as a Beam
+pipeline, and the argv absl does not know is passed to Beam's PipelineOptions.
 """
 
 from __future__ import annotations
@@ -13,14 +14,17 @@ from absl import app, flags
 
 from toxjax import fileio
 from toxjax.commands import run_command
-from toxjax.scoring import beam_job, corpus_summary, job
+from toxjax.distributed import maybe_initialize_distributed
+from toxjax.scoring import beam_job, corpus_summary, job, multiprocess_job
 from toxjax.scoring.corpora import DEFAULT_MAX_DOC_CHARS, BadRecordError, InputError
 from toxjax.scoring.run_manifest import HISTOGRAM, OutputConflictError
+from toxjax.workdir_lock import WorkdirInUseError
 
 _INPUT = flags.DEFINE_string(
     "input",
     None,
-    "demo[:<num_docs>] | [jsonl:]<glob>[,<glob>] (.jsonl or .jsonl.gz) | tfrecord:<glob> | "
+    "demo[:<num_docs>] | [jsonl:]<glob>[,<glob>] (.jsonl or .jsonl.gz) | [parquet:]<glob> "
+    "(unprefixed when every glob ends in .parquet) | tfrecord:<glob> | "
     "tfds:<name>[/<config>]:<split>",
 )
 _OUTPUT_DIR = flags.DEFINE_string(
@@ -47,6 +51,13 @@ flags.DEFINE_string(
     "segment", "", "Also score segments: '' (no) | sentence | chunk:<chars> (SEGMENT strategy)."
 )
 flags.DEFINE_float("shard_delay_s", 0.0, "Testing only: pause before committing each shard.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ("auto", "true", "false"),
+    "--runner=local: call jax.distributed.initialize() and split the shards over the "
+    "processes ('auto': when the environment names several, as on a multi-worker TPU VM).",
+)
 _OVERWRITE = flags.DEFINE_bool("overwrite", False, "Discard an existing output of a different run.")
 _PROGRESS = flags.DEFINE_bool("progress", True, "Show a progress bar.")
 flags.mark_flags_as_required(["input", "output_dir"])
@@ -67,10 +78,13 @@ def main(argv: list[str]) -> None:
                 raise app.UsageError(
                     f"unknown arguments {pipeline_args}; Beam pipeline options need --runner"
                 )
-            manifest = job.score_corpus(
-                *args, options, overwrite=_OVERWRITE.value, progress=_PROGRESS.value
-            )
+            # Before anything touches JAX (a detoxify-jax scorer, the workdir lock).
+            started = maybe_initialize_distributed(_DISTRIBUTED.value)
+            score = multiprocess_job.score_corpus if started else job.score_corpus
+            manifest = score(*args, options, overwrite=_OVERWRITE.value, progress=_PROGRESS.value)
         else:
+            if _DISTRIBUTED.value == "true":
+                raise app.UsageError("--distributed=true needs --runner=local")
             manifest = beam_job.score_corpus_beam(
                 *args,
                 options,
@@ -78,7 +92,15 @@ def main(argv: list[str]) -> None:
                 pipeline_args=pipeline_args,
                 overwrite=_OVERWRITE.value,
             )
-    except (BadRecordError, InputError, OutputConflictError, job.ConfigError) as e:
+    except (
+        BadRecordError,
+        InputError,
+        OutputConflictError,
+        job.ConfigError,
+        multiprocess_job.OtherProcessError,  # its own log names the error
+        WorkdirInUseError,  # another run scores into --output_dir
+        fileio.DiskFullError,
+    ) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         sys.exit(1)
     print(corpus_summary.format_summary(manifest["summary"], _OUTPUT_DIR.value))

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 import ml_collections
 from absl import logging
 
-from toxjax import fileio
+from toxjax import fileio, workdir_lock
 from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
@@ -162,6 +162,13 @@ def vocab_stage(
     if vocabulary.kind == "spm" and not fileio.exists(path):
 
         def train() -> None:
+            # Locked like a run: two jobs that both find no model must not both train it.
+            directory = path.rsplit("/", 1)[0] if "/" in path else "."
+            with workdir_lock.hold(directory, every_process=False):
+                if not fileio.exists(path):  # the other job may have finished it meanwhile
+                    train_unlocked()
+
+        def train_unlocked() -> None:
             vocab.train_vocabulary(
                 vocab.iter_texts(scored_dir),
                 path[: -len(".model")],
@@ -392,10 +399,50 @@ def run_study(
     shares (so parallel per-strategy jobs do not race to create them). compiler_options: XLA
     options of the evaluation's compiled functions.
     """
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
     plan = plan_lib.plan_study(config, workdir)
     tasks.import_task_modules(config)  # before any task lookup: the user's task modules
+    with run_locks(plan, prepare_only):
+        return _run_stages(
+            plan,
+            config,
+            progress=progress,
+            prepare_only=prepare_only,
+            compiler_options=compiler_options,
+        )
+
+
+def run_directories(plan: StudyPlan) -> list[str]:
+    """The run directories a study job writes: each run's own, and the one it trains."""
+    directories = set()
+    for run_plan in plan.runs:
+        directories |= {run_plan.directory, plan.run_plan(run_plan.trained_as).directory}
+    return sorted(directories)
+
+
+@contextlib.contextmanager
+def run_locks(plan: StudyPlan, prepare_only: bool) -> Iterator[None]:
+    """The lock of every run directory this job trains or evaluates (toxjax.workdir_lock),
+    all taken before anything is written: strategy jobs may share one study workdir (each
+    trains WORKDIR/<strategy>/), two jobs may not share a run. The shared inputs are locked
+    by the stage that writes them (the scoring job, the vocabulary)."""
+    with contextlib.ExitStack() as stack:
+        for directory in [] if prepare_only else run_directories(plan):
+            stack.enter_context(workdir_lock.hold(directory))
+        yield
+
+
+def _run_stages(
+    plan: StudyPlan,
+    config: ml_collections.ConfigDict,
+    *,
+    progress: bool,
+    prepare_only: bool,
+    compiler_options: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """run_study's stages, the run directories locked."""
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    workdir = plan.paths.workdir
     fileio.make_dirs(workdir)
     with stage("score corpus", timings):
         _chief_then_sync("score", lambda: score_stage(plan.scoring, progress=progress))

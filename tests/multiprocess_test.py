@@ -1,0 +1,213 @@
+"""The real commands on 2 JAX processes x 4 CPU devices (gloo), as on a pod slice's workers,
+against the same commands on 1 process x 8 devices.
+
+Training on a mesh spanning both processes: SIGTERM to both saves one step and exits 0, and the
+resumed run's losses equal an uninterrupted 2-process run's exactly and a 1-process run's within
+float tolerance; evaluation gives the 1-process results and writes the same files; a killed
+process makes the other stop with an error naming it instead of hanging.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from toxjax.testing.processes import ProcessGroup
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_STEPS = 40
+TRAIN = [
+    "--config=toxjax/configs/tiny.py",
+    f"--config.train.num_steps={NUM_STEPS}",
+    "--config.train.checkpoint_every=10",
+    "--config.train.log_every=1",  # every step's loss reaches train_log.jsonl at once
+    "--config.train.cpu_peak_flops=3.6e11",  # skip the matmul measurement
+]
+EVAL = [
+    "--config.eval.rtp_num_prompts=6",
+    "--config.eval.rtp.num_samples=3",
+    "--config.eval.rtp.max_new_tokens=6",
+    "--config.eval.utility_limit=8",
+    "--config.eval.bias_limit=8",
+    "--config.eval.perplexity_batches=2",
+]
+# Float results of 1 and 2 processes differ by reduction order only.
+RTOL = 2e-3
+
+pytestmark = pytest.mark.slow
+
+
+def _main(workdir: str, mode: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "toxjax.main", f"--workdir={workdir}", f"--mode={mode}", *extra]
+
+
+def _environment(shared: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, "jax_cache")
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _two(command: list[str], shared: str, name: str) -> ProcessGroup:
+    return ProcessGroup(
+        command, os.path.join(shared, name), cwd=REPO, env=_environment(shared), heartbeat_s=10
+    )
+
+
+def _finish(group: ProcessGroup, timeout_s: float = 420) -> list[str]:
+    codes = group.wait(timeout_s)
+    logs = group.logs()
+    assert codes == [0, 0], f"exit codes {codes}:\n" + "\n".join(log[-3000:] for log in logs)
+    return logs
+
+
+def _one(command: list[str], shared: str, timeout_s: float = 420) -> None:
+    env = _environment(shared)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
+    result = subprocess.run(
+        command, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout_s
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+
+
+def _losses(workdir: str) -> dict[int, float]:
+    """step -> loss over every train log segment; a resumed step's later line wins."""
+    losses = {}
+    for path in sorted(glob.glob(os.path.join(workdir, "train_log*.jsonl"))):
+        with open(path) as f:
+            for line in f:
+                record = json.loads(line)
+                losses[record["step"]] = record["loss"]
+    return losses
+
+
+def _lines(workdir: str) -> int:
+    path = os.path.join(workdir, "train_log.jsonl")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return sum(1 for _ in f)
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory) -> str:
+    return str(tmp_path_factory.mktemp("multiprocess"))
+
+
+@pytest.fixture(scope="module")
+def one_process_run(shared) -> str:
+    workdir = os.path.join(shared, "one")
+    _one(_main(workdir, "train", *TRAIN), shared)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def two_process_run(shared) -> str:
+    workdir = os.path.join(shared, "two")
+    _finish(_two(_main(workdir, "train", *TRAIN), shared, "two_logs"))
+    return workdir
+
+
+def test_sigterm_and_resume_on_two_processes_reproduce_the_uninterrupted_run(
+    shared, two_process_run, one_process_run
+):
+    workdir = os.path.join(shared, "interrupted")
+    group = _two(_main(workdir, "train", *TRAIN), shared, "interrupted_logs")
+    deadline = time.monotonic() + 300
+    while _lines(workdir) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    group.signal_all(signal.SIGTERM)
+    logs = _finish(group)
+    saved = {int(log.split("Stop requested: saving step ")[1].split()[0]) for log in logs}
+    assert len(saved) == 1, "both processes save the same step"
+    stopped_at = saved.pop()
+    assert 3 <= stopped_at < NUM_STEPS
+    assert stopped_at in [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))]
+    first_part = _losses(workdir)
+    assert max(first_part) == stopped_at
+
+    _finish(_two(_main(workdir, "train", *TRAIN), shared, "resumed_logs"))
+    resumed, uninterrupted, single = (
+        _losses(workdir),
+        _losses(two_process_run),
+        _losses(one_process_run),
+    )
+    assert sorted(resumed) == sorted(uninterrupted) == list(range(1, NUM_STEPS + 1))
+    for step in range(1, NUM_STEPS + 1):
+        assert resumed[step] == uninterrupted[step], step  # bit for bit
+        assert math.isclose(uninterrupted[step], single[step], rel_tol=RTOL), step
+    for step, loss in first_part.items():
+        assert loss == uninterrupted[step], step
+
+
+def _close(a, b, where: str = "") -> None:
+    """Nested results equal: floats within RTOL, everything else exactly."""
+    if isinstance(a, dict):
+        assert isinstance(b, dict) and a.keys() == b.keys(), where
+        for key in a:
+            if "time" in key or key.endswith("_path") or key in ("workdir", "model"):
+                continue
+            _close(a[key], b[key], f"{where}.{key}")
+    elif isinstance(a, list):
+        assert isinstance(b, list) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            _close(x, y, f"{where}[{i}]")
+    elif isinstance(a, float) and not isinstance(b, bool):
+        assert math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-6), (where, a, b)
+    else:
+        assert a == b, (where, a, b)
+
+
+def _files(workdir: str) -> set[str]:
+    return {
+        os.path.relpath(os.path.join(root, name), workdir)
+        for root, _, names in os.walk(workdir)
+        for name in names
+    }
+
+
+def test_eval_on_two_processes_equals_one_process_and_only_process_0_writes(
+    shared, two_process_run
+):
+    single = os.path.join(shared, "eval_one")
+    shutil.copytree(two_process_run, single)
+    before = _files(two_process_run)
+    logs = _finish(_two(_main(two_process_run, "eval", *TRAIN, *EVAL), shared, "eval_logs"))
+    _one(_main(single, "eval", *TRAIN, *EVAL), shared)
+    name = os.path.join("eval", f"step_{NUM_STEPS}.json")
+    with open(os.path.join(two_process_run, name)) as f:
+        two = json.load(f)
+    with open(os.path.join(single, name)) as f:
+        one = json.load(f)
+    for stage in ("rtp", "utility", "bias", "perplexity"):
+        assert stage in two, stage
+    _close(two, one)
+    # The same files, once each: process 1 wrote nothing of its own.
+    written = _files(two_process_run) - before
+    assert written == _files(single) - before
+    assert any("Evaluating" in log or "eval" in log for log in logs)
+
+
+def test_a_killed_process_stops_the_other_with_a_named_error(shared):
+    workdir = os.path.join(shared, "killed")
+    group = _two(_main(workdir, "train", *TRAIN), shared, "killed_logs")
+    deadline = time.monotonic() + 300
+    while _lines(workdir) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    group.processes[1].kill()
+    killed_at = time.monotonic()
+    codes = group.wait(90)
+    assert codes[0] not in (0, None), "process 0 neither hung nor claimed success"
+    assert time.monotonic() - killed_at < 60
+    log = group.logs()[0]
+    assert "another process of this run stopped" in log, log[-3000:]
