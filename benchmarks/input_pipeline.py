@@ -5,7 +5,8 @@ offline scorer, and the same corpus repeated ten times (each copy its own docume
 the demo's 768-piece SentencePiece vocabulary and the INST task. Measured:
 - time_to_first_batch_s: from building the input (toxjax.data.input_pipeline.
   create_train_pipeline, the demo's 16 rows of 128) to holding the first batch, on each corpus
-  (median of 3, each corpus after the other); ratio_10x = 10x / 1x.
+  (median of 3, each corpus after the other); ratio_10x = 10x / 1x. time_to_first_step_s: the
+  same for `python -m toxjax.main` training one step (tiny model; median of 2 runs each).
 - tokens_per_s: target tokens per second of one process reading `--rows` rows of
   `--seq_len` (the 1.3B config's 2048), one core; per_core = that.
 - bytes_written_per_token: what the input writes per corpus (the shards' line indexes) over
@@ -100,6 +101,38 @@ def time_to_first_batch(task: str) -> float:
     return elapsed
 
 
+_TASK_MODULE = """import seqio
+from toxjax.data import tasks
+for size, directory in {scored!r}.items():
+    tasks.register_toxicity_tasks(
+        "bench_input_" + size, directory,
+        vocabulary=seqio.SentencePieceVocabulary({model!r}), strategies=["inst"])
+"""
+
+
+def time_to_first_step(work: str, task: str) -> float:
+    """Wall time of `python -m toxjax.main` (tiny model, 768-piece vocabulary) training one
+    step on the task: start-up, input, compilation, the step and its checkpoint."""
+    workdir = os.path.join(work, f"run_{task}_{time.monotonic_ns()}")
+    command = [
+        sys.executable,
+        "-m",
+        "toxjax.main",
+        "--config=toxjax/configs/tiny.py",
+        f"--workdir={workdir}",
+        "--mode=train",
+        f"--config.data.task={task}",
+        "--config.data.task_modules=('bench_input_tasks',)",
+        "--config.model.vocab_size=768",
+        "--config.train.num_steps=1",
+        "--config.train.cpu_peak_flops=3.6e11",
+    ]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([work, os.getcwd()])}
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, capture_output=True)
+    return time.perf_counter() - started
+
+
 def tokens_per_s(task: str, seq_len: int, rows: int, steps: int) -> float:
     streams = input_pipeline.RowStreams(task, "train", seq_len, 0, range(rows), rows, 4)
     streams.next_rows()  # opens files, loads indexes
@@ -159,6 +192,12 @@ def run(args: argparse.Namespace) -> dict:
         for _ in range(3):
             for size in (big, "1x"):
                 first[size].append(time_to_first_batch(names[size]))
+        with open(os.path.join(work, "bench_input_tasks.py"), "w") as f:
+            f.write(_TASK_MODULE.format(scored=scored, model=model))
+        first_step = {size: [] for size in names}
+        for _ in range(2):
+            for size in (big, "1x"):
+                first_step[size].append(time_to_first_step(work, names[size]))
         rate = tokens_per_s(names["1x"], args.seq_len, args.rows, args.steps)
         index_bytes = sum(
             os.path.getsize(os.path.join(root, name))
@@ -168,11 +207,14 @@ def run(args: argparse.Namespace) -> dict:
         )
         tokens = corpus_tokens(names["1x"])
     medians = {size: statistics.median(times) for size, times in first.items()}
+    step_medians = {size: statistics.median(times) for size, times in first_step.items()}
     host_need = need["projected_tokens_per_s_per_host"]
     return {
         "benchmark": "input_pipeline",
         "time_to_first_batch_s": medians,
         "time_to_first_batch_ratio_10x": medians[big] / medians["1x"],
+        "time_to_first_step_s": step_medians,
+        "time_to_first_step_ratio_10x": step_medians[big] / step_medians["1x"],
         "tokens_per_s": rate,
         "tokens_per_s_per_core": rate,
         "seq_len": args.seq_len,

@@ -2,7 +2,7 @@
 
 Every run is a real subprocess on the tiny config and the demo INST task (8 forced CPU devices,
 inherited from conftest). They share one persistent compilation cache, so only the first run pays
-for compilation.
+for compilation. --mode=eval runs on 1 and on 2 processes in tests/multiprocess_test.py.
 """
 
 import json
@@ -172,34 +172,6 @@ def test_kill9_then_resume_matches_the_uninterrupted_run_bitwise(reference_run, 
         assert loss == reference[step], (step, loss, reference[step])
     for step, loss in resumed.items():
         assert loss == reference[step], (step, loss, reference[step])
-
-
-@pytest.mark.slow
-def test_eval_mode_on_the_tiny_checkpoint_writes_every_metric(reference_run, shared):
-    """--mode=eval restores the latest checkpoint and writes eval/step_<N>.json."""
-    command = _command(reference_run)
-    command[command.index("--mode=train")] = "--mode=eval"
-    command += [
-        "--config.eval.rtp_num_prompts=6",
-        "--config.eval.rtp.num_samples=3",
-        "--config.eval.rtp.max_new_tokens=6",
-        "--config.eval.utility_limit=8",
-        "--config.eval.bias_limit=8",
-        "--config.eval.perplexity_batches=1",
-    ]
-    result = subprocess.run(
-        command, cwd=REPO, env=_environment(shared), capture_output=True, text=True, timeout=420
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    with open(os.path.join(reference_run, "eval", f"step_{NUM_STEPS}.json")) as f:
-        results = json.load(f)
-    assert results["step"] == NUM_STEPS
-    for run in ("conditioned", "unconditioned"):
-        metrics = results["rtp"][run]["metrics"]
-        for subset in ("all", "toxic", "nontoxic", "challenging"):
-            assert {"expected_max_toxicity", "toxicity_probability"} <= set(metrics[subset])
-    assert 0.0 <= results["utility"]["demo_cloze"]["acc"] <= 1.0
-    assert 0.0 <= results["bias"]["demo_toxicity_detection"]["auc"] <= 1.0
 
 
 @pytest.mark.slow

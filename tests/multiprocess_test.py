@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 
 import pytest
 
@@ -155,7 +156,7 @@ def _close(a, b, where: str = "") -> None:
     if isinstance(a, dict):
         assert isinstance(b, dict) and a.keys() == b.keys(), where
         for key in a:
-            if "time" in key or key.endswith("_path") or key in ("workdir", "model"):
+            if "tim" in key or key.endswith("_path") or key in ("workdir", "model"):
                 continue
             _close(a[key], b[key], f"{where}.{key}")
     elif isinstance(a, list):
@@ -168,34 +169,54 @@ def _close(a, b, where: str = "") -> None:
         assert a == b, (where, a, b)
 
 
-def _files(workdir: str) -> set[str]:
-    return {
-        os.path.relpath(os.path.join(root, name), workdir)
+def _files(workdir: str) -> Counter:
+    """Every file under workdir (TensorBoard event files named without their host and pid)."""
+    return Counter(
+        os.path.relpath(os.path.join(root, _event_file(name)), workdir)
         for root, _, names in os.walk(workdir)
         for name in names
-    }
+    )
 
 
-def test_eval_on_two_processes_equals_one_process_and_only_process_0_writes(
-    shared, two_process_run
-):
-    single = os.path.join(shared, "eval_one")
-    shutil.copytree(two_process_run, single)
+def _event_file(name: str) -> str:
+    return "events.out.tfevents" if name.startswith("events.out.tfevents") else name
+
+
+def _eval_results(workdir: str) -> dict:
+    with open(os.path.join(workdir, "eval", f"step_{NUM_STEPS}.json")) as f:
+        return json.load(f)
+
+
+def _check_every_metric(results: dict) -> None:
+    assert results["step"] == NUM_STEPS
+    for run in ("conditioned", "unconditioned"):
+        metrics = results["rtp"][run]["metrics"]
+        for subset in ("all", "toxic", "nontoxic", "challenging"):
+            assert {"expected_max_toxicity", "toxicity_probability"} <= set(metrics[subset])
+    assert 0.0 <= results["utility"]["demo_cloze"]["acc"] <= 1.0
+    assert 0.0 <= results["bias"]["demo_toxicity_detection"]["auc"] <= 1.0
+    assert results["perplexity"]["num_batches"] == 2
+
+
+def test_eval_and_train_and_eval_on_two_processes_equal_one_process(shared, two_process_run):
+    """--mode=eval on 2 processes and on 1, and train_and_eval on 2 (resumed at its last step,
+    so it only evaluates), on the same checkpoint: every stage's results agree, and the two
+    processes write exactly the files one process writes."""
+    copies = {}
+    for name in ("eval_one", "eval_two", "train_and_eval_two"):
+        copies[name] = os.path.join(shared, name)
+        shutil.copytree(two_process_run, copies[name])
     before = _files(two_process_run)
-    logs = _finish(_two(_main(two_process_run, "eval", *TRAIN, *EVAL), shared, "eval_logs"))
-    _one(_main(single, "eval", *TRAIN, *EVAL), shared)
-    name = os.path.join("eval", f"step_{NUM_STEPS}.json")
-    with open(os.path.join(two_process_run, name)) as f:
-        two = json.load(f)
-    with open(os.path.join(single, name)) as f:
-        one = json.load(f)
-    for stage in ("rtp", "utility", "bias", "perplexity"):
-        assert stage in two, stage
-    _close(two, one)
-    # The same files, once each: process 1 wrote nothing of its own.
-    written = _files(two_process_run) - before
-    assert written == _files(single) - before
-    assert any("Evaluating" in log or "eval" in log for log in logs)
+    _one(_main(copies["eval_one"], "eval", *TRAIN, *EVAL), shared)
+    _finish(_two(_main(copies["eval_two"], "eval", *TRAIN, *EVAL), shared, "eval_logs"))
+    command = _main(copies["train_and_eval_two"], "train_and_eval", *TRAIN, *EVAL)
+    _finish(_two(command, shared, "train_and_eval_logs"))
+    one = _eval_results(copies["eval_one"])
+    _check_every_metric(one)
+    for name in ("eval_two", "train_and_eval_two"):
+        _close(_eval_results(copies[name]), one, name)
+        # The same files, once each: process 1 wrote nothing of its own.
+        assert _files(copies[name]) - before == _files(copies["eval_one"]) - before, name
 
 
 def test_a_killed_process_stops_the_other_with_a_named_error(shared):

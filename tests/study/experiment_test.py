@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import pathlib
+import sys
 
 import pytest
 
@@ -16,8 +17,10 @@ from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops
 from toxjax.study import experiment, reporting, runs
 from toxjax.study import plan as plan_lib
+from toxjax.testing.processes import ProcessGroup
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SUBSETS = ("all", "toxic", "nontoxic", "challenging")
 STRATEGIES = ("base", "meda", "inst", "filter")
 
@@ -273,10 +276,24 @@ def _check_reevaluation(config, workdir, strategies, variant_run, monkeypatch):
 
 
 @pytest.mark.slow
-def test_study_end_to_end_then_rerun_skips_finished_stages(tmp_path, monkeypatch):
+def test_study_end_to_end_on_two_processes_then_rerun_skips_finished_stages(tmp_path, monkeypatch):
+    """The smoke study as on a pod slice's workers (2 JAX processes x 4 CPU devices, gloo),
+    then reruns on 1 process find every stage done."""
     config = study_smoke.get_config()
     workdir = str(tmp_path / "study")
-    results = experiment.run_study(config, workdir, progress=False, compiler_options=FAST_COMPILE)
+    command = [
+        sys.executable,
+        "-m",
+        "toxjax.study",
+        "--config=toxjax/configs/study_smoke.py",
+        f"--workdir={workdir}",
+    ]
+    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    group = ProcessGroup(command, str(tmp_path / "logs"), cwd=REPO, env=env)
+    codes = group.wait(900)
+    assert codes == [0, 0], "\n".join(log[-3000:] for log in group.logs())
+    with open(os.path.join(workdir, "results.json")) as f:
+        results = json.load(f)
     strategies = (*STRATEGIES, "segment")
     _check_first_run(config, workdir, results, strategies)
 

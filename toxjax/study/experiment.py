@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import ml_collections
+import numpy as np
 from absl import logging
 
 from toxjax import fileio, workdir_lock
@@ -43,7 +44,7 @@ from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
 from toxjax.interop import hf_import
-from toxjax.scoring import job
+from toxjax.scoring import multiprocess_job
 from toxjax.study import plan as plan_lib
 from toxjax.study import reporting, runs
 from toxjax.study.plan import StudyPlan
@@ -91,6 +92,18 @@ def _is_chief() -> bool:
     return jax.process_index() == 0
 
 
+def _process_0_says(answer: bool) -> bool:
+    """Process 0's answer on every process: a file check may differ between processes (one
+    looks after another created the file), and their collectives must not."""
+    import jax
+
+    if jax.process_count() == 1:
+        return answer
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(answer)))
+
+
 def _chief_then_sync(name: str, fn: Callable[[], Any]) -> None:
     """Runs `fn` on process 0 only; the other processes wait for it (shared outputs)."""
     import jax
@@ -110,8 +123,10 @@ def _chief_then_sync(name: str, fn: Callable[[], Any]) -> None:
 
 
 def score_stage(scoring: plan_lib.ScoringPlan, *, progress: bool = True) -> str:
-    """Scores the study's corpus into the scored directory, resuming; returns that directory."""
-    job.score_corpus(
+    """Scores the study's corpus into the scored directory, resuming; returns that directory.
+
+    Every process calls it: on several, they share the shards (multiprocess_job)."""
+    multiprocess_job.score_corpus(
         scoring.corpus, scoring.output_dir, scoring.scorer, scoring.options, progress=progress
     )
     return scoring.output_dir
@@ -233,7 +248,7 @@ class StudyInterrupted(RuntimeError):
 def trained_step(run_workdir: str) -> int | None:
     """Latest checkpoint step of a run directory, None when it has none."""
     directory = fileio.join(run_workdir, checkpoints.CHECKPOINT_SUBDIR)
-    if not fileio.exists(directory):
+    if not _process_0_says(fileio.exists(directory)):
         return None
     checkpointer = checkpoints.Checkpointer(directory, read_only=True, async_save=False)
     try:
@@ -445,7 +460,7 @@ def _run_stages(
     workdir = plan.paths.workdir
     fileio.make_dirs(workdir)
     with stage("score corpus", timings):
-        _chief_then_sync("score", lambda: score_stage(plan.scoring, progress=progress))
+        score_stage(plan.scoring, progress=progress)
     with stage("vocabulary", timings):
         vocabulary = vocab_stage(plan.vocabulary, plan.paths.scored_dir, progress=progress)
     if prepare_only:
