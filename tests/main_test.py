@@ -14,6 +14,8 @@ import time
 
 import pytest
 
+from toxjax.testing.processes import command_environment
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 100
 CHECKPOINT_EVERY = 5
@@ -36,11 +38,7 @@ def _command(workdir: str, *extra: str) -> list[str]:
 
 
 def _environment(shared: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return command_environment(REPO, os.path.join(shared, "jax_cache"))
 
 
 def _start(workdir: str, shared: str, log_name: str) -> tuple[subprocess.Popen, str]:

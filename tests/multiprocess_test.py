@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from toxjax.testing.processes import ProcessGroup
+from toxjax.testing.processes import ProcessGroup, command_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 40
@@ -52,11 +52,7 @@ def _main(workdir: str, mode: str, *extra: str) -> list[str]:
 
 
 def _environment(shared: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    return env
+    return command_environment(REPO, os.path.join(shared, "jax_cache"))
 
 
 def _two(command: list[str], shared: str, name: str) -> ProcessGroup:

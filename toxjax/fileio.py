@@ -118,22 +118,25 @@ def read_jsonl(path: str, *, allow_empty: bool = False) -> Iterator[tuple[int, d
         for line_number, raw in enumerate(f, start=1):
             if not raw.strip():
                 continue
-            where = f"{path}:{line_number}"
-            try:
-                record = json.loads(raw)
-            except UnicodeDecodeError as error:
-                raise FileFormatError(f"{where}: invalid UTF-8 ({error.reason})") from None
-            except json.JSONDecodeError as error:
-                raise FileFormatError(
-                    f"{where}: invalid JSON ({error.msg} at column {error.colno})"
-                ) from None
-            if not isinstance(record, dict):
-                kind = type(record).__name__
-                raise FileFormatError(f"{where}: expected a JSON object, got {kind}")
             count += 1
-            yield line_number, record
+            yield line_number, parse_json_object(raw, f"{path}:{line_number}")
     if not count and not allow_empty:
         raise FileFormatError(f"{path}: empty: no JSON records")
+
+
+def parse_json_object(raw: bytes, where: str) -> dict[str, Any]:
+    """One JSON-lines record; errors start with `where` ("path:line")."""
+    try:
+        record = json.loads(raw)
+    except UnicodeDecodeError as error:
+        raise FileFormatError(f"{where}: invalid UTF-8 ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise FileFormatError(
+            f"{where}: invalid JSON ({error.msg} at column {error.colno})"
+        ) from None
+    if not isinstance(record, dict):
+        raise FileFormatError(f"{where}: expected a JSON object, got {type(record).__name__}")
+    return record
 
 
 def join(*parts: str) -> str:

@@ -17,7 +17,7 @@ from toxjax.evaluation import evaluator
 from toxjax.model import decoder, flops
 from toxjax.study import experiment, reporting, runs
 from toxjax.study import plan as plan_lib
-from toxjax.testing.processes import ProcessGroup
+from toxjax.testing.processes import ProcessGroup, command_environment
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -288,8 +288,7 @@ def test_study_end_to_end_on_two_processes_then_rerun_skips_finished_stages(tmp_
         "--config=toxjax/configs/study_smoke.py",
         f"--workdir={workdir}",
     ]
-    env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    group = ProcessGroup(command, str(tmp_path / "logs"), cwd=REPO, env=env)
+    group = ProcessGroup(command, str(tmp_path / "logs"), cwd=REPO, env=command_environment(REPO))
     codes = group.wait(900)
     assert codes == [0, 0], "\n".join(log[-3000:] for log in group.logs())
     with open(os.path.join(workdir, "results.json")) as f:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import bisect
 import io
-import json
 import os
 import threading
 from typing import Any
@@ -122,16 +121,11 @@ class ScoredDocuments:
 
 
 def _parse(line: bytes, where: str) -> dict[str, Any]:
-    """One record, with read_jsonl's errors (a truncated shard ends in an unreadable line)."""
+    """One record, with read_jsonl's errors; a truncated shard ends in an unreadable line."""
     try:
-        record = json.loads(line)
-    except UnicodeDecodeError as error:
-        raise ScoredDataError(f"{where}: invalid UTF-8 ({error.reason})") from None
-    except json.JSONDecodeError as error:
-        raise ScoredDataError(
-            f"{where}: invalid JSON ({error.msg} at column {error.colno}); was the shard "
-            "truncated or rewritten after scoring?"
-        ) from None
-    if not isinstance(record, dict):
-        raise ScoredDataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-    return record
+        return fileio.parse_json_object(line, where)
+    except fileio.FileFormatError as error:
+        hint = (
+            "; was the shard truncated or rewritten after scoring?" if "JSON" in str(error) else ""
+        )
+        raise ScoredDataError(f"{error}{hint}") from None

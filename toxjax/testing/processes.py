@@ -13,6 +13,17 @@ from collections.abc import Mapping, Sequence
 from toxjax.distributed import HEARTBEAT_ENV
 
 
+def command_environment(repo: str, compile_cache: str | None = None) -> dict[str, str]:
+    """This environment, with the checkout importable and, optionally, a persistent
+    compilation cache that several runs of one test share."""
+    env = dict(os.environ)
+    if compile_cache:
+        env["JAX_COMPILATION_CACHE_DIR"] = compile_cache
+        env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+    env["PYTHONPATH"] = repo + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
