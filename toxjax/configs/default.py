@@ -101,7 +101,7 @@ def _data_config() -> ml_collections.ConfigDict:
     data.eval_split = "validation"  # split read for held-out loss
     data.seq_len = 128  # packed sequence length (targets)
     data.global_batch_size = 16  # sequences per optimizer step, over all hosts
-    data.seed = 0  # fixes the example order: batch(step) depends only on (seed, step)
+    data.seed = 0  # fixes the example order: batch(step) depends only on (seed, batch size, step)
     # Packing bins per batch row's stream (Grain first-fit): more pack tighter, buffer more.
     data.packing_bins = 4
     # Signal-free cooldown (MeCo): the last cooldown_fraction of train.num_steps draw their
