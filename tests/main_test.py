@@ -2,7 +2,8 @@
 
 Every run is a real subprocess on the tiny config and the demo INST task (8 forced CPU devices,
 inherited from conftest). They share one persistent compilation cache, so only the first run pays
-for compilation. --mode=eval runs on 1 and on 2 processes in tests/multiprocess_test.py.
+for compilation. --mode=eval (1 and 2 processes) and train_and_eval (2 processes, evaluating
+every N steps) run in tests/multiprocess_test.py.
 """
 
 import json
@@ -170,32 +171,3 @@ def test_kill9_then_resume_matches_the_uninterrupted_run_bitwise(reference_run, 
         assert loss == reference[step], (step, loss, reference[step])
     for step, loss in resumed.items():
         assert loss == reference[step], (step, loss, reference[step])
-
-
-@pytest.mark.slow
-def test_train_and_eval_evaluates_every_n_steps_and_at_the_end(shared, tmp_path):
-    workdir = str(tmp_path / "train_and_eval")
-    command = _command(workdir)
-    command[command.index("--mode=train")] = "--mode=train_and_eval"
-    command[command.index(f"--config.train.num_steps={NUM_STEPS}")] = "--config.train.num_steps=6"
-    command += [
-        "--config.train.eval_every=3",
-        "--config.eval.rtp_num_prompts=2",
-        "--config.eval.rtp.num_samples=2",
-        "--config.eval.rtp.max_new_tokens=4",
-        "--config.eval.utility_tasks=()",
-        "--config.eval.bias_tasks=()",
-        "--config.eval.perplexity_batches=1",
-    ]
-    result = subprocess.run(
-        command, cwd=REPO, env=_environment(shared), capture_output=True, text=True, timeout=420
-    )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    assert sorted(os.listdir(os.path.join(workdir, "eval"))) == [
-        "step_3",
-        "step_3.json",
-        "step_3.md",
-        "step_6",
-        "step_6.json",
-        "step_6.md",
-    ]

@@ -195,24 +195,34 @@ def _check_every_metric(results: dict) -> None:
 
 
 def test_eval_and_train_and_eval_on_two_processes_equal_one_process(shared, two_process_run):
-    """--mode=eval on 2 processes and on 1, and train_and_eval on 2 (resumed at its last step,
-    so it only evaluates), on the same checkpoint: every stage's results agree, and the two
-    processes write exactly the files one process writes."""
+    """--mode=eval on 2 processes and on 1 on the same checkpoint; train_and_eval on 2
+    processes resumed 10 steps before it (exact resume: the same step-40 params), evaluating
+    every 5 steps and at the end. Every stage's results agree, and the two processes write
+    exactly the files one process writes."""
     copies = {}
     for name in ("eval_one", "eval_two", "train_and_eval_two"):
         copies[name] = os.path.join(shared, name)
         shutil.copytree(two_process_run, copies[name])
+    shutil.rmtree(os.path.join(copies["train_and_eval_two"], "checkpoints", str(NUM_STEPS)))
     before = _files(two_process_run)
     _one(_main(copies["eval_one"], "eval", *TRAIN, *EVAL), shared)
     _finish(_two(_main(copies["eval_two"], "eval", *TRAIN, *EVAL), shared, "eval_logs"))
-    command = _main(copies["train_and_eval_two"], "train_and_eval", *TRAIN, *EVAL)
-    _finish(_two(command, shared, "train_and_eval_logs"))
+    every = [*TRAIN, *EVAL, "--config.train.eval_every=5"]
+    command = _main(copies["train_and_eval_two"], "train_and_eval", *every)
+    group = _two(command, shared, "train_and_eval_logs")
+    _finish(group)
     one = _eval_results(copies["eval_one"])
     _check_every_metric(one)
-    for name in ("eval_two", "train_and_eval_two"):
-        _close(_eval_results(copies[name]), one, name)
-        # The same files, once each: process 1 wrote nothing of its own.
-        assert _files(copies[name]) - before == _files(copies["eval_one"]) - before, name
+    _close(_eval_results(copies["eval_two"]), one, "eval_two")
+    _close(_eval_results(copies["train_and_eval_two"]), one, "train_and_eval_two")
+    # The same files, once each: process 1 wrote nothing of its own.
+    assert _files(copies["eval_two"]) - before == _files(copies["eval_one"]) - before
+    evaluated = sorted(os.listdir(os.path.join(copies["train_and_eval_two"], "eval")))
+    assert evaluated == [f"step_{n}{end}" for n in (35, 40) for end in ("", ".json", ".md")]
+    # TensorBoard event files are named by host and pid: none is process 1's.
+    events = os.listdir(os.path.join(copies["train_and_eval_two"], "tensorboard"))
+    assert not [name for name in events if f".{group.processes[1].pid}." in name]
+    assert [name for name in events if f".{group.processes[0].pid}." in name]
 
 
 def test_a_killed_process_stops_the_other_with_a_named_error(shared):
