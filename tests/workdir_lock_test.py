@@ -407,17 +407,22 @@ def test_main_on_a_workdir_in_use_exits_nonzero_naming_the_holder_and_writes_not
 
 
 MULTI_PROCESS_SCRIPT = """
+import os
 import sys
 import jax
 jax.distributed.initialize(sys.argv[1], num_processes=2, process_id=int(sys.argv[2]))
 from toxjax import workdir_lock
+
+def say(text):  # one write: gloo's threads print to the same pipe
+    os.write(1, (text + "\\n").encode())
+
 with workdir_lock.hold(sys.argv[3], "two processes") as path:
-    print("holds", path, flush=True)
+    say(f"holds {path}")
 try:
     with workdir_lock.hold(sys.argv[4], "two processes"):
-        print("got the busy one", flush=True)
+        say("got the busy one")
 except workdir_lock.WorkdirInUseError as error:
-    print("refused:", error, flush=True)
+    say(f"refused: {error}")
 """
 
 
