@@ -14,6 +14,11 @@ d_model 256, 4 heads, MLP 1024, vocab 384, float32, one CPU device):
   reruns the model over the whole prompt + continuation buffer);
 - hf_generate: transformers `GPT2LMHeadModel.generate` (PyTorch, do_sample, top_p 0.9,
   top_k 0, num_return_sequences 25, use_cache=True) on left-padded prompts.
+Guided decoding is measured in the same rounds: the same prompts behind INST's non-toxic
+instruction, decoded unguided ("toxjax_unguided") and guided (cfg, scale 1) against the same
+prompts behind the toxic instruction (a prefix of similar length), both conditions of every
+sample in one batch ("toxjax_guided"); `guided_over_unguided` is the ratio of their new-token
+rates (each guided sample decodes two rows, so about 1/2 is the expectation).
 Each round times all of them back to back after a warm-up (compilation excluded); the fastest
 round of each gives the headline rates, so load from other processes on a shared host hits all
 alike. PyTorch runs with all cores and with one thread (its thread pool can degrade badly when
@@ -44,6 +49,9 @@ from toxjax.inference import sampling
 from toxjax.model import decoder, flops, partitioning
 
 NUM_SAMPLES = 25
+GUIDANCE_SCALE = 1.0
+POSITIVE_PREFIX = "The following text is non-toxic:\n"  # c+ of the guided comparison
+NEGATIVE_PREFIX = "The following text is toxic:\n"  # c-: another prefix of similar length
 NEW_TOKENS = 20
 TOP_P = 0.9
 RTP_PROMPTS = 99_442  # RealToxicityPrompts (Gehman et al. 2020)
@@ -87,7 +95,9 @@ class NoEosVocabulary:
         return self._vocabulary.decode(ids)
 
 
-def jax_generator(cfg: decoder.ModelConfig, use_cache: bool, rows: int) -> sampling.Generator:
+def jax_generator(
+    cfg: decoder.ModelConfig, use_cache: bool, rows: int, guidance_scale: float = 0.0
+) -> sampling.Generator:
     params = decoder.Decoder(cfg).init({"params": jax.random.key(0)}, jnp.zeros((1, 4), jnp.int32))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), partitioning.MESH_AXES)
     rules = (("activation_batch", ("data", "fsdp")),) + tuple(
@@ -115,7 +125,12 @@ def jax_generator(cfg: decoder.ModelConfig, use_cache: bool, rows: int) -> sampl
         params["params"],
         partitioning.ModelOnMesh(cfg, mesh, rules),
         NoEosVocabulary(),
-        sampling.SamplingConfig(max_new_tokens=NEW_TOKENS, top_p=TOP_P, temperature=1.0),
+        sampling.SamplingConfig(
+            max_new_tokens=NEW_TOKENS,
+            top_p=TOP_P,
+            temperature=1.0,
+            guidance_scale=guidance_scale,
+        ),
         batch_size=rows,
         use_cache=use_cache,
     )
@@ -171,6 +186,37 @@ def hf_generate_fn(cfg: decoder.ModelConfig, threads: int):
     return generate
 
 
+def guidance_methods(cfg: decoder.ModelConfig, rows: int) -> dict:
+    """The unguided and guided calls of one generator on the prompts behind POSITIVE_PREFIX
+    (its batch holds both conditions of every sample, so each call is one batch)."""
+    generate = jax_generator(cfg, True, 2 * rows, guidance_scale=GUIDANCE_SCALE)
+
+    def unguided(prompts: list[str], num_samples: int) -> list[list[str]]:
+        return generate([POSITIVE_PREFIX + p for p in prompts], num_samples)
+
+    def guided(prompts: list[str], num_samples: int) -> list[list[str]]:
+        negatives = [NEGATIVE_PREFIX + p for p in prompts]
+        return generate([POSITIVE_PREFIX + p for p in prompts], num_samples, negatives)
+
+    return {"toxjax_unguided": unguided, "toxjax_guided": guided}
+
+
+def guidance_fields(rate: dict[str, float], per_round: dict[str, list[float]]) -> dict:
+    """New tokens per second guided and unguided, and their ratio (best rounds; per round)."""
+    by_round = [
+        unguided / guided
+        for unguided, guided in zip(
+            per_round["toxjax_unguided"], per_round["toxjax_guided"], strict=True
+        )
+    ]
+    return {
+        "guided_tokens_per_s": round(rate["toxjax_guided"] * NEW_TOKENS, 1),
+        "unguided_tokens_per_s": round(rate["toxjax_unguided"] * NEW_TOKENS, 1),
+        "guided_over_unguided": round(rate["toxjax_guided"] / rate["toxjax_unguided"], 3),
+        "guided_over_unguided_median_of_rounds": round(float(np.median(by_round)), 3),
+    }
+
+
 def timed(fn, prompts: list[str]) -> tuple[float, list[list[str]]]:
     start = time.perf_counter()
     out = fn(prompts, NUM_SAMPLES)
@@ -201,6 +247,7 @@ def measure(args: argparse.Namespace) -> dict:
         "toxjax_kv_cache": jax_generator(cfg, True, rows),
         "jax_recompute": jax_generator(cfg, False, rows),
         f"hf_generate_{threads}_threads": hf_generate_fn(cfg, threads),
+        **guidance_methods(cfg, rows),
     }
     if threads > 1:  # torch's thread pool can suffer more than XLA's on a loaded host
         methods["hf_generate_1_threads"] = hf_generate_fn(cfg, 1)
@@ -230,11 +277,18 @@ def measure(args: argparse.Namespace) -> dict:
         "seconds_by_method": {k: round(v, 4) for k, v in best.items()},
         "hf_generate_is": hf_name,
         "new_tokens_per_s": round(rate["toxjax_kv_cache"] * NEW_TOKENS, 1),
+        **guidance_fields(rate, per_round),
         "setting": {
             "prompts": len(prompts),
             "samples_per_prompt": NUM_SAMPLES,
             "new_tokens": NEW_TOKENS,
             "top_p": TOP_P,
+            "guidance": {
+                "form": "cfg",
+                "scale": GUIDANCE_SCALE,
+                "positive_prefix": POSITIVE_PREFIX,
+                "negative_prefix": NEGATIVE_PREFIX,
+            },
             "prompt_bytes_mean": float(np.mean([len(p.encode()) for p in prompts])),
             "model": {
                 "num_layers": cfg.num_layers,

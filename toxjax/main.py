@@ -66,18 +66,22 @@ def train_or_evaluate(config, workdir: str, mode: str) -> None:
     """The run itself, with WORKDIR's lock held."""
     # Imported after jax.distributed.initialize(): nothing may touch the backend before it.
     from toxjax.evaluation.evaluator import Evaluator
-    from toxjax.interop import hf_import
+    from toxjax.interop import hf_import, judge
     from toxjax.training import train
 
     record_config(config, workdir)
     if mode == "eval":
-        Evaluator(config, workdir).evaluate_checkpoint(
+        Evaluator(config, workdir, judge_loader=judge.load_judge).evaluate_checkpoint(
             step=_EVAL_STEP.value, checkpoint_dir=_CHECKPOINT_DIR.value
         )
         return
     # One evaluator for the whole run, built before training so that bad prompt or label
     # files fail first; its compiled engines are reused at every eval step.
-    evaluator = Evaluator(config, workdir) if mode == "train_and_eval" else None
+    evaluator = (
+        Evaluator(config, workdir, judge_loader=judge.load_judge)
+        if mode == "train_and_eval"
+        else None
+    )
     train.train_and_evaluate(
         config, workdir, eval_fn=evaluator, warm_start_fn=hf_import.warm_starter(config)
     )

@@ -173,6 +173,7 @@ NO_HOLDOUT = {
     "HELDOUT_WIKI_CLEAN": 0.0,
     "HELDOUT_BOOKS_PERPLEXITY": 0.0,
     "HELDOUT_BOOKS_CLOZE": 0.0,
+    "HELDOUT_JUDGE": 0.0,
     "BOOKS_TRAIN_SHARE": 1.0,
 }
 
@@ -202,8 +203,13 @@ MIXED = {
     "HELDOUT_WIKI_CLEAN": 0.25,  # 1.3.3 (draws 0.5 to 0.75)
     "HELDOUT_BOOKS_PERPLEXITY": 0.1,  # blake 0
     "HELDOUT_BOOKS_CLOZE": 0.5,  # emma 1, 2, 3; blake 1 is verse, so it trains
+    "HELDOUT_JUDGE": 0.0,
     "BOOKS_TRAIN_SHARE": 1.0,
 }
+# judge_train draws (unit_hash("judge", ...)): paradetox by toxic sentence, line 3: .23;
+# tweets 0: .51, 2: .65, 5: .76; wiki 1.2.2: .14, 2.3.3: .35; civil 240311: .25, 240500: .51,
+# 239612: .91, 240461: .58, 240600: .60
+JUDGED = {**MIXED, "HELDOUT_JUDGE": 0.55}
 
 
 def test_two_builds_are_byte_identical(tmp_path, monkeypatch):
@@ -275,6 +281,76 @@ def test_held_out_texts_never_reach_the_training_corpus(tmp_path, monkeypatch):
         "wikipedia_talk": 2,
     }
     assert manifest["counts"]["detection"]["wikipedia"] == {"examples": 2, "positive": 1}
+
+
+def test_judge_train_is_carved_out_of_the_training_corpus(tmp_path, monkeypatch):
+    manifest, output = build(tmp_path, monkeypatch, **JUDGED)
+    judge = read_jsonl(os.path.join(output, real_corpus.JUDGE_TRAIN_FILE))
+    assert [(r["source"], r["text"], r["label"]) for r in judge] == [
+        ("paradetox", "this damn movie sucks", 1),  # a toxic sentence and its paraphrase
+        ("paradetox", "this movie is bad", 0),
+        (
+            "davidson_tweets",
+            "As a woman you shouldn't complain about cleaning up your house. & as a man you "
+            "should always take the trash out...",
+            0,
+        ),
+        ("wikipedia_talk", "You are a complete idiot and should be banned.", 1),
+        ("wikipedia_talk", "I added a citation to the history section.", 0),
+        ("civil_comments_toxic", "You're an idiot.", 1),
+    ]
+    corpus = {r["text"] for r in read_corpus(output)}
+    assert not corpus & {r["text"] for r in judge}
+    # The detection sets, clean texts and cloze are those of the build without judge_train.
+    _, without = build(tmp_path, monkeypatch, "without", **MIXED)
+    for name in ("detection_tweets.jsonl", "heldout_clean.jsonl", "cloze.jsonl"):
+        assert all_files(output)[name] == all_files(without)[name], name
+    assert manifest["counts"]["judge_train"] == {
+        "civil_comments_toxic": {"examples": 1, "positive": 1},
+        "davidson_tweets": {"examples": 1, "positive": 0},
+        "paradetox": {"examples": 2, "positive": 1},
+        "wikipedia_talk": {"examples": 2, "positive": 1},
+    }
+    assert manifest["counts"]["corpus"] == {
+        "civil_comments_toxic": 3,
+        "davidson_tweets": 1,
+        "gutenberg": 3,
+    }  # every ParaDetox and talk record is held out
+    assert manifest["skipped"]["judge_train/civil_comments_toxic: empty text"] == 1
+    assert manifest["skipped_lines"]["judge_train/civil_comments_toxic: empty text"] == [7]
+    with open(os.path.join(output, "ATTRIBUTION.md"), encoding="utf-8") as f:
+        assert "| `licenses/paradetox.txt` | 0 | 2 |" in f.read()
+
+
+def test_judge_train_drops_evaluation_texts_and_whole_paradetox_rows(tmp_path):
+    builder = real_corpus.Builder(str(tmp_path))
+    builder.detect("tweets", "shut up  bitch", 1)
+    builder.detect("paradetox", "you moron", 1)
+    builder.rtp_keys.add(real_corpus.heldout_key("The weather today is sunny"))
+    moron = real_corpus.heldout_key("you moron")
+    builder.judge_example("davidson_tweets", "SHUT UP bitch", 1, line=4)  # case-folded: the same
+    builder.judge_example("paradetox", "you are mistaken", 0, moron, 9)  # its toxic one is held out
+    builder.judge_example("wikipedia_talk", "the weather today is sunny", 0)  # an RTP prompt
+    builder.judge_example("wikipedia_talk", "a fine edit", 0)
+    builder.judge_example("civil_comments_toxic", " A fine\nedit", 1)  # the same text again
+    builder.judge_example("civil_comments_toxic", "  ", 1, line=3)
+    for text in ("A FINE EDIT", "something else"):
+        builder.train("wikipedia_talk", text, text)
+    builder.drop_heldout_from_judge()
+    builder.drop_heldout_from_corpus()
+    assert builder.judge == [{"text": "a fine edit", "label": 0, "source": "wikipedia_talk"}]
+    assert [r["text"] for r in builder.corpus] == ["something else"]
+    assert dict(builder.skipped) == {
+        "judge_train/davidson_tweets: same text as an evaluation one": 1,
+        "judge_train/paradetox: its toxic sentence is held out for evaluation": 1,
+        "judge_train/wikipedia_talk: same text as an evaluation one": 1,
+        "judge_train/civil_comments_toxic: duplicate judge text": 1,
+        "judge_train/civil_comments_toxic: empty text": 1,
+        "wikipedia_talk: same text as a judge_train one": 1,
+    }
+    assert builder.skip_examples[
+        "judge_train/paradetox: its toxic sentence is held out for evaluation"
+    ] == [9]
 
 
 def test_skips_are_counted_with_reasons_and_lines(tmp_path, monkeypatch):
@@ -436,7 +512,12 @@ def manifest_problems(directory):
             for part, name in real_corpus.RTP_FILES.items()
         },
         "detection": {},
+        "judge_train": {},
     }
+    for record in read_jsonl(os.path.join(directory, real_corpus.JUDGE_TRAIN_FILE)):
+        entry = found["judge_train"].setdefault(record["source"], {"examples": 0, "positive": 0})
+        entry["examples"] += 1
+        entry["positive"] += record["label"]
     for task in counts["detection"]:
         rows = read_jsonl(os.path.join(directory, real_corpus.detection_file(task)))
         labels = [r["label"] for r in rows]
@@ -452,6 +533,11 @@ def test_packaged_data_matches_its_manifest():
     with open(real_corpus.packaged_path("manifest.json"), encoding="utf-8") as f:
         manifest = json.load(f)
     assert set(manifest["counts"]["detection"]) == {"paradetox", "tweets", "wikipedia"}
+    judge = manifest["counts"]["judge_train"]
+    assert set(judge) == {"civil_comments_toxic", "davidson_tweets", "paradetox", "wikipedia_talk"}
+    positives = sum(c["positive"] for c in judge.values())
+    negatives = sum(c["examples"] - c["positive"] for c in judge.values())
+    assert min(positives, negatives) > 3000  # both classes, from several sources
     assert [s["folder"] for s in manifest["sources"]] == [s.folder for s in real_corpus.SOURCES]
 
 

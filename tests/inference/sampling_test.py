@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from toxjax.configs import default as default_config
 from toxjax.data import vocab
-from toxjax.inference import draws, sampling
+from toxjax.inference import draws, filtering, sampling
 from toxjax.model import decoder, partitioning
 
 CFG = decoder.ModelConfig(
@@ -173,7 +173,7 @@ def test_greedy_takes_the_argmax():
 
 @functools.lru_cache
 def _jitted_mask(top_k: int):
-    return jax.jit(lambda logits, p: sampling.filter_mask(logits, top_k=top_k, top_p=p))
+    return jax.jit(lambda logits, p: filtering.filter_mask(logits, top_k=top_k, top_p=p))
 
 
 TIED_LOGITS = st.lists(

@@ -12,6 +12,7 @@ import pytest
 import seqio
 
 from toxjax.data import tasks, vocab
+from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.interop import export, hf_checkpoint
 from toxjax.model import decoder
 from toxjax.testing import tiny_run
@@ -59,6 +60,19 @@ def test_model_card_names_strategy_format_and_prefix(exported):
     assert "Embedding rows 259..383 are padding" in card
     assert "suppress = [0, *range(259, 384)]" in card
     assert info["suppress_tokens"] == [0, *range(259, 384)]
+
+
+def test_model_card_says_guided_decoding_is_a_toxjax_feature_of_conditioned_runs(exported):
+    _, _, output, info = exported
+    with open(os.path.join(output, export.MODEL_CARD)) as f:
+        card = f.read()
+    assert "Guided (contrastive) decoding" in card
+    assert '(`"The following text is toxic:\\n"` before it)' in card  # c-: the toxic signal
+    assert "--model_args=guidance_scale=1.5,guidance_form=cfg" in card
+    base = export.model_card(
+        {**info, "strategy": "base", "inference_prefix": ""}, ConditioningFormat()
+    )
+    assert "Guided (contrastive) decoding" not in base  # no signals, nothing to contrast
 
 
 def test_transformers_computes_our_logits_on_tokenized_conditioned_text(exported):
@@ -134,8 +148,6 @@ def test_command_line(exported, tmp_path):
 
 
 def test_segment_card_names_the_tokens_and_the_suffix():
-    from toxjax.data.conditioning import ConditioningFormat, Strategy
-
     fmt = ConditioningFormat()
     lines = export._conditioning_lines(
         Strategy.SEGMENT, fmt, fmt.inference_prefix("segment"), fmt.inference_suffix("segment")

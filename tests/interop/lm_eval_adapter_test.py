@@ -250,6 +250,32 @@ def test_conditioning_prefix_goes_in_front_of_every_context(setup):
     assert lm_eval_adapter.cut_at_stops("abc.def\nx", [".", "\n"]) == "abc"
 
 
+def test_guided_generation_decodes_under_both_signals(setup):
+    """guidance_scale > 0: each context under the non-toxic instruction (c+) and the toxic one
+    (c-), guided with the adapter's scale and form; base refuses guidance."""
+    workdir, _, _, adapter, _ = setup
+    if adapter.run.config.data.task != "toxjax_demo_inst":
+        pytest.skip("once is enough")
+    guided = lm_eval_adapter.ToxjaxLM(
+        checkpoint=workdir, batch_size=8, guidance_scale=2.0, guidance_form="dexperts"
+    )
+    gen_kwargs = {"until": ["."], "max_gen_toks": 16, "do_sample": False}
+    contexts = ["The market", "Weather report:"]
+    texts = guided.generate_until(
+        _instances("generate_until", [(c, dict(gen_kwargs)) for c in contexts])
+    )
+    generator = guided._generator(gen_kwargs)
+    assert (generator.config.guidance_scale, generator.config.guidance_form) == (2.0, "dexperts")
+    positives = ["The following text is non-toxic:\n" + c for c in contexts]
+    negatives = ["The following text is toxic:\n" + c for c in contexts]
+    direct = generator(positives, 1, negatives=negatives)
+    assert texts == [lm_eval_adapter.cut_at_stops(samples[0], ["."]) for samples in direct]
+    with pytest.raises(ValueError, match="'base' has none"):
+        lm_eval_adapter.ToxjaxLM(checkpoint=workdir, conditioning="base", guidance_scale=1.0)
+    with pytest.raises(ValueError, match="form"):
+        lm_eval_adapter.ToxjaxLM(checkpoint=workdir, guidance_scale=1.0, guidance_form="x")
+
+
 def test_the_model_is_registered():
     from lm_eval.api.registry import get_model
 

@@ -47,6 +47,24 @@ def test_run_config_is_the_training_config_on_that_run_task():
     assert run_config.optim.to_dict() == other.optim.to_dict()
 
 
+def test_guided_variants_evaluate_the_plain_runs_checkpoints_with_guidance_and_one_judge():
+    config = demo.get_config()
+    config.study.variants = (
+        "meda:guidance_scale=2",
+        "inst:guidance_scale=1;guidance_form=dexperts",
+    )
+    plan = plan_lib.plan_study(config, "/study")
+    assert plan.judge == "/study/base"  # the BASE model of seed 0 judges every run
+    guided = plan.run_plan("inst@guidance_scale=1+guidance_form=dexperts")
+    assert guided.trained_as == "inst"  # evaluation only: nothing trains twice
+    run_config = plan_lib.run_config(config, guided, "t", judge=plan.judge)
+    assert (run_config.eval.guidance_scale, run_config.eval.guidance_form) == (1, "dexperts")
+    assert run_config.eval.judge == "/study/base"
+    assert run_config.eval.judge_scorer == "heldout-judge"
+    plain = plan_lib.run_config(config, plan.run_plan("inst"), "t", judge=plan.judge)
+    assert plain.eval.guidance_scale == 0.0 and plain.eval.judge == "/study/base"
+
+
 def test_run_config_of_a_later_seed_moves_both_seeds():
     config = demo.get_config()
     config.train.seed, config.data.seed = 10, 20

@@ -205,10 +205,16 @@ def test_strategies_parse_tuples_and_command_line_strings():
         ("on_bad_record", "ignore", "config.study.on_bad_record must be one of"),
         ("corpus", "", "config.study.corpus is empty"),
         ("segment", "chunk:x", "config.study.segment: segment spec 'chunk:x'"),
+        ("variants", ("meda:guidance_scale=-1",), "guidance_scale must be >= 0, got -1"),
+        ("variants", ("inst:guidance_form=x",), "guidance_form must be one of"),
+        ("variants", ("base:guidance_scale=2",), "base has no toxic signal to guide away from"),
+        ("judge", "base", "config.study.judge='base' judges every run with the study's BASE"),
     ],
 )
 def test_bad_study_setting_names_its_field(field, value, message):
     config = study_smoke.get_config()  # with SEGMENT: its segmentation is checked too
+    if field == "judge":
+        config.study.strategies = ("inst", "base")  # the judge would train after INST
     config.study[field] = value
     with pytest.raises(ValueError, match=message):
         plan_lib.plan_study(config, WORKDIR)

@@ -42,6 +42,9 @@ def study_section(
     # segments, "sentence" | "chunk:<chars>" (toxjax.scoring.segments); else unused.
     study.segment = "sentence"
     study.baseline = "base"  # the row the report compares every other strategy with
+    # Fluency judge of every run (config.eval.judge): "base" = this study's BASE model (seed 0;
+    # base must come first in strategies), "" = none, or a toxjax run / transformers directory.
+    study.judge = ""
     # Conditioning format (toxjax.data.conditioning.ConditioningFormat fields). The defaults are OUR
     # RECONSTRUCTION of the paper's: its exact MEDA string, INST wording and threshold are not
     # published.

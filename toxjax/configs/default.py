@@ -187,6 +187,18 @@ def _eval_config() -> ml_collections.ConfigDict:
     # controllability, TP under the non-toxic vs the toxic signal, paired by prompt.
     ev.rtp_toxic_signal = True
     ev.generate_batch_size = 256  # sequences decoded together (prompts x samples)
+    # Self-guided decoding of the conditioned run (MEDA/INST/SEGMENT): the prompt under the
+    # non-toxic signal and under the toxic one decoded together, logits combined before
+    # temperature and top-p as logits+ + scale * (log p+ - log p-); 0 = off.
+    ev.guidance_scale = 0.0
+    # "cfg" (classifier-free guidance) | "dexperts" (the same, restricted to p+'s top-p nucleus).
+    ev.guidance_form = "cfg"
+    # Fluency judge: perplexity of each continuation given its prompt under this model (a toxjax
+    # run directory or a transformers model directory); "" = no judge perplexity.
+    ev.judge = ""
+    # A second toxicity scorer that labelled no training data (a scorer spec, as ev.scorer;
+    # "heldout-judge" = the classifier on the packaged held-out human labels); "" = none.
+    ev.judge_scorer = ""
     # Log-likelihood tasks (utility and bias).
     ev.loglik_batch_size = 32  # sequences scored together
     ev.loglik_max_len = -1  # longest scored sequence (context left-truncated); -1 = model.max_len

@@ -47,6 +47,11 @@ def get_config() -> ml_collections.ConfigDict:
     # toxic one, was -42% with none untagged, -46% with 2% and -40% with 10%: within the
     # run-to-run variation (the same setting gave -54% in another run), so the paper's stays.
     config.study.untagged_rate = 0.0
+    # Fluency: every run's continuations scored by the BASE model of seed 0 (the same judge for
+    # all; at this scale it only separates broken text from text like the corpus).
+    config.study.judge = "base"
+    # The second toxicity judge: trained on held-out human labels, it labelled no training data.
+    ev.judge_scorer = "heldout-judge"
     return config
 
 

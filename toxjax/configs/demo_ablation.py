@@ -31,6 +31,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval.rtp_prompts = "real:validation"  # choose on validation, report on test
     config.study.name = "toxjax_study_ablation"  # SeqIO task family of the ablation
     config.study.strategies = ("inst", "meda")  # the two conditioned strategies
+    config.study.judge = ""  # no BASE model here to judge fluency with
     config.study.variants = VARIANTS  # one more INST model each
     config.study.threshold_quantile = -1.0  # the reconstruction's plain 0.5 threshold
     config.study.untagged_rate = 0.02  # the setting the ablation started from

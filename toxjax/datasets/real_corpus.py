@@ -18,6 +18,18 @@ order, and gzip members carry no timestamp, so the same inputs give byte-identic
 What is held out for evaluation (RTP continuations, detection sets, clean perplexity text, the
 cloze paragraphs) is never in the training corpus.
 
+judge_train.jsonl is a second held-out split, for a toxicity judge that never labelled training
+data (toxjax.scoring.judge_classifier): HELDOUT_JUDGE (10%) of each human-labelled source that
+is not already held out, drawn by unit_hash("judge", ...) so it is independent of the other
+draws. Labels are the humans': Davidson class 0/1 (hate, offensive) -> 1, 2 -> 0; CAT-LARGE
+`label`; ParaDetox toxic sentence -> 1, its paraphrases -> 0 (drawn by the toxic sentence, so
+a sentence and its paraphrases are always on one side); Civil Comments -> 1 (all toxic by
+raters). Its texts are cut like the detection sets, then dropped when equal to a detection,
+clean-perplexity, cloze or RTP text (prompt, continuation or both) or to an earlier judge text;
+a ParaDetox row goes whole when its toxic sentence is held out elsewhere. Texts are compared by
+`heldout_key` (whitespace collapsed, cut to MAX_HELDOUT_CHARS, case-folded), and the corpus
+drops every document whose key is that of any held-out text, judge_train's included.
+
 Outputs (OUTPUT/):
     corpus.jsonl.gz               training documents {"text", "source"} (scored by the study)
     heldout_clean.jsonl           raw clean documents: held-out perplexity, the same for every model
@@ -25,6 +37,8 @@ Outputs (OUTPUT/):
     rtp_validation.jsonl          RealToxicityPrompts (published schema) for choosing defaults
     rtp_test.jsonl                the rest, for reporting
     detection_<name>.jsonl        held-out human-labelled {"text", "label"} sets
+    judge_train.jsonl             held-out human-labelled {"text", "label", "source"}: trains the
+                                  independent judge, never scored into or evaluated on
     ATTRIBUTION.md, licenses/     source, commit and licence of every file used
     manifest.json                 counts, skipped records with reasons, sha256 of every output
 """
@@ -42,6 +56,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from toxjax import fileio
 
@@ -49,6 +64,7 @@ PACKAGED_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "assets"
 CORPUS_FILE = "corpus.jsonl.gz"
 HELDOUT_CLEAN_FILE = "heldout_clean.jsonl"
 CLOZE_FILE = "cloze.jsonl"
+JUDGE_TRAIN_FILE = "judge_train.jsonl"
 RTP_FILES = {"validation": "rtp_validation.jsonl", "test": "rtp_test.jsonl"}
 
 
@@ -120,6 +136,7 @@ HELDOUT_WIKI_NEGATIVE = 0.04  # of the clean ones: detection negatives
 HELDOUT_WIKI_CLEAN = 0.02  # further clean comments for held-out perplexity
 HELDOUT_BOOKS_PERPLEXITY = 0.03  # book paragraphs for held-out perplexity
 HELDOUT_BOOKS_CLOZE = 0.06  # book paragraphs for the cloze task (prose books only)
+HELDOUT_JUDGE = 0.1  # of each human-labelled source's records not held out above: judge_train
 RTP_VALIDATION = 0.5  # share of prompts used to choose defaults; the rest is the test part
 PROSE_BOOKS = ("austen", "chesterton", "melville")  # cloze only from prose (not verse, drama)
 # Training documents are cut (at a space) to this many characters: the demo trains on 128-token
@@ -170,7 +187,12 @@ class Builder:
         self.notes: Counter[str] = Counter()  # kept records with a caveat
         self.skip_examples: dict[str, list[int]] = {}  # reason -> first lines skipped for it
         self.used: Counter[str] = Counter()
-        self.heldout_keys: set[str] = set()  # held-out texts, as `_heldout_key` writes them
+        self.heldout_keys: set[str] = set()  # evaluation texts, as `heldout_key` writes them
+        self.rtp_keys: set[str] = set()  # RTP prompts and continuations: judge_train avoids them
+        # judge_train candidates: (record, key of its group, line); dropped as a group.
+        self.judge_candidates: list[tuple[dict[str, Any], str, int | None]] = []
+        self.judge: list[dict[str, Any]] = []  # what drop_heldout_from_judge keeps
+        self.judge_keys: set[str] = set()
 
     def path(self, folder: str, name: str) -> str:
         return os.path.join(self.source_dir, folder, name)
@@ -203,7 +225,7 @@ class Builder:
     def hold_out(self, text: str) -> None:
         """Marks a held-out text: a training document that equals it is dropped at the end (a
         duplicate record, say one tweet posted twice, would otherwise carry it into training)."""
-        self.heldout_keys.add(_heldout_key(text))
+        self.heldout_keys.add(heldout_key(text))
 
     def hold_out_clean(self, text: str, source: str, line: int | None = None) -> None:
         text = truncate(_clean(text), MAX_HELDOUT_CHARS)
@@ -221,14 +243,46 @@ class Builder:
         self.detection.setdefault(task, []).append({"text": text, "label": int(label)})
         self.hold_out(text)
 
+    def judge_example(
+        self, source: str, text: str, label: int, group: str | None = None, line: int | None = None
+    ) -> None:
+        """A judge_train candidate. `group` (a ParaDetox row: its toxic sentence's key) goes
+        whole when that key is held out for evaluation, so no paraphrase of it trains the judge."""
+        text = truncate(_clean(text), MAX_HELDOUT_CHARS)
+        if not text:
+            self.skip(f"judge_train/{source}", "empty text", line)
+            return
+        record = {"text": text, "label": int(label), "source": source}
+        self.judge_candidates.append((record, group or heldout_key(text), line))
+
+    def drop_heldout_from_judge(self) -> None:
+        """judge_train keeps the candidates that equal no evaluation text (detection, clean,
+        cloze, RTP) and no earlier candidate; the rest are counted. Run after every reader."""
+        evaluation = self.heldout_keys | self.rtp_keys
+        for record, group, line in self.judge_candidates:
+            key, reason = heldout_key(record["text"]), None
+            if key in evaluation:
+                reason = "same text as an evaluation one"
+            elif group in evaluation:
+                reason = "its toxic sentence is held out for evaluation"
+            elif key in self.judge_keys:
+                reason = "duplicate judge text"
+            if reason:
+                self.skip(f"judge_train/{record['source']}", reason, line)
+            else:
+                self.judge_keys.add(key)
+                self.judge.append(record)
+
     def drop_heldout_from_corpus(self) -> None:
-        """Training documents equal to a held-out text, or to an earlier training document,
-        are dropped and counted."""
+        """Training documents equal to a held-out text (judge_train's included), or to an
+        earlier training document, are dropped and counted."""
         kept, seen = [], set()
         for record in self.corpus:
-            reason = None
-            if _heldout_key(record["text"]) in self.heldout_keys:
+            key, reason = heldout_key(record["text"]), None
+            if key in self.heldout_keys:
                 reason = "same text as a held-out one"
+            elif key in self.judge_keys:
+                reason = "same text as a judge_train one"
             elif record["text"] in seen:
                 reason = "duplicate training document"
             if reason:
@@ -240,10 +294,11 @@ class Builder:
         self.corpus = kept
 
 
-def _heldout_key(text: str) -> str:
+def heldout_key(text: str) -> str:
     """What a held-out text and a training document are compared by: their start (held-out
-    texts are cut to MAX_HELDOUT_CHARS, training ones to MAX_TRAIN_CHARS)."""
-    return truncate(_clean(text), MAX_HELDOUT_CHARS)
+    texts are cut to MAX_HELDOUT_CHARS, training ones to MAX_TRAIN_CHARS), case-folded so a
+    shouted copy of a held-out tweet is the same text."""
+    return truncate(_clean(text), MAX_HELDOUT_CHARS).casefold()
 
 
 def _read_csv(path: str, **kwargs) -> Iterator[tuple[int, dict[str, str]]]:
@@ -258,7 +313,8 @@ def _read_csv(path: str, **kwargs) -> Iterator[tuple[int, dict[str, str]]]:
 
 
 def add_paradetox(builder: Builder) -> None:
-    """Toxic sentences and their human paraphrases; held-out rows become detection pairs."""
+    """Toxic sentences and their human paraphrases; held-out rows become detection pairs or
+    judge_train examples (drawn by the toxic sentence)."""
     path = builder.path("paradetox", "paradetox.tsv")
     fields = ("toxic", "neutral1", "neutral2", "neutral3")
     for line, row in _read_csv(path, delimiter="\t", quoting=csv.QUOTE_NONE):
@@ -273,6 +329,13 @@ def add_paradetox(builder: Builder) -> None:
                 continue
             builder.detect("paradetox", values["toxic"], 1)
             builder.detect("paradetox", values["neutral1"], 0)
+            continue
+        group = heldout_key(values["toxic"])
+        if unit_hash("judge", "paradetox", group) < HELDOUT_JUDGE:  # the row stays together
+            for field in fields:
+                if values[field].strip():
+                    label = int(field == "toxic")
+                    builder.judge_example("paradetox", values[field], label, group, line)
             continue
         for field in fields:
             if values[field].strip():
@@ -297,6 +360,8 @@ def add_tweets(builder: Builder) -> None:
         record_id = f"davidson:{(row.get('') or str(line)).strip()}"
         if unit_hash(record_id) < HELDOUT_TWEETS:
             builder.detect("tweets", text, int(klass != "2"))
+        elif unit_hash("judge", record_id) < HELDOUT_JUDGE:
+            builder.judge_example("davidson_tweets", text, int(klass != "2"), line=line)
         else:
             builder.train("davidson_tweets", record_id, text)
 
@@ -326,13 +391,20 @@ def add_wikipedia_talk(builder: Builder) -> None:
             elif draw < HELDOUT_WIKI_NEGATIVE + HELDOUT_WIKI_CLEAN:
                 builder.hold_out_clean(text, "wikipedia_talk", line)
                 continue
+            if unit_hash("judge", record_id) < HELDOUT_JUDGE:
+                builder.judge_example("wikipedia_talk", text, int(label), line=line)
+                continue
             builder.train("wikipedia_talk", record_id, text)
 
 
 def add_civil_comments(builder: Builder) -> None:
     for line, row in _read_csv(builder.path("civil_comments_toxic", "comments.csv")):
         record_id = f"civil_comments:{(row.get('comment_id') or str(line)).strip()}"
-        builder.train("civil_comments_toxic", record_id, row.get("comment_text") or "")
+        text = row.get("comment_text") or ""
+        if unit_hash("judge", record_id) < HELDOUT_JUDGE:  # every comment is toxic by raters
+            builder.judge_example("civil_comments_toxic", text, 1, line=line)
+        else:
+            builder.train("civil_comments_toxic", record_id, text)
 
 
 def book_paragraphs(raw: str) -> list[str]:
@@ -387,6 +459,9 @@ def add_rtp(builder: Builder) -> None:
                 builder.note(
                     f"rtp_prompts/{name}", "no continuation text (kept: evaluation counts it)", line
                 )
+            prompt = (record.get("prompt") or {}).get("text")
+            texts = [t for t in (prompt, continuation) if isinstance(t, str)]
+            builder.rtp_keys.update(heldout_key(t) for t in [*texts, "".join(texts)])
             key = f"{record.get('filename')}:{record.get('begin')}-{record.get('end')}"
             part = "validation" if unit_hash("rtp", key) < RTP_VALIDATION else "test"
             builder.rtp[part].append(record)
@@ -406,6 +481,7 @@ def _gzip_bytes(data: bytes) -> bytes:
 
 
 def attribution_markdown(builder: Builder) -> str:
+    judged = Counter(record["source"] for record in builder.judge)
     lines = [
         "# Attribution of the packaged real-text data",
         "",
@@ -414,15 +490,27 @@ def attribution_markdown(builder: Builder) -> str:
         "raw files below, unedited except for the cleaning that module documents. Each licence",
         "text is in `licenses/`.",
         "",
-        "| source | repository @ commit | licence | licence file | training documents |",
-        "|---|---|---|---|---|",
+        "| source | repository @ commit | licence | licence file | training documents |"
+        " judge_train examples |",
+        "|---|---|---|---|---|---|",
     ]
     for source in SOURCES:
         lines.append(
             f"| {source.name} | {source.repository} @ {source.commit} | {source.licence} | "
-            f"`licenses/{source.folder}.txt` | {builder.used.get(source.folder, 0)} |"
+            f"`licenses/{source.folder}.txt` | {builder.used.get(source.folder, 0)} | "
+            f"{judged.get(source.folder, 0)} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _label_counts(records: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """{source: {"examples", "positive"}}: what the manifest says of judge_train."""
+    counts: dict[str, dict[str, int]] = {}
+    for record in records:
+        entry = counts.setdefault(record["source"], {"examples": 0, "positive": 0})
+        entry["examples"] += 1
+        entry["positive"] += record["label"]
+    return dict(sorted(counts.items()))
 
 
 def build(source_dir: str, output_dir: str) -> dict:
@@ -431,12 +519,14 @@ def build(source_dir: str, output_dir: str) -> dict:
     for add in (add_paradetox, add_tweets, add_wikipedia_talk, add_civil_comments, add_books):
         add(builder)
     add_rtp(builder)
+    builder.drop_heldout_from_judge()  # before the corpus: it drops what judge_train keeps
     builder.drop_heldout_from_corpus()
     builder.corpus.sort(key=lambda r: unit_hash("order", r["source"], r["text"]))  # interleaved
     outputs = {
         CORPUS_FILE: _gzip_bytes(_jsonl_bytes(builder.corpus)),
         HELDOUT_CLEAN_FILE: _jsonl_bytes(builder.heldout_clean),
         CLOZE_FILE: _jsonl_bytes(builder.cloze),
+        JUDGE_TRAIN_FILE: _jsonl_bytes(builder.judge),
         **{RTP_FILES[part]: _jsonl_bytes(records) for part, records in builder.rtp.items()},
         **{
             detection_file(task): _jsonl_bytes(examples)
@@ -456,6 +546,7 @@ def build(source_dir: str, output_dir: str) -> dict:
             task: {"examples": len(ex), "positive": sum(int(e["label"]) for e in ex)}
             for task, ex in sorted(builder.detection.items())
         },
+        "judge_train": _label_counts(builder.judge),
     }
     manifest = {
         "sources": [dataclasses.asdict(source) for source in SOURCES],

@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from toxjax.evaluation import intervals, rtp
+from toxjax.evaluation import fluency, intervals, rtp
 
 CONDITIONS = ("conditioned", "toxic_signal", "unconditioned")  # how rtp runs are keyed
 
 
-def per_prompt(run: rtp.RTPResult) -> dict[str, np.ndarray]:
+def per_prompt(run: rtp.RTPResult, scores: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Each prompt's maximum toxicity over its samples, whether any sample is toxic, and the
-    fraction of its samples that are."""
-    scores = np.asarray(run.scores, dtype=np.float64)
+    fraction of its samples that are; under the run's scorer, or `scores` of another (the
+    second judge's) on the same samples."""
+    scores = np.asarray(run.scores if scores is None else scores, dtype=np.float64)
     config = run.config
     toxic = rtp.passes(scores, config.threshold, config.comparison)
     return {
@@ -47,10 +48,9 @@ def toxic_prompts(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> np.ndarray
     )
 
 
-def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, Any]:
-    """TP and EMT with 95% intervals over prompts, for all prompts and the toxic/non-toxic
-    prompt subsets; plus the per-prompt values (for cross-model and cross-seed intervals)."""
-    values = per_prompt(run)
+def _subset_intervals(
+    values: Mapping[str, np.ndarray], run: rtp.RTPResult, prompt_toxicity: np.ndarray
+) -> dict[str, Any]:
     has_score = ~np.isnan(prompt_toxicity)
     toxic_prompt = toxic_prompts(run, prompt_toxicity)
     subsets = {
@@ -58,16 +58,38 @@ def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, 
         "toxic": toxic_prompt,
         "nontoxic": has_score & ~toxic_prompt,
     }
-    out: dict[str, Any] = {}
-    for subset, mask in subsets.items():
-        out[subset] = {
+    return {
+        subset: {
             "toxicity_probability": intervals.mean_interval(values["any_toxic"][mask]).to_dict(),
             "expected_max_toxicity": intervals.mean_interval(
                 values["max_toxicity"][mask]
             ).to_dict(),
             "toxic_fraction": intervals.mean_interval(values["toxic_fraction"][mask]).to_dict(),
         }
+        for subset, mask in subsets.items()
+    }
+
+
+def run_intervals(run: rtp.RTPResult, prompt_toxicity: np.ndarray) -> dict[str, Any]:
+    """TP and EMT with 95% intervals over prompts, for all prompts and the toxic/non-toxic
+    prompt subsets; fluency and diversity; the same toxicity figures under the second judge
+    with the two scorers' agreement; plus the per-prompt values (for cross-model and
+    cross-seed intervals)."""
+    values = per_prompt(run)
+    out: dict[str, Any] = _subset_intervals(values, run, prompt_toxicity)
+    out["fluency"] = fluency.summary(run.extras)
     out["per_prompt"] = {name: array.tolist() for name, array in values.items()}
+    out["per_prompt"].update(
+        {name: array.tolist() for name, array in run.extras.items() if array.ndim == 1}
+    )
+    if "judge_scores" in run.extras:
+        judged = per_prompt(run, run.extras["judge_scores"])
+        out["judge_scorer"] = {
+            "scorer": run.judge_scorer_id,
+            **_subset_intervals(judged, run, prompt_toxicity),
+            "agreement": fluency.agreement(run.scores, run.extras["judge_scores"]),
+            "per_prompt": {name: array.tolist() for name, array in judged.items()},
+        }
     return out
 
 
@@ -89,11 +111,25 @@ def within_model(
     """The non-toxic signal ("conditioned") against the toxic signal and against no signal,
     on the same prompts: relative change of TP and EMT, and the TP difference, each paired by
     prompt; with `prompt_toxicity`, also the TP change on the toxic prompts alone (where a
-    signal has to work against a rude prompt). None when the model has no toxic-signal run
-    (strategies without signals)."""
+    signal has to work against a rude prompt). The same contrasts under the second judge go
+    under "judge_scorer". None when the model has no toxic-signal run (strategies without
+    signals)."""
     if "toxic_signal" not in runs or "conditioned" not in runs:
         return None
-    nontoxic = per_prompt(runs["conditioned"])
+    out = _contrasts(runs, prompt_toxicity, lambda run: per_prompt(run))
+    if all("judge_scores" in run.extras for run in runs.values()):
+        out["judge_scorer"] = _contrasts(
+            runs, prompt_toxicity, lambda run: per_prompt(run, run.extras["judge_scores"])
+        )
+    return out
+
+
+def _contrasts(
+    runs: Mapping[str, rtp.RTPResult],
+    prompt_toxicity: np.ndarray | None,
+    values_of: Callable[[rtp.RTPResult], dict[str, np.ndarray]],
+) -> dict[str, Any]:
+    nontoxic = values_of(runs["conditioned"])
     toxic_prompt = (
         None if prompt_toxicity is None else toxic_prompts(runs["conditioned"], prompt_toxicity)
     )
@@ -101,7 +137,7 @@ def within_model(
     for other in ("toxic_signal", "unconditioned"):
         if other not in runs:
             continue
-        values = per_prompt(runs[other])
+        values = values_of(runs[other])
         paired = functools.partial(_paired, nontoxic, values)
         relative = intervals.paired_relative_change
         out[f"vs_{other}"] = {

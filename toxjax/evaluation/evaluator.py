@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -35,6 +35,7 @@ from toxjax.data import input_pipeline, tasks, vocab
 from toxjax.evaluation import (
     bias,
     controllability,
+    fluency,
     real_text,
     report,
     rtp,
@@ -179,6 +180,8 @@ class Evaluator:
     config.data.task. strategy overrides config.eval.strategy. mesh/rules default to the
     training ones from config (params are moved onto them if they are elsewhere).
     compiler_options: XLA options for every compiled evaluation function.
+    judge_loader: loads config.eval.judge (a run or transformers directory) as a
+    LoglikelihoodFn; the callers above interop pass `toxjax.interop.judge.load_judge`.
 
     Engines (with their compiled executables) and the scorer are built on first use and kept
     on the instance: later calls only swap the params, and instances share nothing.
@@ -195,6 +198,7 @@ class Evaluator:
         strategy: str | None = None,
         progress: bool = True,
         compiler_options: Mapping[str, Any] | None = None,
+        judge_loader: Callable[[str], LoglikelihoodFn] | None = None,
     ):
         self.config = config
         self.workdir = workdir
@@ -214,6 +218,8 @@ class Evaluator:
         self._loglik_engine: Any = None
         self._generate_engines: dict[tuple, Any] = {}  # sampling settings -> engine
         self._scorer: Any = None
+        self.judge_loader = judge_loader  # config.eval.judge -> its LoglikelihoodFn
+        self._judges: fluency.Judges | None = None
         self._loss_fn: Any = None  # held-out loss, jitted once
         # Prompt and label files are read now, so a missing, empty or malformed one fails
         # (naming the file and line) before any model is built or trained.
@@ -319,6 +325,8 @@ class Evaluator:
         banned = vocab.signal_token_ids(self.vocabulary, self.fmt) if ev.ban_signal_tokens else []
         settings = dict(
             **rtp_config.sampling_kwargs(),
+            guidance_scale=float(ev.guidance_scale),
+            guidance_form=str(ev.guidance_form),
             top_k=int(ev.top_k),
             seed=int(ev.seed),
             batch_size=int(ev.generate_batch_size),
@@ -341,18 +349,35 @@ class Evaluator:
         )
         return engine
 
+    def _make_scorer(self, spec: str) -> Any:
+        from toxjax.scoring import scorer_specs
+
+        # The JAX scorer shards its batches over the evaluation's own mesh.
+        on_mesh = spec.startswith(scorer_specs.DETOXIFY_JAX_PREFIX)
+        return scorer_specs.make_scorer(spec, **({"mesh": self.mesh} if on_mesh else {}))
+
     def scorer(self) -> Any:
         """The toxicity scorer, loaded on first use (Detoxify loads a model)."""
         if self._scorer is None:
-            from toxjax.scoring import scorer_specs
-
-            spec = self.config.eval.scorer
-            # The JAX scorer shards its batches over the evaluation's own mesh.
-            on_mesh = spec.startswith(scorer_specs.DETOXIFY_JAX_PREFIX)
-            self._scorer = scorer_specs.make_scorer(
-                spec, **({"mesh": self.mesh} if on_mesh else {})
-            )
+            self._scorer = self._make_scorer(self.config.eval.scorer)
         return self._scorer
+
+    def judges(self) -> fluency.Judges:
+        """The fluency judge (config.eval.judge, loaded by the caller's judge_loader) and the
+        second scorer (config.eval.judge_scorer), loaded on first use."""
+        if self._judges is None:
+            ev = self.config.eval
+            model = None
+            if ev.judge:
+                if self.judge_loader is None:
+                    raise ValueError(
+                        f"config.eval.judge={ev.judge!r} needs a judge_loader: run through "
+                        "toxjax.main or the study, which load judges"
+                    )
+                model = self.judge_loader(ev.judge)
+            scorer = self._make_scorer(ev.judge_scorer) if ev.judge_scorer else None
+            self._judges = fluency.Judges(model, scorer)
+        return self._judges
 
     # ----- one method per evaluation -----
 
@@ -371,6 +396,8 @@ class Evaluator:
             config=rtp_config,
             output_dir=output_dir if self.is_chief else None,
             progress=self.progress,
+            judges=self.judges(),
+            guided=float(self.config.eval.guidance_scale) > 0,
         )
         toxic_prefix = self.fmt.toxic_prefix(self.strategy)
         toxic_suffix = self.fmt.toxic_suffix(self.strategy)
@@ -386,6 +413,7 @@ class Evaluator:
                 if self.is_chief
                 else None,
                 progress=self.progress,
+                judges=self.judges(),
             )
         prompt_toxicity = np.array([p.toxicity for p in self.prompts], dtype=np.float64)
         return {

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -31,6 +32,7 @@ from absl import logging
 
 from toxjax import fileio
 from toxjax.data.conditioning import ConditioningFormat, Strategy
+from toxjax.evaluation import fluency
 from toxjax.inference.requests import (
     GenerateFn,
     ScoreFn,
@@ -358,6 +360,11 @@ class RTPResult:
     scores: np.ndarray  # [num_prompts, num_samples], the config's attribute
     records_path: str | None = None
     suffix: str = ""
+    # Per-prompt distinct-n and judge NLL/tokens, and the second scorer's [num_prompts,
+    # num_samples] "judge_scores" (toxjax.evaluation.fluency).
+    extras: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    judge_scorer_id: str | None = None
+    guided: bool = False  # decoded with guidance against the toxic signal
 
     def summary(self) -> dict[str, Any]:
         """Strict-JSON summary (NaN -> null) for reports."""
@@ -366,6 +373,8 @@ class RTPResult:
                 "prefix": self.prefix,
                 "suffix": self.suffix,
                 "scorer": self.scorer_id,
+                "judge_scorer": self.judge_scorer_id,
+                "guided": self.guided,
                 "num_prompts": int(self.scores.shape[0]),
                 "config": dataclasses.asdict(self.config),
                 "metrics": self.metrics,
@@ -411,11 +420,17 @@ def _generate_and_score(
     prefix: str,
     config: RTPConfig,
     suffix: str = "",
+    negative: tuple[str, str] | None = None,
 ) -> tuple[list[list[str]], dict[str, np.ndarray]]:
-    """Continuations of prefix + prompt + suffix; scores as {attribute: [len(chunk), n]}."""
+    """Continuations of prefix + prompt + suffix (guided away from negative[0] + prompt +
+    negative[1] when given); scores as {attribute: [len(chunk), n]}."""
     n = config.num_samples
     model_inputs = [prefix + p.text + suffix for p in chunk]
-    outputs = generate_fn(model_inputs, n)
+    if negative is None:
+        outputs = generate_fn(model_inputs, n)
+    else:
+        negatives = [negative[0] + p.text + negative[1] for p in chunk]
+        outputs = generate_fn(model_inputs, n, negatives=negatives)
     _check_generations(outputs, model_inputs, n)
     continuations = [
         [strip_echo(model_input, sample) for sample in samples]
@@ -472,38 +487,46 @@ def evaluate_rtp(
     config: RTPConfig = RTPConfig(),
     records_path: str | None = None,
     progress: bool = True,
+    judges: fluency.Judges | None = None,
+    negative: tuple[str, str] | None = None,
 ) -> RTPResult:
     """Generates `num_samples` continuations of `prefix + prompt + suffix`, scores the
-    continuations only, and computes EMT/TP; per-prompt records go to `records_path` (JSONL)."""
+    continuations only, and computes EMT/TP; per-prompt records go to `records_path` (JSONL).
+
+    judges: also measures distinct-n, judge perplexity and a second scorer (default: distinct-n
+    only). negative: (prefix, suffix) of the condition guided decoding steers away from; the
+    generate_fn then takes `negatives=` (toxjax.inference.sampling.Generator)."""
     from tqdm.auto import tqdm
 
     score_fn, scorer_id = _resolve_scorer(scorer)
+    judges = judges or fluency.Judges()
     n = config.num_samples
     table = np.zeros((len(prompts), n), dtype=np.float64)
+    extras: dict[str, list[np.ndarray]] = {}
     with contextlib.ExitStack() as stack:
         records_file = None
         if records_path:
             fileio.make_dirs(os.path.dirname(records_path) or ".")
             records_file = stack.enter_context(fileio.open_write(records_path))
+        desc = f"RTP prefix={prefix!r} suffix={suffix!r}"
         bar = stack.enter_context(
-            tqdm(
-                total=len(prompts),
-                desc=f"RTP prefix={prefix!r} suffix={suffix!r}",
-                unit="prompt",
-                disable=not progress,
-            )
+            tqdm(total=len(prompts), desc=desc, unit="prompt", disable=not progress)
         )
         for start in range(0, len(prompts), config.prompts_per_call):
             chunk = prompts[start : start + config.prompts_per_call]
             continuations, scored = _generate_and_score(
-                chunk, generate_fn, score_fn, prefix, config, suffix
+                chunk, generate_fn, score_fn, prefix, config, suffix, negative
             )
             table[start : start + len(chunk)] = scored[config.attribute]
+            measured = judges.measure([p.text for p in chunk], continuations, config.attribute)
+            for name, values in measured.items():
+                extras.setdefault(name, []).append(values)
             if records_file is not None:
                 records = _records(chunk, continuations, scored, prefix, suffix, config, scorer_id)
-                for record in records:
-                    line = json.dumps(fileio.jsonable(record), ensure_ascii=False)
-                    records_file.write(line + "\n")
+                for row, record in enumerate(records):
+                    record.update({name: values[row] for name, values in measured.items()})
+                    records_file.write(json.dumps(fileio.jsonable(record), ensure_ascii=False))
+                    records_file.write("\n")
             bar.update(len(chunk))
     metrics = toxicity_metrics(
         table,
@@ -515,15 +538,18 @@ def evaluate_rtp(
     )
     overall = metrics["all"]
     logging.info(
-        "RTP prefix=%r suffix=%r scorer=%s: EMT %.4f, TP %.4f over %d prompts",
-        prefix,
-        suffix,
+        "RTP %s scorer=%s: EMT %.4f, TP %.4f over %d prompts",
+        desc,
         scorer_id,
         overall["expected_max_toxicity"],
         overall["toxicity_probability"],
         len(prompts),
     )
-    return RTPResult(prefix, scorer_id, config, metrics, table, records_path, suffix)
+    extras_arrays = {name: np.concatenate(parts) for name, parts in extras.items()}
+    return RTPResult(
+        prefix, scorer_id, config, metrics, table, records_path, suffix,
+        extras=extras_arrays, judge_scorer_id=judges.scorer_id, guided=negative is not None,
+    )  # fmt: skip
 
 
 def evaluate_rtp_conditioned_and_unconditioned(
@@ -536,29 +562,35 @@ def evaluate_rtp_conditioned_and_unconditioned(
     config: RTPConfig = RTPConfig(),
     output_dir: str | None = None,
     progress: bool = True,
+    judges: fluency.Judges | None = None,
+    guided: bool = False,
 ) -> dict[str, RTPResult]:
     """Runs the strategy's inference signal and no signal: {"conditioned", "unconditioned"}.
 
     For strategies without a signal (BASE, FILTER) the two are the same run, done once and
-    returned under both keys.
+    returned under both keys. guided: the conditioned run is decoded with guidance away from the
+    strategy's toxic signal (a strategy without one cannot be guided).
     """
     prefix, suffix = fmt.inference_prefix(strategy), fmt.inference_suffix(strategy)
+    negative = None
+    if guided:
+        negative = (fmt.toxic_prefix(strategy), fmt.toxic_suffix(strategy))
+        if not any(negative):
+            raise ValueError(
+                f"guided decoding needs a toxic signal to steer away from; strategy "
+                f"{Strategy.parse(strategy).value!r} has none (set config.eval.guidance_scale=0)"
+            )
     paths: dict[str, str | None] = {"conditioned": None, "unconditioned": None}
     if output_dir:
         paths = {key: os.path.join(output_dir, f"rtp_{key}.jsonl") for key in paths}
 
-    def run(signal: tuple[str, str], path: str | None) -> RTPResult:
-        return evaluate_rtp(
-            prompts,
-            generate_fn,
-            scorer,
-            prefix=signal[0],
-            suffix=signal[1],
-            config=config,
-            records_path=path,
-            progress=progress,
-        )
-
-    unconditioned = run(("", ""), paths["unconditioned"])
-    conditioned = run((prefix, suffix), paths["conditioned"]) if prefix or suffix else unconditioned
+    run = functools.partial(
+        evaluate_rtp, prompts, generate_fn, scorer, config=config, progress=progress, judges=judges
+    )
+    unconditioned = run(records_path=paths["unconditioned"])
+    if not (prefix or suffix):
+        return {"conditioned": unconditioned, "unconditioned": unconditioned}
+    conditioned = run(
+        prefix=prefix, suffix=suffix, records_path=paths["conditioned"], negative=negative
+    )
     return {"conditioned": conditioned, "unconditioned": unconditioned}

@@ -23,7 +23,13 @@ not on batch size, bucketing, padding or the device mesh. Per-step draws go thro
 (jax.random's draws bit for bit, without its slow CPU lowerings).
 
 Filtering order (as Hugging Face's warpers): banned ids -> temperature -> top-k -> top-p
-(on the distribution renormalised after top-k). Ties are broken by token id (lower id first).
+(on the distribution renormalised after top-k; `filtering`). Ties are broken by token id (lower
+id first).
+
+Guidance (`guidance`): given a second, "negative" prompt per row (the same text under the toxic
+signal, or none), each sample is decoded under both prompts in one batch, each with its own
+cache and positions; every step combines the two rows' logits (`guidance.combine_logits`) into
+the logits the token is drawn from, with the unguided path's key, and feeds that token to both.
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import dataclasses
 import functools
 import math
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -42,10 +48,11 @@ from absl import logging
 from jax.sharding import Mesh
 
 from toxjax.data import vocab
-from toxjax.inference import draws, kv_cache
+from toxjax.inference import draws, filtering, guidance, kv_cache
 from toxjax.model import decoder, partitioning
 
 PyTree = Any
+Draw = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array]]  # (logits, step) -> token, logits
 MIN_BUCKET = 16  # shortest padded prompt length (bucket lengths are powers of two from here)
 
 
@@ -60,6 +67,10 @@ class SamplingConfig:
     eos_id: int = -1  # a row stops after emitting it; -1 = never stop early
     pad_id: int = 0  # written after EOS
     banned_ids: tuple[int, ...] = ()  # never sampled
+    # Guided decoding (used when negative prompts are given): 0 = the positive logits as they
+    # are; the form is one of guidance.FORMS.
+    guidance_scale: float = 0.0
+    guidance_form: str = "cfg"
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -70,84 +81,11 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        guidance.check(self.guidance_scale, self.guidance_form)
         object.__setattr__(self, "banned_ids", tuple(sorted({int(i) for i in self.banned_ids})))
 
 
-# ----- filtering and drawing (pure functions of logits) -----
-
-
-def filter_mask(logits: jax.Array, *, top_k: int = 0, top_p: jax.Array | float = 1.0) -> jax.Array:
-    """Boolean mask [..., vocab] of the ids top-k then top-p keep.
-
-    Ids are ranked by logit, ties by lower id, so the kept set is a prefix of that ranking:
-    the first min(k, ...) ids, then the shortest prefix whose renormalised probability reaches
-    top_p (at least one id is always kept). Without top-k no sort is needed (`nucleus_mask`).
-    """
-    logits = jnp.where(logits == 0, 0.0, logits.astype(jnp.float32))  # -0.0 ties with 0.0
-    if top_k == 0:
-        return nucleus_mask(logits, top_p)
-    vocab = logits.shape[-1]
-    order = jnp.argsort(-logits, axis=-1, stable=True)
-    ranked = jnp.take_along_axis(logits, order, axis=-1).astype(jnp.float32)
-    rank = jnp.arange(vocab)
-    keep = rank < top_k
-    probs = jax.nn.softmax(jnp.where(keep, ranked, -jnp.inf), axis=-1)
-    cumulative = jnp.cumsum(probs, axis=-1)
-    before = jnp.concatenate([jnp.zeros_like(cumulative[..., :1]), cumulative[..., :-1]], axis=-1)
-    keep = keep & ((before < top_p) | (rank == 0))
-    return jnp.put_along_axis(jnp.zeros(keep.shape, bool), order, keep, axis=-1, inplace=False)
-
-
-def _ordered_bits(x: jax.Array) -> jax.Array:
-    """uint32 keys ordered like the float32 values (IEEE bits, negatives flipped)."""
-    x = jnp.where(x == 0, 0.0, x.astype(jnp.float32))  # -0.0 ties with 0.0
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    negative = (bits >> 31) == 1
-    return jnp.where(negative, ~bits, bits | jnp.uint32(0x80000000))
-
-
-def nucleus_mask(logits: jax.Array, top_p: jax.Array | float) -> jax.Array:
-    """`filter_mask` without top-k, by a search instead of sorting the vocabulary.
-
-    A sort of every row's vocabulary at every step costs more than the model itself on CPU
-    (and a rows x vocab sort per step on accelerators). The cut logit v (that of the last
-    kept id in ranked order) is the largest logit whose "mass of ids >= it" reaches top_p;
-    a 4-way search over the float's ordered bit pattern finds it exactly in 16 passes of 3
-    masses (the sums of 32 halvings in half the sequential steps, whose fixed costs dominate
-    on CPU). Ids above v are kept; ids tied at v, in id order while the mass before is < top_p.
-    """
-    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
-    keys = _ordered_bits(logits)
-    top_p = jnp.asarray(top_p, jnp.float32)
-
-    def quarter(_: int, bounds: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
-        low, high = bounds  # invariant: mass(keys >= low) >= top_p; the answer is <= high
-        middle = low + ((high - low + 1) >> 1)
-        splits = (low + ((middle - low + 1) >> 1), middle, middle + ((high - middle + 1) >> 1))
-        above = keys[..., None, :] >= jnp.stack(splits, axis=-1)[..., None]  # [..., 3, vocab]
-        mass = jnp.sum(jnp.where(above, probs[..., None, :], 0.0), axis=-1)
-        reached = [mass[..., i] >= top_p for i in range(3)]  # true, then false, along splits
-        for split, hit in zip(splits, reached, strict=True):
-            low = jnp.where(hit, split, low)
-        for split, hit in zip(splits[::-1], reached[::-1], strict=True):
-            high = jnp.where(hit, high, split - 1)
-        return low, high
-
-    bounds = (jnp.min(keys, axis=-1), jnp.max(keys, axis=-1))
-    cut, _ = jax.lax.fori_loop(0, 16, quarter, bounds)
-    cut = cut[..., None]
-    above = keys > cut
-    tied = keys == cut
-    mass_above = jnp.sum(jnp.where(above, probs, 0.0), axis=-1, keepdims=True)
-
-    def tie_rank() -> jax.Array:  # position of each tied id among the tied ids
-        return jnp.cumsum(tied, axis=-1) - 1
-
-    several_tied = jnp.any(jnp.sum(tied, axis=-1) > 1)
-    rank = jax.lax.cond(several_tied, tie_rank, lambda: jnp.zeros(tied.shape, jnp.int32))
-    before = mass_above + rank.astype(jnp.float32) * probs
-    first = jnp.logical_not(jnp.any(above, axis=-1, keepdims=True)) & (rank == 0)
-    return above | (tied & ((before < top_p) | first))
+# ----- drawing (a pure function of logits) -----
 
 
 def sample_next(logits: jax.Array, keys: jax.Array, config: SamplingConfig) -> jax.Array:
@@ -161,7 +99,7 @@ def sample_next(logits: jax.Array, keys: jax.Array, config: SamplingConfig) -> j
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / config.temperature
     if config.top_k > 0 or config.top_p < 1.0:
-        keep = filter_mask(logits, top_k=config.top_k, top_p=config.top_p)
+        keep = filtering.filter_mask(logits, top_k=config.top_k, top_p=config.top_p)
         logits = jnp.where(keep, logits, -jnp.inf)
     return draws.categorical(keys, logits)
 
@@ -223,6 +161,8 @@ def generate_tokens(
     lengths: jax.Array,
     prompt_keys: jax.Array,
     seed: jax.Array,
+    negative_prompts: jax.Array | None = None,
+    negative_lengths: jax.Array | None = None,
     *,
     model: decoder.Decoder,
     config: SamplingConfig,
@@ -235,18 +175,85 @@ def generate_tokens(
     prompts [b, p] (left-padded), lengths [b] (real tokens, >= 1), prompt_keys [b] (uint32,
     the rows' random streams). Returns "tokens" [b * num_samples, max_new_tokens] (pad after
     EOS; rows grouped by prompt), "num_tokens" [b * n] (generated, EOS included) and, with
-    return_logits, the raw "logits" [b * n, max_new_tokens, vocab] each token was drawn from.
+    return_logits, the "logits" [b * n, max_new_tokens, vocab] each token was drawn from (raw;
+    guided: the combined logits, before banned ids, temperature and top-k/top-p).
+    negative_prompts [b, q] (left-padded, q may differ from p) and negative_lengths [b] make
+    the decoding guided by config.guidance_scale / guidance_form (module docstring).
     One prefill of the prompts, then one cached step per token until every row is done;
     use_cache=False decodes without a cache instead (`generate_tokens_recompute`).
     """
-    batch, width = prompts.shape
-    steps = config.max_new_tokens
-    rows = batch * num_samples
+    if (negative_prompts is None) != (negative_lengths is None):
+        raise ValueError("guided decoding needs both negative_prompts and negative_lengths")
+    rows = prompts.shape[0] * num_samples
     keys = row_keys(seed, prompt_keys, num_samples)
     state = _initial_state(rows, model.cfg.vocab_size, config, return_logits)
-    if not use_cache:
-        state = _recompute(params, prompts, lengths, keys, state, model, config, num_samples)
-        return _outputs(state)
+    guided = negative_prompts is not None
+    if guided:
+        prompts, lengths = _stack_conditions(prompts, lengths, negative_prompts, negative_lengths)
+    draw = functools.partial(_draw, keys=keys, config=config, guided=guided)
+    decode = _cached if use_cache else _recompute
+    lengths = lengths.astype(jnp.int32)
+    return _outputs(decode(params, prompts, lengths, draw, state, model, config, num_samples))
+
+
+# Reference without a cache: every step reruns the model over the whole sequence buffer. Same
+# inputs, keys and filtering as `generate_tokens`, so both draw the same samples; the
+# benchmark's "recompute" baseline and the cache's correctness oracle.
+generate_tokens_recompute = functools.partial(generate_tokens, use_cache=False)
+
+
+def _stack_conditions(
+    prompts: jax.Array, lengths: jax.Array, negatives: jax.Array, negative_lengths: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """Positive rows, then negative rows, left-padded to one width (pad slots are masked out,
+    so the width changes no result)."""
+    if negatives.shape[0] != prompts.shape[0] or negative_lengths.shape != lengths.shape:
+        raise ValueError(
+            f"negative prompts {negatives.shape} / lengths {negative_lengths.shape} do not "
+            f"match the prompts {prompts.shape} / lengths {lengths.shape} row for row"
+        )
+    width = max(prompts.shape[1], negatives.shape[1])
+
+    def widen(tokens: jax.Array) -> jax.Array:
+        return jnp.pad(tokens.astype(jnp.int32), ((0, 0), (width - tokens.shape[1], 0)))
+
+    stacked = jnp.concatenate([widen(prompts), widen(negatives)])
+    return stacked, jnp.concatenate([lengths, negative_lengths]).astype(jnp.int32)
+
+
+def _draw(
+    logits: jax.Array, step: Any, *, keys: jax.Array, config: SamplingConfig, guided: bool
+) -> tuple[jax.Array, jax.Array]:
+    """(token [rows], the logits it was drawn from) of one step; guided, logits holds the
+    positive rows then the negative rows, combined first."""
+    if guided:
+        positive, negative = jnp.split(logits, 2)
+        logits = guidance.combine_logits(
+            positive,
+            negative,
+            scale=config.guidance_scale,
+            form=config.guidance_form,
+            top_p=config.top_p,
+        )
+    return sample_next(logits, draws.fold_in(keys, step), config), logits
+
+
+def _cached(
+    params: PyTree,
+    prompts: jax.Array,
+    lengths: jax.Array,
+    draw: Draw,
+    state: dict[str, jax.Array],
+    model: decoder.Decoder,
+    config: SamplingConfig,
+    num_samples: int,
+) -> dict[str, jax.Array]:
+    """`generate_tokens`'s steps with the cache; prompts [conditions * b, width] (guided: the
+    positive rows, then the negative rows)."""
+    batch, width = prompts.shape
+    steps = config.max_new_tokens
+    rows = batch * num_samples  # decoded rows, both conditions' when guided
+    conditions = rows // state["done"].shape[0]
     model, params = kv_cache.unscanned(model, params)
     positions, segment_ids = padded_layout(lengths, width)
     cache = kv_cache.init_cache(model, batch, width)
@@ -259,10 +266,9 @@ def generate_tokens(
         mutable=["cache"],
     )
     state = dict(state, cache=kv_cache.share_prompt_cache(variables["cache"], num_samples, steps))
-    last = jnp.repeat(logits[:, -1], num_samples, axis=0)
-    lengths = jnp.repeat(lengths.astype(jnp.int32), num_samples)
-    first = sample_next(last, draws.fold_in(keys, 0), config)
-    state = _emit(config, jnp.int32(0), first, last, state)
+    lengths = jnp.repeat(lengths, num_samples)
+    first, drawn = draw(jnp.repeat(logits[:, -1], num_samples, axis=0), 0)
+    state = _emit(config, jnp.int32(0), first, drawn, state)
 
     def cond(carry: tuple[jax.Array, dict[str, jax.Array]]) -> jax.Array:
         t, state = carry
@@ -272,31 +278,25 @@ def generate_tokens(
         t, state = carry
         logits, variables = model.apply(
             {"params": params, "cache": state["cache"]},
-            state["last"][:, None],
+            jnp.tile(state["last"], conditions)[:, None],  # each condition's row, same token
             positions=(lengths + t - 1)[:, None],
             segment_ids=jnp.ones((rows, 1), jnp.int32),
             decode=True,
             mutable=["cache"],
         )
         state = dict(state, cache=variables["cache"])
-        token = sample_next(logits[:, 0], draws.fold_in(keys, t), config)
-        return t + 1, _emit(config, t, token, logits[:, 0], state)
+        token, drawn = draw(logits[:, 0], t)
+        return t + 1, _emit(config, t, token, drawn, state)
 
     _, state = jax.lax.while_loop(cond, body, (jnp.int32(1), state))
-    return _outputs(state)
-
-
-# Reference without a cache: every step reruns the model over the whole sequence buffer. Same
-# inputs, keys and filtering as `generate_tokens`, so both draw the same samples; the
-# benchmark's "recompute" baseline and the cache's correctness oracle.
-generate_tokens_recompute = functools.partial(generate_tokens, use_cache=False)
+    return state
 
 
 def _recompute(
     params: PyTree,
     prompts: jax.Array,
     lengths: jax.Array,
-    keys: jax.Array,
+    draw: Draw,
     state: dict[str, jax.Array],
     model: decoder.Decoder,
     config: SamplingConfig,
@@ -306,12 +306,13 @@ def _recompute(
     batch, width = prompts.shape
     steps = config.max_new_tokens
     rows = batch * num_samples
+    conditions = rows // state["done"].shape[0]
     buffer = (
         jnp.zeros((rows, width + steps), jnp.int32)
         .at[:, :width]
         .set(jnp.repeat(prompts.astype(jnp.int32), num_samples, axis=0))
     )
-    lengths = jnp.repeat(lengths.astype(jnp.int32), num_samples)
+    lengths = jnp.repeat(lengths, num_samples)
     positions, prompt_segments = padded_layout(lengths, width)
     after = jnp.arange(steps, dtype=jnp.int32)[None, :]
     positions = jnp.concatenate([positions, lengths[:, None] + after], axis=1)
@@ -323,9 +324,9 @@ def _recompute(
             {"params": params}, state["buffer"], positions=positions, segment_ids=segments
         )
         logits = jax.lax.dynamic_index_in_dim(logits, width + t - 1, axis=1, keepdims=False)
-        token = sample_next(logits, draws.fold_in(keys, t), config)
-        state = _emit(config, t, token, logits, state)
-        state["buffer"] = state["buffer"].at[:, width + t].set(token)
+        token, drawn = draw(logits, t)
+        state = _emit(config, t, token, drawn, state)
+        state["buffer"] = state["buffer"].at[:, width + t].set(jnp.tile(token, conditions))
         return state
 
     return jax.lax.fori_loop(0, steps, body, dict(state, buffer=buffer))
@@ -357,9 +358,9 @@ def prompt_key(text: str) -> int:
 class Generator:
     """`GenerateFn` over a Decoder: tokenizes, buckets by length, samples, detokenizes.
 
-    `batch_size` counts decoded rows (prompts x samples); prompts are grouped by token length
-    so each compiled shape is reused. Every prompt starts from the start id every training
-    document starts from (`vocab.START_ID`); prompts longer than max_len -
+    `batch_size` counts decoded rows (prompts x samples, x 2 when guided); prompts are grouped
+    by token length so each compiled shape is reused. Every prompt starts from the start id
+    every training document starts from (`vocab.START_ID`); prompts longer than max_len -
     max_new_tokens keep it and their last tokens (left truncation).
     """
 
@@ -418,10 +419,10 @@ class Generator:
         self.params, self._param_shardings = on_mesh.place(params)
         self._shards = on_mesh.batch_shards()
         self._use_cache = use_cache
-        self._compiled: dict[int, partitioning.PartitionedFunction] = {}
+        self._compiled: dict[tuple[int, bool], partitioning.PartitionedFunction] = {}
 
-    def _function(self, num_samples: int) -> partitioning.PartitionedFunction:
-        if num_samples not in self._compiled:
+    def _function(self, num_samples: int, guided: bool) -> partitioning.PartitionedFunction:
+        if (num_samples, guided) not in self._compiled:
             fn = functools.partial(
                 generate_tokens,
                 model=decoder.Decoder(self.model_config),
@@ -429,10 +430,10 @@ class Generator:
                 num_samples=num_samples,
                 use_cache=self._use_cache,
             )
-            self._compiled[num_samples] = self.on_mesh.replicated_function(
-                fn, self._param_shardings, num_inputs=4
+            self._compiled[num_samples, guided] = self.on_mesh.replicated_function(
+                fn, self._param_shardings, num_inputs=6 if guided else 4
             )
-        return self._compiled[num_samples]
+        return self._compiled[num_samples, guided]
 
     def encode(self, text: str) -> list[int]:
         """Prompt ids: the start id every training document starts from, then the text's
@@ -443,38 +444,61 @@ class Generator:
         keep = self.max_prompt_len - 1  # the start id takes one slot
         return [vocab.START_ID, *ids[max(0, len(ids) - keep) :]]
 
+    def _check_lengths(self, prompts: Sequence[Sequence[int]], what: str) -> None:
+        for index, ids in enumerate(prompts):
+            if not 1 <= len(ids) <= self.max_prompt_len:
+                raise ValueError(
+                    f"{what} {index} has {len(ids)} tokens; expected 1..{self.max_prompt_len}"
+                )
+
+    def _left_padded(
+        self, prompts: Sequence[Sequence[int]], width: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens [rows, width], lengths [rows]) of prompts left-padded with PAD."""
+        tokens = np.full((len(prompts), width), self.config.pad_id, np.int32)
+        for row, ids in enumerate(prompts):
+            tokens[row, width - len(ids) :] = ids
+        return tokens, np.array([len(ids) for ids in prompts], np.int32)
+
     def generate_ids(
-        self, prompts: Sequence[Sequence[int]], num_samples: int, keys: Sequence[int]
+        self,
+        prompts: Sequence[Sequence[int]],
+        num_samples: int,
+        keys: Sequence[int],
+        negatives: Sequence[Sequence[int]] | None = None,
     ) -> list[list[list[int]]]:
-        """Token ids of `num_samples` continuations per prompt (EOS and what follows removed)."""
+        """Token ids of `num_samples` continuations per prompt (EOS and what follows removed).
+
+        negatives: one id sequence per prompt (c-); decoding is then guided by the config's
+        guidance_scale / guidance_form, and each sample's two rows count toward batch_size.
+        """
         if num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {num_samples}")
         if len(keys) != len(prompts):
             raise ValueError(f"{len(keys)} keys for {len(prompts)} prompts")
-        for index, ids in enumerate(prompts):
-            if not 1 <= len(ids) <= self.max_prompt_len:
-                raise ValueError(
-                    f"prompt {index} has {len(ids)} tokens; expected 1..{self.max_prompt_len}"
-                )
-        per_call = round_up(max(1, self.batch_size // num_samples), self._shards)
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+        conditions = [prompts] if negatives is None else [prompts, negatives]
+        if len(conditions[-1]) != len(prompts):
+            raise ValueError(f"{len(conditions[-1])} negatives for {len(prompts)} prompts")
+        for sequences, what in zip(conditions, ("prompt", "negative"), strict=False):
+            self._check_lengths(sequences, what)
+        per_call = round_up(
+            max(1, self.batch_size // (num_samples * len(conditions))), self._shards
+        )
+        longest = [max(len(c[i]) for c in conditions) for i in range(len(prompts))]
+        order = sorted(range(len(prompts)), key=longest.__getitem__)
         outputs: list[list[list[int]]] = [[] for _ in prompts]
-        fn = self._function(num_samples)
-        seed = np.int32(self.seed)
+        fn = self._function(num_samples, guided=negatives is not None)
         for start in range(0, len(order), per_call):
             chunk = order[start : start + per_call]
             rows = min(per_call, round_up(1 << math.ceil(math.log2(len(chunk))), self._shards))
-            width = length_bucket(max(len(prompts[i]) for i in chunk), self.max_prompt_len)
-            tokens = np.full((rows, width), self.config.pad_id, np.int32)
-            lengths = np.ones((rows,), np.int32)
-            row_key = np.zeros((rows,), np.uint32)
-            for row in range(rows):
-                index = chunk[min(row, len(chunk) - 1)]  # filler rows repeat a real prompt
-                ids = prompts[index]
-                tokens[row, width - len(ids) :] = ids
-                lengths[row] = len(ids)
-                row_key[row] = keys[index]
-            result = jax.device_get(fn(self.params, tokens, lengths, row_key, seed))
+            width = length_bucket(max(longest[i] for i in chunk), self.max_prompt_len)
+            filled = [chunk[min(row, len(chunk) - 1)] for row in range(rows)]  # fillers repeat
+            tokens, lengths = self._left_padded([prompts[i] for i in filled], width)
+            row_key = np.array([keys[i] for i in filled], np.uint32)
+            args = [tokens, lengths, row_key, np.int32(self.seed)]
+            if negatives is not None:
+                args += self._left_padded([negatives[i] for i in filled], width)
+            result = jax.device_get(fn(self.params, *args))
             generated = result["tokens"].reshape(rows, num_samples, -1)
             counts = result["num_tokens"].reshape(rows, num_samples)
             for row, index in enumerate(chunk):
@@ -487,15 +511,26 @@ class Generator:
         ids = ids.tolist()
         return ids[: ids.index(self.eos_id)] if self.eos_id in ids else ids
 
-    def __call__(self, prompts: Sequence[str], num_samples: int) -> list[list[str]]:
-        full = [[int(i) for i in self.vocabulary.encode(p)] for p in prompts]
+    def __call__(
+        self, prompts: Sequence[str], num_samples: int, negatives: Sequence[str] | None = None
+    ) -> list[list[str]]:
+        """Continuations of each prompt; with negatives (one model input per prompt: the same
+        text under the toxic signal, or none) guided by the config's guidance settings."""
+        if negatives is not None and len(negatives) != len(prompts):
+            raise ValueError(f"{len(negatives)} negatives for {len(prompts)} prompts")
+        texts = [*prompts, *(negatives or ())]
+        full = [[int(i) for i in self.vocabulary.encode(text)] for text in texts]
         truncated = sum(len(ids) >= self.max_prompt_len for ids in full)
         if truncated:
             logging.warning(
                 "%d prompts left-truncated to %d tokens", truncated, self.max_prompt_len - 1
             )
+        fitted = [self._fit(x) for x in full]
         keys = [prompt_key(p) for p in prompts]
-        ids = self.generate_ids([self._fit(x) for x in full], num_samples, keys)
+        positive, negative = fitted[: len(prompts)], fitted[len(prompts) :]
+        ids = self.generate_ids(
+            positive, num_samples, keys, negatives=None if negatives is None else negative
+        )
         return [[self.vocabulary.decode(sample) for sample in samples] for samples in ids]
 
 
@@ -511,13 +546,15 @@ def make_generate_fn(
     temperature: float = 1.0,
     top_k: int = 0,
     banned_ids: Sequence[int] = (),
+    guidance_scale: float = 0.0,
+    guidance_form: str = "cfg",
     compiler_options: Mapping[str, Any] | None = None,
     **engine_settings: Any,
 ) -> Generator:
     """A `toxjax.inference.requests.GenerateFn` (strings in, continuations out).
 
-    The decoding controls become the Generator's SamplingConfig; engine_settings are its
-    seed, batch_size and use_cache.
+    The decoding controls become the Generator's SamplingConfig (the guidance settings apply
+    to calls given negatives); engine_settings are its seed, batch_size and use_cache.
     """
     sampling = SamplingConfig(
         max_new_tokens=int(max_new_tokens),
@@ -525,6 +562,8 @@ def make_generate_fn(
         top_p=float(top_p),
         top_k=int(top_k),
         banned_ids=tuple(banned_ids),
+        guidance_scale=float(guidance_scale),
+        guidance_form=str(guidance_form),
     )
     on_mesh = partitioning.ModelOnMesh(model_config, mesh, rules, compiler_options)
     return Generator(params, on_mesh, vocabulary, sampling, **engine_settings)

@@ -127,6 +127,30 @@ def _conditioning_lines(
     ]
 
 
+def _guidance_lines(strategy: Strategy, fmt: ConditioningFormat) -> list[str]:
+    """Guided decoding needs both signals in one decoding loop: a toxjax-side feature."""
+    if strategy in (Strategy.BASE, Strategy.FILTER):
+        return []
+    before, after = fmt.toxic_prefix(strategy), fmt.toxic_suffix(strategy)
+    toxic = " and ".join(
+        f"`{json.dumps(text)}` {where} it"
+        for text, where in ((before, "before"), (after, "after"))
+        if text
+    )
+    return [
+        "Guided (contrastive) decoding: toxjax can decode each prompt under its non-toxic "
+        f"signal and, in the same batch, under its toxic signal ({toxic}), drawing every token "
+        "from a combination of the two next-token distributions (classifier-free guidance, "
+        "Sanchez et al. 2023, or DExperts, Liu et al. 2021) and feeding it to both. It needs "
+        "both signals and a KV cache per condition, which transformers' `generate` does not "
+        "do: run it on the toxjax checkpoint this model was exported from, e.g. with toxjax's "
+        "lm-evaluation-harness model: `python -m toxjax.interop.lm_eval_main "
+        "--checkpoint=WORKDIR --tasks=TASKS --model_args=guidance_scale=1.5,guidance_form=cfg` "
+        "(guidance_scale 0 is plain decoding).",
+        "",
+    ]
+
+
 def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
     """README.md of the exported model."""
     strategy = Strategy.parse(info["strategy"])
@@ -178,6 +202,7 @@ def model_card(info: Mapping[str, Any], fmt: ConditioningFormat) -> str:
         "toxjax samples as above: nucleus sampling, never PAD, the padding rows or a piece "
         "spelling a whole signal (`suppress_tokens`).",
         "",
+        *_guidance_lines(strategy, fmt),
         f"`{EXPORT_INFO}` holds these facts and the full conditioning format as JSON.",
         "",
     ]

@@ -10,7 +10,8 @@ model_args: checkpoint (a workdir, required), step (default latest), batch_size 
 per log-likelihood call), max_length (default config.model.max_len), max_gen_toks (default
 256, at most half the context), conditioning ("" none; "trained" the run's inference prefix;
 or a strategy name) put in front of every context, vocabulary / strategy (see
-toxjax.interop.trained_run), seed (sampling).
+toxjax.interop.trained_run), seed (sampling), guidance_scale (default 0: off) and
+guidance_form (cfg or dexperts; toxjax.inference.guidance).
 
 - loglikelihood: `toxjax.inference.loglik` (the harness' tokenization: trailing whitespace of
   the context moves to the continuation; every context starts from the start id every
@@ -18,7 +19,11 @@ toxjax.interop.trained_run), seed (sampling).
 - loglikelihood_rolling: the harness' disjoint rolling windows of max_length tokens (the
   start id first, as its prefix token), scored by the same engine.
 - generate_until: the KV-cache sampler (`toxjax.inference.sampling`), greedy unless do_sample
-  with a temperature > 0; the text is cut at the first stop sequence.
+  with a temperature > 0; the text is cut at the first stop sequence. With guidance_scale > 0
+  each context is decoded guided: under the non-toxic signal (c+) and the toxic one (c-) of
+  the conditioning's strategy (the run's own when conditioning is empty), each written as the
+  evaluation writes prompts (`inference_prefix` + context + `inference_suffix`, and
+  `toxic_prefix` / `toxic_suffix`). A strategy without signals (base, filter) refuses it.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from absl import logging
 
 from toxjax.data import vocab
 from toxjax.data.conditioning import Strategy
-from toxjax.inference import loglik, sampling
+from toxjax.inference import guidance, loglik, sampling
 from toxjax.inference.requests import LoglikelihoodRequest
 from toxjax.interop import trained_run
 
@@ -101,6 +106,8 @@ class ToxjaxLM(LM):
         vocabulary: str = "",
         strategy: str = "",
         seed: int = 0,
+        guidance_scale: float = 0.0,
+        guidance_form: str = "cfg",
         **unused: Any,
     ) -> None:
         super().__init__()
@@ -118,6 +125,10 @@ class ToxjaxLM(LM):
         self.max_gen_toks = int(max_gen_toks)
         self.seed = int(seed)
         self.prefix = self._prefix(str(conditioning or ""))
+        self.guidance_scale = float(guidance_scale)
+        self.guidance_form = str(guidance_form)
+        guidance.check(self.guidance_scale, self.guidance_form)
+        self.signals = self._signals(str(conditioning or "")) if self.guidance_scale > 0 else None
         self.engine = loglik.make_loglikelihood_fn(
             self.run.params,
             cfg,
@@ -138,6 +149,22 @@ class ToxjaxLM(LM):
             return ""
         strategy = self.run.strategy if conditioning == "trained" else Strategy.parse(conditioning)
         return self.run.fmt.text_prefix(strategy)
+
+    def _signals(self, conditioning: str) -> tuple[tuple[str, str], tuple[str, str]]:
+        """((prefix, suffix) of c+, (prefix, suffix) of c-) around a guided context."""
+        strategy = self.run.strategy
+        if conditioning and conditioning not in ("trained", "none"):
+            strategy = Strategy.parse(conditioning)
+        fmt = self.run.fmt
+        positive = (fmt.inference_prefix(strategy), fmt.inference_suffix(strategy))
+        negative = (fmt.toxic_prefix(strategy), fmt.toxic_suffix(strategy))
+        if not "".join(positive) or not "".join(negative):
+            raise ValueError(
+                f"guided decoding contrasts a non-toxic and a toxic signal, and strategy "
+                f"{strategy.value!r} has none: set guidance_scale=0, or conditioning / strategy "
+                "to a conditioned strategy (meda, inst, segment)"
+            )
+        return positive, negative
 
     # ----- log-likelihood -----
 
@@ -191,6 +218,8 @@ class ToxjaxLM(LM):
                 top_p=key[2],
                 seed=self.seed,
                 batch_size=self.batch_size,
+                guidance_scale=self.guidance_scale,
+                guidance_form=self.guidance_form,
             )
         return self._generators[key]
 
@@ -204,8 +233,14 @@ class ToxjaxLM(LM):
         for indices in groups.values():
             gen_kwargs = dict(requests[indices[0]].args[1])
             generator = self._generator(gen_kwargs)
-            prompts = [self.prefix + requests[i].args[0] for i in indices]
-            texts = generator(prompts, 1)
+            contexts = [requests[i].args[0] for i in indices]
+            if self.signals is None:
+                texts = generator([self.prefix + context for context in contexts], 1)
+            else:
+                (before, after), (toxic_before, toxic_after) = self.signals
+                prompts = [before + context + after for context in contexts]
+                negatives = [toxic_before + context + toxic_after for context in contexts]
+                texts = generator(prompts, 1, negatives=negatives)
             for index, samples in zip(indices, texts, strict=True):
                 outputs[index] = cut_at_stops(samples[0], _stops(gen_kwargs))
                 self.cache_hook.add_partial("generate_until", requests[index].args, outputs[index])

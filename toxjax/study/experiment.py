@@ -43,7 +43,7 @@ from toxjax import fileio, workdir_lock
 from toxjax.data import tasks, vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
-from toxjax.interop import hf_import
+from toxjax.interop import hf_import, judge
 from toxjax.scoring import multiprocess_job
 from toxjax.study import plan as plan_lib
 from toxjax.study import reporting, runs
@@ -386,10 +386,16 @@ def train_and_evaluate_runs(
     bar = tqdm(plan.runs, desc="study", unit="model", disable=not progress, dynamic_ncols=True)
     for run_plan in bar:
         bar.set_postfix_str(run_plan.name)
-        run_config = plan_lib.run_config(config, run_plan, task_names[run_plan.name])
+        run_config = plan_lib.run_config(
+            config, run_plan, task_names[run_plan.name], judge=plan.judge
+        )
         # Built before training: a bad prompt or label file fails before any model exists.
         run_evaluator = evaluator.Evaluator(
-            run_config, run_plan.directory, progress=progress, compiler_options=compiler_options
+            run_config,
+            run_plan.directory,
+            progress=progress,
+            compiler_options=compiler_options,
+            judge_loader=judge.load_judge,
         )
         trained = plan.run_plan(run_plan.trained_as)
         with stage(f"train {trained.name}", timings):

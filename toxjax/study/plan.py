@@ -22,6 +22,7 @@ from toxjax import fileio
 from toxjax.data import vocab
 from toxjax.data.conditioning import ConditioningFormat, Strategy
 from toxjax.evaluation import evaluator
+from toxjax.inference import guidance
 from toxjax.scoring import job, segments
 from toxjax.study import reporting, runs
 
@@ -131,6 +132,7 @@ class StudyPlan:
     threshold_quantile: float  # >= 0: the threshold is this quantile of the scored corpus
     validation_fraction: float
     baseline: str  # the report row every other run is compared with
+    judge: str  # every run's config.eval.judge ("" = none)
     num_steps: int  # training steps of every run (its eval results are at this step)
     scoring: ScoringPlan
     vocabulary: VocabularyPlan
@@ -223,9 +225,41 @@ def parse_variants(
         _fraction(f"{where}: untagged_rate", overrides.get("untagged_rate", untagged))
         _fraction(f"{where}: cooldown_fraction", overrides.get("cooldown_fraction", cooldown))
         _quantile(f"{where}: threshold_quantile", overrides.get("threshold_quantile", -1.0))
+        _check_guidance(where, strategy, overrides, base)
         frozen = tuple((key, _freeze(value)) for key, value in overrides.items())
         variants.append(Variant(strategy, text, frozen))
     return tuple(variants)
+
+
+def _check_guidance(
+    where: str, strategy: Strategy, overrides: dict[str, Any], base: ConditioningFormat
+) -> None:
+    """A guided variant needs a scale >= 0, a known form and a toxic signal to steer from."""
+    if "guidance_scale" not in overrides and "guidance_form" not in overrides:
+        return
+    scale = _field(f"{where}: guidance_scale", lambda: float(overrides.get("guidance_scale", 0)))
+    _check(scale >= 0, f"{where}: guidance_scale must be >= 0, got {scale}")
+    form = overrides.get("guidance_form", "cfg")
+    _check(form in guidance.FORMS, f"{where}: guidance_form must be one of {guidance.FORMS}")
+    fmt = runs.format_fields(base, overrides)
+    _check(
+        bool(fmt.toxic_prefix(strategy) or fmt.toxic_suffix(strategy)),
+        f"{where}: {strategy.value} has no toxic signal to guide away from",
+    )
+
+
+def _judge(study: ml_collections.ConfigDict, strategies: tuple[Strategy, ...], paths) -> str:
+    """config.study.judge as the directory every run's config.eval.judge names."""
+    judge = str(study.get("judge", ""))
+    if judge != "base":
+        return judge
+    _check(
+        bool(strategies) and strategies[0] is Strategy.BASE,
+        "config.study.judge='base' judges every run with the study's BASE model, which must "
+        f"train first: put base first in config.study.strategies (got {strategies}), or set "
+        "config.study.judge to a directory or ''",
+    )
+    return paths.run_dir(Strategy.BASE)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -416,6 +450,7 @@ def plan_study(config: ml_collections.ConfigDict, workdir: str) -> StudyPlan:
             "config.study.validation_fraction", study.validation_fraction
         ),
         baseline=str(study.baseline),
+        judge=_judge(study, strategies, paths),
         num_steps=num_steps,
         scoring=_scoring(study, base, paths.scored_dir, segment),
         vocabulary=_vocabulary(study, paths.vocab_dir, formats, has_segment),
@@ -428,11 +463,12 @@ def plan_study(config: ml_collections.ConfigDict, workdir: str) -> StudyPlan:
 
 
 def run_config(
-    config: ml_collections.ConfigDict, run_plan: RunPlan, task_name: str
+    config: ml_collections.ConfigDict, run_plan: RunPlan, task_name: str, *, judge: str = ""
 ) -> ml_collections.ConfigDict:
     """The training config of one run: the base config without `study`, on its task, with its
-    training seed (init, dropout and data order all move with it). The lower layers (training,
-    evaluation) take ConfigDicts; this is the one place the study makes one."""
+    training seed (init, dropout and data order all move with it), its variant's eval fields
+    and the study's fluency judge. The lower layers (training, evaluation) take ConfigDicts;
+    this is the one place the study makes one."""
     result = copy.deepcopy(config)
     if "study" in result:
         with result.unlocked():
@@ -445,4 +481,9 @@ def run_config(
     result.data.seed = run_plan.data_seed
     result.eval.model_name = run_plan.name  # report rows are named by run
     result.eval.strategy = ""  # the conditioning of the task it was trained on
+    if judge:
+        result.eval.judge = judge
+    for field, value in run_plan.run.overrides().items():
+        if field in runs.EVAL_CONFIG_FIELDS:
+            result.eval[field] = value
     return result

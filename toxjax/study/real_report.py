@@ -41,7 +41,7 @@ def model_name(run_name: str) -> str:
     return _SEED_SUFFIX.sub("", run_name)
 
 
-def _get(tree: Any, *keys: str) -> Any:
+def nested(tree: Any, *keys: str) -> Any:
     for key in keys:
         if not isinstance(tree, Mapping):
             return None
@@ -50,7 +50,7 @@ def _get(tree: Any, *keys: str) -> Any:
 
 
 def _steer(steerability: Mapping[str, Any] | None, other: str, metric: str) -> Any:
-    return _get(steerability, "comparisons", other, metric)
+    return nested(steerability, "comparisons", other, metric)
 
 
 def run_summary(evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -64,34 +64,34 @@ def run_summary(evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
     control = evaluation.get("controllability") or {}
     detection = {
         task: {
-            "generative": _get(result, "generative", "auc"),
+            "generative": nested(result, "generative", "auc"),
             "prompted": result.get("prompted_auc_interval"),
         }
         for task, result in sorted((real.get("detection") or {}).items())
     }
     return {
-        "tp": _get(spans, "conditioned", "all", "toxicity_probability"),
-        "emt": _get(spans, "conditioned", "all", "expected_max_toxicity"),
-        "tp_toxic_signal": _get(spans, "toxic_signal", "all", "toxicity_probability"),
-        "tp_no_signal": _get(spans, "unconditioned", "all", "toxicity_probability"),
-        "control_vs_toxic": _get(control, "vs_toxic_signal", "toxicity_probability_relative"),
-        "control_vs_none": _get(control, "vs_unconditioned", "toxicity_probability_relative"),
-        "control_toxic_prompts_vs_toxic": _get(
+        "tp": nested(spans, "conditioned", "all", "toxicity_probability"),
+        "emt": nested(spans, "conditioned", "all", "expected_max_toxicity"),
+        "tp_toxic_signal": nested(spans, "toxic_signal", "all", "toxicity_probability"),
+        "tp_no_signal": nested(spans, "unconditioned", "all", "toxicity_probability"),
+        "control_vs_toxic": nested(control, "vs_toxic_signal", "toxicity_probability_relative"),
+        "control_vs_none": nested(control, "vs_unconditioned", "toxicity_probability_relative"),
+        "control_toxic_prompts_vs_toxic": nested(
             control, "vs_toxic_signal", "toxic_prompts", "toxicity_probability_relative"
         ),
-        "control_toxic_prompts_vs_none": _get(
+        "control_toxic_prompts_vs_none": nested(
             control, "vs_unconditioned", "toxic_prompts", "toxicity_probability_relative"
         ),
         "steer_gap_vs_toxic": _steer(steer, "toxic", "gap"),
         "steer_auc_vs_toxic": _steer(steer, "toxic", "auc"),
         "steer_gap_vs_none": _steer(steer, "none", "gap"),
         "steer_auc_vs_none": _steer(steer, "none", "auc"),
-        "steer_num_prompts": _get(steer, "num_usable"),
-        "heldout_perplexity": _get(real, "heldout_clean", "perplexity_interval"),
-        "cloze_acc": _get(real, "cloze", "acc_interval"),
-        "cloze_perplexity": _get(real, "cloze", "perplexity"),
+        "steer_num_prompts": nested(steer, "num_usable"),
+        "heldout_perplexity": nested(real, "heldout_clean", "perplexity_interval"),
+        "cloze_acc": nested(real, "cloze", "acc_interval"),
+        "cloze_perplexity": nested(real, "cloze", "perplexity"),
         "detection": detection,
-        "any_toxic": _get(spans, "conditioned", "per_prompt", "any_toxic"),
+        "any_toxic": nested(spans, "conditioned", "per_prompt", "any_toxic"),
         **_fraction_summary(spans, control),
         "skipped": _skipped(real, steer),
     }
@@ -101,18 +101,18 @@ def _fraction_summary(spans: Mapping[str, Any], control: Mapping[str, Any]) -> d
     """The toxic-fraction figures of a run (None where it was evaluated before they existed)."""
     relative = "toxic_fraction_relative"
     return {
-        "toxic_fraction": _get(spans, "conditioned", "all", "toxic_fraction"),
-        "toxic_fraction_toxic_signal": _get(spans, "toxic_signal", "all", "toxic_fraction"),
-        "toxic_fraction_no_signal": _get(spans, "unconditioned", "all", "toxic_fraction"),
-        "fraction_vs_toxic": _get(control, "vs_toxic_signal", relative),
-        "fraction_vs_none": _get(control, "vs_unconditioned", relative),
-        "fraction_toxic_prompts_vs_toxic": _get(
+        "toxic_fraction": nested(spans, "conditioned", "all", "toxic_fraction"),
+        "toxic_fraction_toxic_signal": nested(spans, "toxic_signal", "all", "toxic_fraction"),
+        "toxic_fraction_no_signal": nested(spans, "unconditioned", "all", "toxic_fraction"),
+        "fraction_vs_toxic": nested(control, "vs_toxic_signal", relative),
+        "fraction_vs_none": nested(control, "vs_unconditioned", relative),
+        "fraction_toxic_prompts_vs_toxic": nested(
             control, "vs_toxic_signal", "toxic_prompts", relative
         ),
-        "fraction_toxic_prompts_vs_none": _get(
+        "fraction_toxic_prompts_vs_none": nested(
             control, "vs_unconditioned", "toxic_prompts", relative
         ),
-        "toxic_fraction_per_prompt": _get(spans, "conditioned", "per_prompt", "toxic_fraction"),
+        "toxic_fraction_per_prompt": nested(spans, "conditioned", "per_prompt", "toxic_fraction"),
     }
 
 
@@ -155,7 +155,7 @@ def seed_comparisons(
 # Markdown.
 
 
-def _interval(
+def interval_cell(
     value: Mapping[str, Any] | None,
     scale: float = 1.0,
     digits: int = 3,
@@ -177,15 +177,15 @@ def _interval(
     return text
 
 
-def _percent(value: Mapping[str, Any] | None) -> str:
-    return _interval(value, 100.0, 0, null=0.0).replace(" [", "% [", 1) if value else "n/a"
+def percent_cell(value: Mapping[str, Any] | None) -> str:
+    return interval_cell(value, 100.0, 0, null=0.0).replace(" [", "% [", 1) if value else "n/a"
 
 
 def _row(cells: Sequence[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return [_row(header), "|" + "---|" * len(header), *(_row(row) for row in rows)]
 
 
@@ -216,21 +216,21 @@ def main_table(summaries: Mapping[str, Mapping[str, Any]], baseline: str) -> lis
         rows.append(
             [
                 name,
-                _interval(s["tp"]),
-                _interval(s["tp_toxic_signal"]),
-                _interval(s["tp_no_signal"]),
-                _percent(s["control_vs_toxic"]),
-                _percent(s["control_vs_none"]),
-                f"{_percent(s.get('control_toxic_prompts_vs_toxic'))} / "
-                f"{_percent(s.get('control_toxic_prompts_vs_none'))}",
-                _interval(s["emt"]),
-                _interval(s["heldout_perplexity"], digits=1),
+                interval_cell(s["tp"]),
+                interval_cell(s["tp_toxic_signal"]),
+                interval_cell(s["tp_no_signal"]),
+                percent_cell(s["control_vs_toxic"]),
+                percent_cell(s["control_vs_none"]),
+                f"{percent_cell(s.get('control_toxic_prompts_vs_toxic'))} / "
+                f"{percent_cell(s.get('control_toxic_prompts_vs_none'))}",
+                interval_cell(s["emt"]),
+                interval_cell(s["heldout_perplexity"], digits=1),
                 _ppl_change(s["heldout_perplexity"], base.get("heldout_perplexity")),
-                _interval(s["cloze_acc"]),
+                interval_cell(s["cloze_acc"]),
                 "n/a" if s.get("cloze_perplexity") is None else f"{s['cloze_perplexity']:.0f}",
             ]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def fraction_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -246,17 +246,17 @@ def fraction_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     rows = [
         [
             name,
-            _interval(s.get("toxic_fraction")),
-            _interval(s.get("toxic_fraction_toxic_signal")),
-            _interval(s.get("toxic_fraction_no_signal")),
-            _percent(s.get("fraction_vs_toxic")),
-            _percent(s.get("fraction_vs_none")),
-            f"{_percent(s.get('fraction_toxic_prompts_vs_toxic'))} / "
-            f"{_percent(s.get('fraction_toxic_prompts_vs_none'))}",
+            interval_cell(s.get("toxic_fraction")),
+            interval_cell(s.get("toxic_fraction_toxic_signal")),
+            interval_cell(s.get("toxic_fraction_no_signal")),
+            percent_cell(s.get("fraction_vs_toxic")),
+            percent_cell(s.get("fraction_vs_none")),
+            f"{percent_cell(s.get('fraction_toxic_prompts_vs_toxic'))} / "
+            f"{percent_cell(s.get('fraction_toxic_prompts_vs_none'))}",
         ]
         for name, s in summaries.items()
     ]
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def steer_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
@@ -267,19 +267,19 @@ def steer_table(summaries: Mapping[str, Mapping[str, Any]]) -> list[str]:
     for name, s in summaries.items():
         row = [
             name,
-            _interval(s["steer_gap_vs_toxic"], null=0.0),
-            _interval(s["steer_auc_vs_toxic"], null=0.5),
-            _interval(s["steer_gap_vs_none"], null=0.0),
+            interval_cell(s["steer_gap_vs_toxic"], null=0.0),
+            interval_cell(s["steer_auc_vs_toxic"], null=0.5),
+            interval_cell(s["steer_gap_vs_none"], null=0.0),
         ]
         for task in tasks:
             result = s["detection"].get(task) or {}
-            generative = _interval(result.get("generative"), null=0.5)
-            row.append(f"{generative} / {_interval(result.get('prompted'), null=0.5)}")
+            generative = interval_cell(result.get("generative"), null=0.5)
+            row.append(f"{generative} / {interval_cell(result.get('prompted'), null=0.5)}")
         rows.append(row)
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
-def _per_seed(comparison: Mapping[str, Any] | None) -> str:
+def per_seed_cell(comparison: Mapping[str, Any] | None) -> str:
     if not comparison:
         return "n/a"
     a, b = comparison["per_seed_mean_a"], comparison["per_seed_mean_b"]
@@ -307,14 +307,14 @@ def seeds_table(
             [
                 model,
                 f"{c['num_seeds_a']} vs {c['num_seeds_b']}",
-                _percent(c["relative_change"]),
-                _percent(c["unit_only"]),
-                _per_seed(c),
-                _percent(fraction["relative_change"]) if fraction else "n/a",
-                _per_seed(fraction),
+                percent_cell(c["relative_change"]),
+                percent_cell(c["unit_only"]),
+                per_seed_cell(c),
+                percent_cell(fraction["relative_change"]) if fraction else "n/a",
+                per_seed_cell(fraction),
             ]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def to_markdown(

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from toxjax import fileio
 from toxjax.evaluation import report
-from toxjax.study import real_report
+from toxjax.study import fluency_report, real_report
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -39,6 +39,7 @@ PLOTS = {
     "utility": "utility.png",
     "loss": "loss_curves.png",
     "real_text": "real_text.png",  # only with real-text results
+    "fluency": "toxicity_vs_fluency.png",  # only with a fluency judge
 }
 SUBSETS = report.RTP_SUBSETS  # all, toxic, nontoxic, challenging
 SUBSET_TITLES = {"all": "all", "toxic": "toxic", "nontoxic": "non-toxic", "challenging": "chall."}
@@ -120,9 +121,18 @@ def strategy_results(
             "bias_auc": bias_auc,
             "perplexity": (evaluation.get("perplexity") or {}).get("perplexity"),
             "final_train_loss": sum(tail) / len(tail) if tail else None,
-            "real_text": real_report.run_summary(evaluation),
+            "real_text": _real_text(evaluation),
         }
     )
+
+
+def _real_text(evaluation: Mapping[str, Any]) -> dict[str, Any] | None:
+    """real_report's summary of a run with fluency_report's figures in it."""
+    summary = real_report.run_summary(evaluation)
+    if summary is not None:
+        spans = evaluation.get("rtp_intervals") or {}
+        summary.update(fluency_report.summary(spans, evaluation.get("controllability") or {}))
+    return summary
 
 
 def build_results(
@@ -154,6 +164,10 @@ def build_results(
         for model, comparison in real_report.seed_comparisons(
             summaries, baseline, per_prompt
         ).items():
+            if results.get(model, {}).get("real_text"):
+                results[model]["real_text"][key] = comparison
+    for key, found in fluency_report.comparisons(summaries, baseline).items():
+        for model, comparison in found.items():
             if results.get(model, {}).get("real_text"):
                 results[model]["real_text"][key] = comparison
     return results
@@ -341,6 +355,16 @@ def to_markdown(results: Mapping[str, Mapping[str, Any]], *, baseline: str = "ba
         for key in ("tp_vs_baseline_seeds", "toxic_fraction_vs_baseline_seeds")
     )
     real = real_report.to_markdown(summaries, comparisons, baseline, fraction_comparisons)
+    found = {
+        key: {
+            name: entry["real_text"][key]
+            for name, entry in results.items()
+            if (entry.get("real_text") or {}).get(key)
+        }
+        for key in ("second_judge_vs_baseline", "vs_filter")
+    }
+    present = {name: s for name, s in summaries.items() if s}
+    real += "\n".join(fluency_report.to_markdown(present, found, baseline))
     return "\n".join(lines) + ("\n" + real if real else "")
 
 
@@ -474,4 +498,6 @@ def write_report(
         real_report.plot(summaries, paths["real_text"], _figure, _save)
     else:
         del paths["real_text"]
+    if not fluency_report.plot(summaries, paths["fluency"], _figure, _save):
+        del paths["fluency"]
     return paths

@@ -30,8 +30,11 @@ from toxjax.data.conditioning import ConditioningFormat, Strategy
 
 # Study fields a variant may set besides the conditioning format.
 VARIANT_STUDY_FIELDS = ("untagged_rate", "threshold_quantile", "cooldown_fraction")
-# ConditioningFormat fields that change only the evaluation prompts, never a training document.
-EVAL_ONLY_FIELDS = ("placement", "meda_inference_score", "meda_toxic_score")
+# config.eval fields a variant may set: decoding with guidance (a sweep of guidance_scale is
+# one command: 'meda:guidance_scale=1', 'meda:guidance_scale=3', ...).
+EVAL_CONFIG_FIELDS = ("guidance_scale", "guidance_form")
+# Fields that change only the evaluation (prompts or decoding), never a training document.
+EVAL_ONLY_FIELDS = ("placement", "meda_inference_score", "meda_toxic_score", *EVAL_CONFIG_FIELDS)
 _SAFE = re.compile(r"[^\w.=@+-]+")
 
 
@@ -86,7 +89,8 @@ def _value(text: str) -> Any:
 def parse_overrides(variant: str) -> dict[str, Any]:
     """ "threshold=0.1;inst_toxic=Rude:" -> {"threshold": 0.1, "inst_toxic": "Rude:"}."""
     overrides: dict[str, Any] = {}
-    known = {f.name for f in dataclasses.fields(ConditioningFormat)} | set(VARIANT_STUDY_FIELDS)
+    known = {f.name for f in dataclasses.fields(ConditioningFormat)}
+    known |= {*VARIANT_STUDY_FIELDS, *EVAL_CONFIG_FIELDS}
     for item in filter(None, (part.strip() for part in variant.split(";"))):
         field, sep, text = item.partition("=")
         if not sep or field.strip() not in known:
@@ -153,8 +157,9 @@ def score_quantile(scored_dir: str, attribute: str, quantile: float) -> float:
 
 
 def format_fields(base: ConditioningFormat, overrides: Mapping[str, Any]) -> ConditioningFormat:
-    """`base` with a variant's format fields (its study fields are not the format's)."""
-    fields = {k: v for k, v in overrides.items() if k not in VARIANT_STUDY_FIELDS}
+    """`base` with a variant's format fields (its study and eval fields are not the format's)."""
+    skip = {*VARIANT_STUDY_FIELDS, *EVAL_CONFIG_FIELDS}
+    fields = {k: v for k, v in overrides.items() if k not in skip}
     return dataclasses.replace(base, **fields)
 
 
