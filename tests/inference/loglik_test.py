@@ -86,6 +86,11 @@ def test_errors_name_the_request():
         engine([LoglikelihoodRequest("a", " b"), LoglikelihoodRequest("a", "z" * 40)])
     with pytest.raises(ValueError, match="request 0: continuation '' encodes to no tokens"):
         engine([LoglikelihoodRequest("a", "")])
+    # Perplexity-style scoring (truncate): nothing to score is 0 over 0 tokens, not an error.
+    empty, whole = engine(
+        [LoglikelihoodRequest("a", "", truncate=True), LoglikelihoodRequest("a", " b")]
+    )
+    assert (empty.logprob, empty.num_tokens) == (0.0, 0) and whole.num_tokens == 2
 
 
 def test_truncated_requests_score_the_first_window_after_the_whole_context():

@@ -104,6 +104,8 @@ class LoglikelihoodEngine:
         """(token sequence to feed, number of continuation tokens at its end)."""
         context, continuation = encode_pair(self.vocabulary, request.context, request.continuation)
         if not continuation:
+            if request.truncate:  # merged into the context's last piece: nothing to score
+                return context[-(self.max_len + 1) :], 0
             raise ValueError(
                 f"request {index}: continuation {request.continuation!r} encodes to no tokens"
             )

@@ -24,7 +24,8 @@ class LoglikelihoodRequest:
 
     truncate: a continuation longer than the engine's window is cut to the tokens that fit
     after the whole context (the result's num_tokens says how many were scored) instead of
-    failing; for perplexity-style scoring of documents, never for answers that must be whole.
+    failing, and one that adds no token (merged into the context's last piece) scores 0 over
+    0 tokens; for perplexity-style scoring of documents, never for answers that must be whole.
     """
 
     context: str

@@ -95,6 +95,8 @@ class TransformersJudge:
             whole = [self.start_id, *whole] if whole[:1] != [self.start_id] else whole
         num_continuation = len(whole) - len(context_ids)
         if num_continuation < 1:
+            if request.truncate:  # merged into the context's last piece: nothing to score
+                return context_ids[-self.max_len :], 0
             raise ValueError(f"request {index}: continuation {continuation!r} encodes to nothing")
         if len(whole) > self.max_len:
             if not request.truncate and num_continuation >= self.max_len:

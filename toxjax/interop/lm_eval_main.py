@@ -8,6 +8,10 @@ lm_eval 0.4.13 finds models only among modules imported in its process, so its o
 line cannot name "toxjax"; this command imports the adapter (toxjax.interop.lm_eval_adapter)
 and calls `lm_eval.simple_evaluate`. Any lm_eval option beyond these flags: call
 simple_evaluate from Python after `import toxjax.interop.lm_eval_adapter`.
+
+Generation tasks (generate_until) decode with self-guided decoding when the model args ask for
+it, e.g. --model_args=guidance_scale=2,guidance_form=cfg (MEDA/INST/SEGMENT runs: the context
+under the non-toxic signal, steered away from the same context under the toxic one).
 """
 
 from __future__ import annotations
@@ -24,7 +28,8 @@ _MODEL_ARGS = flags.DEFINE_string(
     "model_args",
     "",
     "More model arguments, 'key=value,...': step, batch_size, max_length, max_gen_toks, "
-    "conditioning (''/trained/meda/inst/...), vocabulary, strategy, seed.",
+    "conditioning (''/trained/meda/inst/...), vocabulary, strategy, seed, guidance_scale, "
+    "guidance_form.",
 )
 _NUM_FEWSHOT = flags.DEFINE_integer("num_fewshot", None, "Few-shot examples; default the task's.")
 _LIMIT = flags.DEFINE_float("limit", None, "Examples per task (a fraction if < 1).")
