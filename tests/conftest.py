@@ -24,3 +24,11 @@ if "TOXJAX_DATA_DIR" not in os.environ:
 # call lower-level functions with a demo task name directly get the demo family here. (The
 # commands' own import is tested in subprocesses: tests/main_test.py, tests/your_corpus_test.py.)
 import toxjax.data.demo_tasks  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config, items):
+    """Modules with slow tests first (each module's tests kept together, in order): xdist then
+    starts both workers on the long end-to-end tests and fills the end with short ones, instead
+    of one worker finishing a long test alone."""
+    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.module.__name__ not in slow_modules)

@@ -3,7 +3,7 @@
 python -m toxjax.study --config=toxjax/configs/demo.py --workdir=/tmp/toxjax_demo
 
 Corpus: toxjax/assets/real (built by toxjax.datasets.real_corpus from the raw source files named
-in its ATTRIBUTION.md): ~97k human-written documents, toxic (tweets, Civil Comments, ParaDetox's
+in its ATTRIBUTION.md): ~87k human-written documents, toxic (tweets, Civil Comments, ParaDetox's
 toxic sentences) and clean (Wikipedia talk comments, ParaDetox paraphrases, book paragraphs),
 scored offline. Evaluation on held-out real text: RealToxicityPrompts test prompts with their real
 continuations, clean held-out documents, book cloze, human-labelled detection sets.
