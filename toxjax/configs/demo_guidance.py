@@ -13,7 +13,7 @@ import ml_collections
 
 from toxjax.configs import demo
 
-SCALES = (1.0, 2.0, 4.0)  # guidance scales tried (0 = the plain rows)
+SCALES = (1.0, 1.5, 2.0, 4.0)  # guidance scales tried (0 = the plain rows)
 GUIDED = ("meda", "inst")  # the conditioned strategies of the demo
 
 
