@@ -24,7 +24,7 @@ from toxjax.inference import loglik
 from toxjax.inference.requests import LoglikelihoodFn, LoglikelihoodRequest, LoglikelihoodResult
 from toxjax.interop import trained_run
 
-BATCH_SIZE = 32  # sequences scored together
+BATCH_SIZE = 256  # sequences scored together (a run judges 25 samples x prompts x conditions)
 
 
 def _kind(path: str) -> str:
