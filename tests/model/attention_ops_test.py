@@ -10,6 +10,8 @@ import pytest
 from toxjax.model import attention_ops, decoder
 
 BATCH, LENGTH, HEADS, KV_HEADS, HEAD_DIM = 2, 16, 4, 2, 8
+# Compiled, as in training: run eagerly, every chunk's slices and matmuls compile one by one.
+chunked_attention = jax.jit(attention_ops.causal_chunked_attention, static_argnums=(4, 5))
 
 
 def _inputs(seed: int = 0) -> tuple[jax.Array, ...]:
@@ -28,7 +30,7 @@ def _inputs(seed: int = 0) -> tuple[jax.Array, ...]:
 def test_equals_the_full_masked_call(num_chunks):
     query, key, value, mask = _inputs()
     want = jax.nn.dot_product_attention(query, key, value, mask=mask)
-    got = attention_ops.causal_chunked_attention(query, key, value, mask, num_chunks)
+    got = chunked_attention(query, key, value, mask, num_chunks)
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
@@ -44,7 +46,7 @@ def test_gradients_equal_the_full_masked_call():
     )(query, key, value)
     chunked = jax.grad(
         lambda q, k, v: loss(
-            lambda *a: attention_ops.causal_chunked_attention(*a, mask, 4), q, k, v
+            lambda *a: chunked_attention(*a, mask, 4), q, k, v
         ),
         argnums=(0, 1, 2),
     )(query, key, value)
@@ -83,26 +85,30 @@ SMALL_GQA = decoder.ModelConfig(
 )  # fmt: skip
 
 
+def _logits(config, params, tokens, segments=None) -> jax.Array:
+    return jax.jit(decoder.Decoder(config).apply)(params, tokens, segment_ids=segments)
+
+
 def test_decoder_logits_do_not_depend_on_the_chunks():
     config = SMALL_GQA
     tokens = jax.random.randint(jax.random.key(2), (2, 24), 0, 50)
     segments = jnp.array([[1] * 10 + [2] * 14, [1] * 24], jnp.int32)
-    params = decoder.Decoder(config).init(jax.random.key(3), tokens)
-    want = decoder.Decoder(config).apply(params, tokens, segment_ids=segments)
+    params = jax.jit(decoder.Decoder(config).init)(jax.random.key(3), tokens)
+    want = _logits(config, params, tokens, segments)
     # 24 tokens: 16 chunks fall back to gcd(24, 16) = 8, 5 chunks to 1.
     for chunks in (4, 16, 5):
         chunked = dataclasses.replace(config, attention_chunks=chunks)
-        got = decoder.Decoder(chunked).apply(params, tokens, segment_ids=segments)
+        got = _logits(chunked, params, tokens, segments)
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 def test_decoder_logits_with_bfloat16_scores_stay_close():
     config = SMALL_GQA
     tokens = jax.random.randint(jax.random.key(6), (2, 16), 0, 50)
-    params = decoder.Decoder(config).init(jax.random.key(7), tokens)
-    want = decoder.Decoder(config).apply(params, tokens)
+    params = jax.jit(decoder.Decoder(config).init)(jax.random.key(7), tokens)
+    want = _logits(config, params, tokens)
     bf16 = dataclasses.replace(config, attention_scores_dtype="bfloat16")
-    got = decoder.Decoder(bf16).apply(params, tokens)
+    got = _logits(bf16, params, tokens)
     np.testing.assert_allclose(got, want, atol=2e-2)
     assert float(jnp.max(jnp.abs(got - want))) > 0  # the decoder uses the setting
 
@@ -125,7 +131,7 @@ def test_bfloat16_scores_stay_close_to_float32():
 def test_bfloat16_scores_chunked_equal_unchunked():
     query, key, value, mask = _inputs(5)
     want = attention_ops.dot_product_attention(query, key, value, mask, "bfloat16")
-    got = attention_ops.causal_chunked_attention(query, key, value, mask, 4, "bfloat16")
+    got = chunked_attention(query, key, value, mask, 4, "bfloat16")
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
