@@ -361,12 +361,11 @@ def test_shared_prefix_attention_equals_attention_over_each_rows_whole_cache(len
         segments,
         jnp.ones((rows, own_slots), jnp.int32).at[0, 0].set(0),  # row 0 cannot see slot 0
     )
-    shared = attention_ops.cached_attention(
-        query, key, value, mask, segments, (prefix_key, prefix_value, prefix_segments)
-    )
+    attend = jax.jit(attention_ops.cached_attention)  # eagerly, every op compiles alone
+    shared = attend(query, key, value, mask, segments, (prefix_key, prefix_value, prefix_segments))
     whole_key = jnp.concatenate([prefix_key.repeat(copies, axis=0), key], axis=2)
     whole_value = jnp.concatenate([prefix_value.repeat(copies, axis=0), value], axis=2)
     visible = (prefix_segments.repeat(copies, axis=0) == 1)[:, None, None, :]
     whole_mask = jnp.concatenate([jnp.broadcast_to(visible, (*mask.shape[:3], 6)), mask], -1)
-    expected = attention_ops.cached_attention(query, whole_key, whole_value, whole_mask, segments)
+    expected = attend(query, whole_key, whole_value, whole_mask, segments)
     np.testing.assert_allclose(shared, expected, atol=1e-6, rtol=1e-5)
