@@ -306,7 +306,9 @@ def test_study_end_to_end_on_two_processes_then_rerun_skips_finished_stages(tmp_
         "--config=toxjax/configs/study_smoke.py",
         f"--workdir={workdir}",
     ]
-    group = ProcessGroup(command, str(tmp_path / "logs"), cwd=REPO, env=command_environment(REPO))
+    # Every strategy compiles the same programs: the second on reads them from the cache.
+    env = command_environment(REPO, str(tmp_path / "jax_cache"))
+    group = ProcessGroup(command, str(tmp_path / "logs"), cwd=REPO, env=env)
     codes = group.wait(900)
     assert codes == [0, 0], "\n".join(log[-3000:] for log in group.logs())
     with open(os.path.join(workdir, "results.json")) as f:
