@@ -1,10 +1,11 @@
 """The real commands on 2 JAX processes x 4 CPU devices (gloo), as on a pod slice's workers,
 against the same commands on 1 process x 8 devices.
 
-Training on a mesh spanning both processes: SIGTERM to both saves one step and exits 0, and the
-resumed run's losses equal an uninterrupted 2-process run's exactly and a 1-process run's within
-float tolerance; evaluation gives the 1-process results and writes the same files; a killed
-process makes the other stop with an error naming it instead of hanging.
+Training on a mesh spanning both processes: SIGTERM to both saves one step and exits 0; the run
+resumed as train_and_eval (evaluating on the way) has the losses of an uninterrupted 2-process
+run exactly and of a 1-process run within float tolerance; evaluation gives the 1-process
+results and writes the same files; a killed process makes the other stop with an error naming
+it instead of hanging.
 """
 
 from __future__ import annotations
@@ -25,11 +26,12 @@ import pytest
 from toxjax.testing.processes import ProcessGroup, command_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 40
+NUM_STEPS = 20
+EVAL_EVERY = 10
 TRAIN = [
     "--config=toxjax/configs/tiny.py",
     f"--config.train.num_steps={NUM_STEPS}",
-    "--config.train.checkpoint_every=10",
+    "--config.train.checkpoint_every=5",
     "--config.train.log_every=1",  # every step's loss reaches train_log.jsonl at once
     "--config.train.cpu_peak_flops=3.6e11",  # skip the matmul measurement
 ]
@@ -115,9 +117,10 @@ def two_process_run(shared) -> str:
     return workdir
 
 
-def test_sigterm_and_resume_on_two_processes_reproduce_the_uninterrupted_run(
-    shared, two_process_run, one_process_run
-):
+@pytest.fixture(scope="module")
+def resumed_run(shared) -> dict:
+    """2 processes stopped by SIGTERM early on, then resumed as train_and_eval, evaluating every
+    EVAL_EVERY steps and at the end: one resume serves the training and the evaluation tests."""
     workdir = os.path.join(shared, "interrupted")
     group = _two(_main(workdir, "train", *TRAIN), shared, "interrupted_logs")
     deadline = time.monotonic() + 300
@@ -126,22 +129,36 @@ def test_sigterm_and_resume_on_two_processes_reproduce_the_uninterrupted_run(
     group.signal_all(signal.SIGTERM)
     logs = _finish(group)
     saved = {int(log.split("Stop requested: saving step ")[1].split()[0]) for log in logs}
-    assert len(saved) == 1, "both processes save the same step"
-    stopped_at = saved.pop()
-    assert 3 <= stopped_at < NUM_STEPS
-    assert stopped_at in [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))]
     first_part = _losses(workdir)
+    checkpoints = [int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))]
+    every = [*TRAIN, *EVAL, f"--config.train.eval_every={EVAL_EVERY}"]
+    resumed = _two(_main(workdir, "train_and_eval", *every), shared, "resumed_logs")
+    _finish(resumed)
+    pids = [p.pid for p in (*group.processes, *resumed.processes)]
+    return dict(workdir=workdir, saved=saved, first_part=first_part, checkpoints=checkpoints,
+                pids=pids)  # fmt: skip
+
+
+def test_sigterm_and_resume_on_two_processes_reproduce_the_uninterrupted_run(
+    resumed_run, two_process_run, one_process_run
+):
+    saved = resumed_run["saved"]
+    assert len(saved) == 1, "both processes save the same step"
+    stopped_at = min(saved)
+    assert 3 <= stopped_at < NUM_STEPS
+    assert stopped_at in resumed_run["checkpoints"]
+    first_part = resumed_run["first_part"]
     assert max(first_part) == stopped_at
 
-    _finish(_two(_main(workdir, "train", *TRAIN), shared, "resumed_logs"))
     resumed, uninterrupted, single = (
-        _losses(workdir),
+        _losses(resumed_run["workdir"]),
         _losses(two_process_run),
         _losses(one_process_run),
     )
     assert sorted(resumed) == sorted(uninterrupted) == list(range(1, NUM_STEPS + 1))
     for step in range(1, NUM_STEPS + 1):
-        assert resumed[step] == uninterrupted[step], step  # bit for bit
+        # Bit for bit, evaluating on the way included.
+        assert resumed[step] == uninterrupted[step], step
         assert math.isclose(uninterrupted[step], single[step], rel_tol=RTOL), step
     for step, loss in first_part.items():
         assert loss == uninterrupted[step], step
@@ -194,35 +211,34 @@ def _check_every_metric(results: dict) -> None:
     assert results["perplexity"]["num_batches"] == 2
 
 
-def test_eval_and_train_and_eval_on_two_processes_equal_one_process(shared, two_process_run):
-    """--mode=eval on 2 processes and on 1 on the same checkpoint; train_and_eval on 2
-    processes resumed 10 steps before it (exact resume: the same step-40 params), evaluating
-    every 5 steps and at the end. Every stage's results agree, and the two processes write
-    exactly the files one process writes."""
+def test_eval_and_train_and_eval_on_two_processes_equal_one_process(
+    shared, two_process_run, resumed_run
+):
+    """--mode=eval on 2 processes and on 1 on the same checkpoint, and the resumed
+    train_and_eval run's final evaluation (exact resume: the same params). Every stage's results
+    agree, and the two processes write exactly the files one process writes."""
     copies = {}
-    for name in ("eval_one", "eval_two", "train_and_eval_two"):
+    for name in ("eval_one", "eval_two"):
         copies[name] = os.path.join(shared, name)
         shutil.copytree(two_process_run, copies[name])
-    shutil.rmtree(os.path.join(copies["train_and_eval_two"], "checkpoints", str(NUM_STEPS)))
     before = _files(two_process_run)
     _one(_main(copies["eval_one"], "eval", *TRAIN, *EVAL), shared)
     _finish(_two(_main(copies["eval_two"], "eval", *TRAIN, *EVAL), shared, "eval_logs"))
-    every = [*TRAIN, *EVAL, "--config.train.eval_every=5"]
-    command = _main(copies["train_and_eval_two"], "train_and_eval", *every)
-    group = _two(command, shared, "train_and_eval_logs")
-    _finish(group)
     one = _eval_results(copies["eval_one"])
     _check_every_metric(one)
     _close(_eval_results(copies["eval_two"]), one, "eval_two")
-    _close(_eval_results(copies["train_and_eval_two"]), one, "train_and_eval_two")
+    _close(_eval_results(resumed_run["workdir"]), one, "train_and_eval_two")
     # The same files, once each: process 1 wrote nothing of its own.
     assert _files(copies["eval_two"]) - before == _files(copies["eval_one"]) - before
-    evaluated = sorted(os.listdir(os.path.join(copies["train_and_eval_two"], "eval")))
-    assert evaluated == [f"step_{n}{end}" for n in (35, 40) for end in ("", ".json", ".md")]
-    # TensorBoard event files are named by host and pid: none is process 1's.
-    events = os.listdir(os.path.join(copies["train_and_eval_two"], "tensorboard"))
-    assert not [name for name in events if f".{group.processes[1].pid}." in name]
-    assert [name for name in events if f".{group.processes[0].pid}." in name]
+    stopped_at = min(resumed_run["saved"])
+    steps = [n for n in range(EVAL_EVERY, NUM_STEPS, EVAL_EVERY) if n > stopped_at] + [NUM_STEPS]
+    evaluated = sorted(os.listdir(os.path.join(resumed_run["workdir"], "eval")))
+    assert evaluated == sorted(f"step_{n}{end}" for n in steps for end in ("", ".json", ".md"))
+    # TensorBoard event files are named by host and pid: none is a process 1's.
+    events = os.listdir(os.path.join(resumed_run["workdir"], "tensorboard"))
+    process_0, process_1 = resumed_run["pids"][0::2], resumed_run["pids"][1::2]
+    assert not [name for name in events for pid in process_1 if f".{pid}." in name]
+    assert [name for name in events for pid in process_0 if f".{pid}." in name]
 
 
 def test_a_killed_process_stops_the_other_with_a_named_error(shared):
