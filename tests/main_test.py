@@ -18,7 +18,7 @@ import pytest
 from toxjax.testing.processes import command_environment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 100
+NUM_STEPS = 40
 CHECKPOINT_EVERY = 5
 
 
@@ -97,7 +97,7 @@ def shared(tmp_path_factory) -> str:
 
 @pytest.fixture(scope="module")
 def reference_run(shared) -> str:
-    """An uninterrupted 100-step run: the learning check and the resume reference."""
+    """An uninterrupted run: the learning check and the resume reference."""
     workdir = os.path.join(shared, "reference")
     process, log_path = _start(workdir, shared, "reference.log")
     try:

@@ -32,6 +32,7 @@ TRAIN = [
     "--config=toxjax/configs/tiny.py",
     f"--config.train.num_steps={NUM_STEPS}",
     "--config.train.checkpoint_every=5",
+    "--config.mesh.ici.fsdp=2",  # data x fsdp: 2 x 2 in each process, data 2 across them
     "--config.train.log_every=1",  # every step's loss reaches train_log.jsonl at once
     "--config.train.cpu_peak_flops=3.6e11",  # skip the matmul measurement
 ]
