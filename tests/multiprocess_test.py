@@ -254,4 +254,10 @@ def test_a_killed_process_stops_the_other_with_a_named_error(shared):
     assert codes[0] not in (0, None), "process 0 neither hung nor claimed success"
     assert time.monotonic() - killed_at < 60
     log = group.logs()[0]
-    assert "another process of this run stopped" in log, log[-3000:]
+    # Whichever notices first names it: a collective that lost its peer (toxjax's message), or
+    # JAX's coordination service once the dead process misses its heartbeats (it aborts).
+    named = (
+        "another process of this run stopped",
+        "This most likely indicates that another task died",
+    )
+    assert any(message in log for message in named), log[-3000:]
