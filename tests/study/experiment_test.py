@@ -226,6 +226,11 @@ def _check_first_run(config, workdir, results, strategies):
         assert 0.0 <= entry["utility"]["demo_cloze"]["acc"] <= 1.0
         assert 0.0 <= entry["bias_auc"]["demo_toxicity_detection"] <= 1.0
         assert entry["final_train_loss"] > 0
+        # Fluency under the BASE run (the same judge for all), toxicity under the second judge.
+        judged = entry["real_text"]
+        assert judged["judge_perplexity"]["estimate"] > 1, name
+        assert judged["judge_scorer"].startswith("heldout-judge"), name
+        assert 0.0 <= judged["judge_tp"]["estimate"] <= 1.0, name
     assert results["inst"]["prefix"] == "The following text is non-toxic:\n"
     assert results["meda"]["prefix"] == "toxicity: 0.00\n"
     assert results["base"]["prefix"] == results["filter"]["prefix"] == ""

@@ -44,7 +44,9 @@ def get_config() -> ml_collections.ConfigDict:
     ev.real_text = "packaged"  # the real-text metrics too, on a few examples each
     ev.real_text_limit = 8  # documents, examples and steerability prompts per set
     ev.perplexity_batch_size = 8  # sequences per held-out batch
+    ev.judge_scorer = "heldout-judge"  # the second toxicity judge, as in the demo
 
+    config.study.judge = "base"  # fluency judge: the BASE run, as in the demo
     config.study.name = "toxjax_study_smoke"  # SeqIO task family: toxjax_study_smoke_<strategy>
     config.study.corpus = "demo:300"  # the first 300 documents of the embedded corpus
     config.study.records_per_shard = 100  # scored records per output shard
