@@ -45,9 +45,7 @@ def test_gradients_equal_the_full_masked_call():
         argnums=(0, 1, 2),
     )(query, key, value)
     chunked = jax.grad(
-        lambda q, k, v: loss(
-            lambda *a: chunked_attention(*a, mask, 4), q, k, v
-        ),
+        lambda q, k, v: loss(lambda *a: chunked_attention(*a, mask, 4), q, k, v),
         argnums=(0, 1, 2),
     )(query, key, value)
     for got, want in zip(chunked, full, strict=True):
