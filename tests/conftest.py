@@ -2,8 +2,6 @@
 
 import os
 
-import pytest
-
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in _flags:
@@ -29,14 +27,8 @@ import toxjax.data.demo_tasks  # noqa: E402,F401
 
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first, each one xdist group (--dist loadgroup, pyproject.toml).
-
-    A group runs on one worker, so a module fixture its tests share (a multi-process training
-    run) is computed once; xdist hands out groups before single tests, so both workers start on
-    the long end-to-end modules and the short tests fill the end, instead of one worker
-    finishing a long test alone."""
+    """Modules with slow tests first (each module's tests kept together, in order): xdist then
+    starts both workers on the long end-to-end tests and fills the end with short ones, instead
+    of one worker finishing a long test alone."""
     slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.module.__name__ not in slow_modules)
-    for item in items:
-        if item.module.__name__ in slow_modules:
-            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
