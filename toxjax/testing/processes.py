@@ -12,6 +12,9 @@ from collections.abc import Mapping, Sequence
 
 from toxjax.distributed import HEARTBEAT_ENV
 
+# Its sitecustomize.py makes process 1 find the compilation-cache entries process 0 writes.
+SHARED_COMPILE_CACHE_HOOK = os.path.join(os.path.dirname(__file__), "shared_compile_cache")
+
 
 def command_environment(repo: str, compile_cache: str | None = None) -> dict[str, str]:
     """This environment, with the checkout importable and, optionally, a persistent
@@ -40,6 +43,9 @@ def process_environment(
 ) -> dict[str, str]:
     """Process `index` of `count`, each with `devices` forced CPU devices."""
     env = dict(os.environ if base is None else base)
+    env["PYTHONPATH"] = os.pathsep.join(
+        path for path in (SHARED_COMPILE_CACHE_HOOK, env.get("PYTHONPATH")) if path
+    )
     env.update(
         {
             "JAX_PLATFORMS": "cpu",
