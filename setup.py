@@ -84,7 +84,11 @@ setuptools.setup(
     version="0.1.0",
     description="Toxicity-conditioned language-model pretraining in JAX/Flax (MEDA, INST, FILTER).",
     packages=setuptools.find_packages(include=["toxjax", "toxjax.*"]),
-    package_data={"toxjax": ["assets/*", "assets/real/*", "assets/real/licenses/*"]},
+    package_data={
+        "toxjax": ["assets/*", "assets/real/*", "assets/real/licenses/*"],
+        # Put on the PYTHONPATH of the test processes, not imported: no package of its own.
+        "toxjax.testing": ["shared_compile_cache/sitecustomize.py"],
+    },
     include_package_data=True,
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
