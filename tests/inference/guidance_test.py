@@ -16,7 +16,13 @@ from toxjax.model import decoder, partitioning
 from toxjax.testing import small_decoder
 
 CFG = small_decoder.CFG
-PARAMS = small_decoder.init_params(4.0)  # sharper than the init, so guidance moves tokens
+
+
+def sharpened_params():
+    """Sharper than the init, so guidance moves tokens (made on first use, then cached)."""
+    return small_decoder.init_params(4.0)
+
+
 FAST_COMPILE = small_decoder.FAST_COMPILE
 
 # p+ = [0.5, 0.3, 0.15, 0.05], p- = [0.1, 0.3, 0.3, 0.3], as unnormalised logits.
@@ -99,7 +105,7 @@ def guided_run(form: str, scale: float, use_cache: bool = True) -> dict[str, np.
     positive, lengths = left_pad(POSITIVE_PROMPTS, 8)
     negative, negative_lengths = left_pad(NEGATIVE_PROMPTS, 6)
     keys = np.arange(3, dtype=np.uint32)
-    args = (PARAMS, positive, lengths, keys, np.int32(0), negative, negative_lengths)
+    args = (sharpened_params(), positive, lengths, keys, np.int32(0), negative, negative_lengths)
     return jax.device_get(jax.jit(fn).lower(*args).compile(FAST_COMPILE)(*args))
 
 
@@ -109,7 +115,7 @@ def forward_log_probs(prompts: list[list[int]], tokens: np.ndarray, steps: int) 
     rows = [prompts[r // NUM_SAMPLES] + tokens[r].tolist() for r in range(len(tokens))]
     width = max(len(r) for r in rows)
     batch = np.array([r + [0] * (width - len(r)) for r in rows], np.int32)
-    logits = np.asarray(jax.jit(decoder.Decoder(CFG).apply)({"params": PARAMS}, batch))
+    logits = np.asarray(jax.jit(decoder.Decoder(CFG).apply)({"params": sharpened_params()}, batch))
     starts = [len(prompts[r // NUM_SAMPLES]) - 1 for r in range(len(rows))]
     picked = np.stack([logits[r, s : s + steps] for r, s in enumerate(starts)])
     return np.asarray(jax.nn.log_softmax(picked, axis=-1))
@@ -171,7 +177,7 @@ def generator(mesh: jax.sharding.Mesh, **kwargs) -> sampling.Generator:
     settings = dict(max_new_tokens=6, top_p=0.9, temperature=1.0, seed=0, batch_size=16)
     settings.update(kwargs)
     return sampling.make_generate_fn(
-        PARAMS,
+        sharpened_params(),
         CFG,
         small_decoder.VOCAB,
         mesh,

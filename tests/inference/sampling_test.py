@@ -34,14 +34,17 @@ RULES = partitioning.logical_rules(default_config.get_config())  # the shipped r
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
+@functools.cache
 def make_params(cfg: decoder.ModelConfig, seed: int = 1):
-    """Random params with sharpened logits, so greedy choices are not near-ties."""
-    tokens = jnp.zeros((1, 4), jnp.int32)
-    params = decoder.Decoder(cfg).init({"params": jax.random.key(seed)}, tokens)["params"]
-    return jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, nn.unbox(params))
+    """Random params with sharpened logits, so greedy choices are not near-ties. Made on first
+    use, compiled as one program: collecting this module (on every xdist worker) costs nothing."""
 
+    @jax.jit
+    def init(key):
+        params = decoder.Decoder(cfg).init({"params": key}, jnp.zeros((1, 4), jnp.int32))
+        return jax.tree.map(lambda x: x * 8.0 if x.ndim > 1 else x, nn.unbox(params["params"]))
 
-PARAMS = make_params(CFG)
+    return init(jax.random.key(seed))
 
 
 def left_pad(prompts: list[list[int]], width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +82,8 @@ def compiled(config, num_samples=2, cache=True, logits=True, mesh=None):
 
 def inputs(seed):
     tokens, lengths = left_pad(PROMPTS, 8)
-    return PARAMS, tokens, lengths, np.arange(len(PROMPTS), dtype=np.uint32), np.int32(seed)
+    keys = np.arange(len(PROMPTS), dtype=np.uint32)
+    return make_params(CFG), tokens, lengths, keys, np.int32(seed)
 
 
 def run_generate(config, *, num_samples=2, seed=0, cache=True, logits=True):
@@ -105,7 +109,8 @@ def test_cached_logits_equal_a_full_forward_of_each_unpadded_row(sampled):
     width = max(len(r) for r in rows)
     batch = np.array([r + [0] * (width - len(r)) for r in rows], np.int32)
     forward = jax.jit(lambda p, t: decoder.Decoder(CFG).apply({"params": p}, t))
-    full = np.asarray(forward.lower(PARAMS, batch).compile(FAST_COMPILE)(PARAMS, batch))
+    params = make_params(CFG)
+    full = np.asarray(forward.lower(params, batch).compile(FAST_COMPILE)(params, batch))
     for row in range(len(rows)):
         start = len(PROMPTS[row // 2]) - 1
         expected = full[row, start : start + steps]
@@ -295,7 +300,6 @@ BYTE_CFG = decoder.ModelConfig(
     max_len=48,
     dtype="float32",
 )
-BYTE_PARAMS = make_params(BYTE_CFG, seed=3)
 TEXTS = ["Hello there, my friend", "a", "", "The weather today is mild and"]
 
 
@@ -303,7 +307,7 @@ def generator(mesh, **kwargs):
     settings_ = dict(max_new_tokens=8, top_p=0.9, temperature=1.0, seed=0, batch_size=16)
     settings_.update(kwargs)
     return sampling.make_generate_fn(
-        BYTE_PARAMS,
+        make_params(BYTE_CFG, seed=3),
         BYTE_CFG,
         seqio.ByteVocabulary(),
         mesh,
@@ -320,7 +324,7 @@ def test_sharded_sampling_equals_single_device(config):
     assert len(devices) == 8
     mesh = mesh_of(devices, data=2, fsdp=2, tensor=2)
     sharded_fn = compiled(config, 2, True, True, mesh)
-    params = jax.device_put(PARAMS, partitioning.param_shardings(CFG, mesh, RULES))
+    params = jax.device_put(make_params(CFG), partitioning.param_shardings(CFG, mesh, RULES))
     kernel = params["layers"]["mlp"]["wi"]["kernel"]
     assert len(kernel.sharding.device_set) == 8  # really laid out over the mesh
     _, *rest = inputs(0)

@@ -39,9 +39,11 @@ def _initial() -> Any:
     return nn.unbox(init(jax.random.key(7))["params"])
 
 
+@functools.cache
 def init_params(scale: float) -> Any:
     """The one random init with every matrix scaled by `scale` (vectors kept)."""
-    return jax.tree.map(lambda x: x * scale if x.ndim > 1 else x, _initial())
+    scaled = jax.jit(lambda params: jax.tree.map(lambda x: x * scale if x.ndim > 1 else x, params))
+    return scaled(_initial())
 
 
 def one_device_mesh() -> jax.sharding.Mesh:
