@@ -25,7 +25,7 @@ from collections import Counter
 
 import pytest
 
-from toxjax.testing.processes import ProcessGroup, command_environment
+from toxjax.testing.processes import ProcessGroup, command_environment, with_cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 20
@@ -60,7 +60,7 @@ def _main(workdir: str, mode: str, *extra: str) -> list[str]:
 def _environment(shared: str, devices: int | None = None) -> dict[str, str]:
     env = command_environment(REPO, os.path.join(shared, "jax_cache"))
     if devices:
-        env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+        env["XLA_FLAGS"] = with_cpu_devices(env.get("XLA_FLAGS", ""), devices)
     return env
 
 

@@ -15,7 +15,7 @@ import pytest
 from job_test import snapshot
 
 from toxjax.scoring import job, run_manifest
-from toxjax.testing.processes import ProcessGroup
+from toxjax.testing.processes import ProcessGroup, command_environment, with_cpu_devices
 
 REPO = str(pathlib.Path(__file__).resolve().parents[2])
 NUM_RECORDS, RECORDS_PER_SHARD = 60, 10
@@ -46,11 +46,7 @@ def _files(directory: str) -> dict[str, bytes]:
 
 
 def _environment(tmp_path: pathlib.Path) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    env["JAX_COMPILATION_CACHE_DIR"] = str(tmp_path / "jax_cache")
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
+    return command_environment(REPO, str(tmp_path / "jax_cache"))
 
 
 def test_two_processes_write_the_one_process_output(tmp_path, checkpoint_path):
@@ -68,7 +64,7 @@ def test_two_processes_write_the_one_process_output(tmp_path, checkpoint_path):
     one, two = str(tmp_path / "one"), str(tmp_path / "two")
     # The same local devices as each of the two processes: the same batch shapes, same bits.
     one_env = {**env, "JAX_PLATFORMS": "cpu"}
-    one_env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    one_env["XLA_FLAGS"] = with_cpu_devices(env.get("XLA_FLAGS", ""), 4)
     result = subprocess.run(
         command(one), cwd=REPO, env=one_env, capture_output=True, text=True, timeout=300
     )

@@ -27,6 +27,13 @@ def command_environment(repo: str, compile_cache: str | None = None) -> dict[str
     return env
 
 
+def with_cpu_devices(xla_flags: str, devices: int) -> str:
+    """xla_flags forcing `devices` CPU devices; its other flags stay, so every process compiles
+    as the caller does."""
+    kept = [flag for flag in xla_flags.split() if "host_platform_device_count" not in flag]
+    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("localhost", 0))
@@ -49,7 +56,7 @@ def process_environment(
     env.update(
         {
             "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}",
+            "XLA_FLAGS": with_cpu_devices(env.get("XLA_FLAGS", ""), devices),
             "JAX_COORDINATOR_ADDRESS": f"localhost:{port}",
             "JAX_NUM_PROCESSES": str(count),
             "JAX_PROCESS_ID": str(index),
