@@ -32,10 +32,31 @@ if "TOXJAX_DATA_DIR" not in os.environ:
 # commands' own import is tested in subprocesses: tests/main_test.py, tests/your_corpus_test.py.)
 import toxjax.data.demo_tasks  # noqa: E402,F401
 
+# The longest modules, measured (pytest --durations=0, 2 cores), in the order xdist starts them
+# (pyproject: --dist loadfile --no-loadscope-reorder): the 2-process training runs first, the long
+# single-process modules beside them, the 2-process study once the training runs are done, so
+# two multi-process modules seldom share the 2 cores; the short modules fill the end.
+LONGEST_FIRST = (
+    "tests/main_test.py",
+    "tests/your_corpus_test.py",
+    "tests/scoring/job_test.py",
+    "tests/interop/lm_eval_adapter_test.py",
+    "tests/scoring/detoxify_jax_test.py",
+    "tests/compile/compile_main_test.py",
+    "tests/study/experiment_test.py",
+    "tests/scoring/multiprocess_scoring_test.py",
+)
+
 
 def pytest_collection_modifyitems(config, items):
-    """Modules with slow tests first (each module's tests kept together, in order): xdist then
-    starts both workers on the long end-to-end tests and fills the end with short ones, instead
-    of one worker finishing a long test alone."""
-    slow_modules = {item.module.__name__ for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.module.__name__ not in slow_modules)
+    """LONGEST_FIRST, then the other modules with slow tests, then the rest; each module's tests
+    stay together and in order. Otherwise a long module can start last and end alone."""
+    slow_modules = {item.path for item in items if item.get_closest_marker("slow")}
+
+    def rank(item) -> int:
+        path = item.path.relative_to(config.rootpath).as_posix()
+        if path in LONGEST_FIRST:
+            return LONGEST_FIRST.index(path)
+        return len(LONGEST_FIRST) + (item.path not in slow_modules)
+
+    items.sort(key=rank)

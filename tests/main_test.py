@@ -28,9 +28,9 @@ import pytest
 from toxjax.testing.processes import ProcessGroup, command_environment, with_cpu_devices
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-NUM_STEPS = 20
-CHECKPOINT_EVERY = 5
-EVAL_EVERY = 10
+NUM_STEPS = 12
+CHECKPOINT_EVERY = 4
+EVAL_EVERY = 8
 TRAIN = [
     "--config=toxjax/configs/tiny.py",
     f"--config.train.num_steps={NUM_STEPS}",
