@@ -84,6 +84,25 @@ def test_round_trip_restores_into_requested_shardings(tmp_path):
     reopened.close()
 
 
+def test_cpu_saves_write_replicated_arrays_without_slicing_them(tmp_path, monkeypatch):
+    """Replica-parallel saving slices each replicated array with eager ops compiled on first use;
+    on CPU devices, whose memory is host memory, the save copies replica 0's shard instead."""
+    slices = []
+    slice_in_dim = jax.lax.slice_in_dim
+    monkeypatch.setattr(
+        jax.lax, "slice_in_dim", lambda *a, **k: slices.append(a) or slice_in_dim(*a, **k)
+    )
+    replicated = NamedSharding(_mesh(), PartitionSpec())
+    state = jax.device_put(_state(), replicated)
+    checkpointer = checkpoints.Checkpointer(str(tmp_path), async_save=False)
+    assert checkpointer.save(3, state, _meta(), force=True)
+    restored, _ = checkpointer.restore(3, _abstract(state, _mesh()))
+    checkpointer.close()
+    assert slices == []
+    for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(state), strict=True):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
 def test_keeps_last_k_and_respects_the_interval(tmp_path):
     checkpointer = checkpoints.Checkpointer(
         str(tmp_path), save_every=2, max_to_keep=2, async_save=True

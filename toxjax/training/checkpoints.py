@@ -23,6 +23,9 @@ import orbax.checkpoint as ocp
 from absl import logging
 from etils import epath
 
+# The store orbax's default jax.Array handler is built with (no public alias).
+from orbax.checkpoint._src.metadata import array_metadata_store
+
 from toxjax import fileio
 from toxjax.model import decoder, partitioning
 
@@ -208,6 +211,22 @@ def check_compatible(
         )
 
 
+@functools.cache
+def _host_memory_array_handler() -> None:
+    """On the CPU backend, saves copy each array's shard from replica 0 as it is.
+
+    orbax's default splits a replicated array across its replicas with an eager slice per shard,
+    each compiled on first use: 3.4 s of the first save of the tiny config, on 8 CPU devices whose
+    memory is host memory already. orbax turns it off on GPU for its own reasons; TPU keeps it.
+    """
+    if jax.default_backend() != "cpu":
+        return
+    handler = ocp.type_handlers.ArrayHandler(
+        use_replica_parallel=False, array_metadata_store=array_metadata_store.Store()
+    )
+    ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
     """Async, rotating checkpoints of one run (orbax CheckpointManager with two items)."""
 
@@ -229,6 +248,7 @@ class Checkpointer:
             create=not read_only,
             read_only=read_only,
         )
+        _host_memory_array_handler()
         self.manager = ocp.CheckpointManager(
             self.directory,
             item_names=(STATE, META),
