@@ -5,8 +5,8 @@ user's project: `corpus/` holds a small JSONL corpus of real packaged text, the 
 Python block is written to the file its first line names (the user's task module), and
 `toxjax` links to this checkout so that the section's relative `toxjax/configs/...` paths
 resolve. What this machine needs is substituted, and nothing else: the offline scorer for
-Detoxify (no download), a vocabulary size a small corpus can fill, and test-size flags
-appended to the training and evaluation commands.
+Detoxify (no download), a vocabulary size a small corpus can fill (and the model's to match),
+and test-size flags appended to the training and evaluation commands.
 """
 
 from __future__ import annotations
@@ -24,8 +24,10 @@ import pytest
 REPO = pathlib.Path(__file__).resolve().parents[1]
 SECTION = "## Use toxjax on your corpus"
 NUM_DOCS = 800
-SUBSTITUTIONS = {
+SUBSTITUTIONS = {  # in order: the model's flag contains the vocabulary's
     "--scorer=detoxify:original": "--scorer=offline",
+    # The model's embedding and softmax sized for the small vocabulary (50x fewer logits).
+    "--config.model.vocab_size=32000": "--config.model.vocab_size=640",
     "--vocab_size=32000": "--vocab_size=600",
 }
 TRAIN_FLAGS = (
@@ -122,5 +124,5 @@ def test_your_corpus_flow_runs_end_to_end(tmp_path):
     assert "toxic_signal" in results["rtp"] and len(results["rtp"]) >= 2, sorted(results["rtp"])
     export = project / "hf" / "mycorpus_inst"
     hf_config = json.loads((export / "config.json").read_text())
-    assert hf_config["vocab_size"] == 32000
+    assert hf_config["vocab_size"] == 640
     assert list(export.glob("*.safetensors")) and (export / "tokenizer.json").exists()

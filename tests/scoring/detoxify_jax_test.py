@@ -179,8 +179,10 @@ def test_bert_base_sized_checkpoint_equals_predict(tmp_path):
     )
     reference = detoxify_module.Detoxify(checkpoint=checkpoint)
     scorer = detoxify_jax.DetoxifyJaxScorer(checkpoint, aggregate="first")
-    texts = [*TEXTS, words_text(LONG_WORDS, seed=6)]
-    got = as_matrix(scorer, scorer.score(texts))
-    np.testing.assert_allclose(got, predict(reference, texts), **TOLERANCE)
+    long_text = words_text(LONG_WORDS, seed=6)  # a full 512-token window
+    got = as_matrix(scorer, scorer.score([*TEXTS, long_text]))
+    # The reference pads a batch to its longest text: the long one alone, the short ones apart.
+    want = np.concatenate([predict(reference, TEXTS), predict(reference, [long_text])])
+    np.testing.assert_allclose(got, want, **TOLERANCE)
     one = as_matrix(scorer, scorer.score([""]))
     np.testing.assert_allclose(one, predict(reference, [""]), **TOLERANCE)
