@@ -14,11 +14,13 @@ import enum
 import hashlib
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-import tensorflow as tf
+from typing import TYPE_CHECKING, Any
 
 from toxjax import fileio
+from toxjax.tf_import import import_tensorflow
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 
 class Strategy(str, enum.Enum):
@@ -175,6 +177,7 @@ class ConditioningFormat:
             return True
         if self.augment_fraction <= 0.0:
             return False
+        tf = import_tensorflow()  # its FarmHash: the same bucket as the graph version
         bucket = int(tf.strings.to_hash_bucket_fast(self._hash_input(key), _HASH_BUCKETS))
         return bucket < self._augment_cutoff()
 
@@ -282,6 +285,7 @@ class ConditioningFormat:
         self, strategy: Strategy | str, text: tf.Tensor, score: tf.Tensor, key: tf.Tensor
     ) -> tf.Tensor:
         """Graph version of `condition` for MEDA/INST/BASE (FILTER is a dataset filter)."""
+        tf = import_tensorflow()
         strategy = Strategy.parse(strategy)
         if strategy is Strategy.SEGMENT:
             raise ValueError("SEGMENT conditions segments: use tf_condition_segments")
@@ -311,6 +315,7 @@ class ConditioningFormat:
         self, text: tf.Tensor, ends: tf.Tensor, scores: tf.Tensor, key: tf.Tensor
     ) -> tf.Tensor:
         """Graph version of `condition_segments` (ends in characters, as the scorer wrote)."""
+        tf = import_tensorflow()
         ends = tf.cast(ends, tf.int64)
         starts = tf.concat([tf.zeros([1], tf.int64), ends[:-1]], axis=0)
         pieces = tf.strings.substr(text, starts, ends - starts, unit="UTF8_CHAR")
@@ -323,10 +328,12 @@ class ConditioningFormat:
         return tf.where(self.tf_is_augmented(key), conditioned, text)
 
     def tf_is_toxic(self, score: tf.Tensor) -> tf.Tensor:
+        tf = import_tensorflow()
         # Compare in float64 so graph and Python agree on scores at the threshold.
         return tf.cast(score, tf.float64) > tf.constant(self.threshold, tf.float64)
 
     def tf_is_augmented(self, key: tf.Tensor) -> tf.Tensor:
+        tf = import_tensorflow()
         if self.augment_fraction >= 1.0:
             return tf.constant(True)
         if self.augment_fraction <= 0.0:
@@ -344,6 +351,7 @@ class ConditioningFormat:
         return before, after
 
     def _tf_format_score(self, score: tf.Tensor) -> tf.Tensor:
+        tf = import_tensorflow()
         # printf-style "%.Nf" on float64: the same correctly rounded digits as Python's format.
         return tf.strings.as_string(score, precision=self.score_precision)
 

@@ -24,8 +24,8 @@ from absl import logging
 
 from toxjax.data.conditioning import Strategy
 from toxjax.data.preprocessors import TARGETS
-from toxjax.data.scored_data import ScoredShardsSource
 from toxjax.data.scored_documents import ScoredDocuments
+from toxjax.data.scored_source import ScoredShardsSource
 
 # A task without random access is held in memory; beyond this many documents, register it with
 # register_toxicity_tasks over a scored directory instead.

@@ -19,11 +19,8 @@ from absl import logging
 
 from toxjax.data.conditioning import PAPER_STRATEGIES, ConditioningFormat, Strategy
 from toxjax.data.preprocessors import TARGETS, lm_preprocessors
-from toxjax.data.scored_data import (
-    DEFAULT_VALIDATION_FRACTION,
-    ScoredShardsSource,
-    ScoredSpec,
-)
+from toxjax.data.scored_data import DEFAULT_VALIDATION_FRACTION, ScoredSpec
+from toxjax.data.scored_source import ScoredShardsSource
 
 MIX_SUFFIX = "_mix"
 # config.data.task_modules of a config that has none (toxjax/configs/default.py sets the same).
