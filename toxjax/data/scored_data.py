@@ -5,8 +5,8 @@ record's "id", else the digest of its text). The key drives both the hash-based 
 split and the per-document augmentation draw, so both are reproducible across runs, hosts and
 shard layouts. Files are read through toxjax.fileio (local paths and gs:// alike).
 
-Plain Python: the vocabulary and export commands read corpora without loading TensorFlow; the
-SeqIO source over these shards is `toxjax.data.scored_source`.
+Plain Python: the vocabulary command reads corpora without loading TensorFlow; the SeqIO source
+over these shards is `toxjax.data.scored_source`.
 """
 
 from __future__ import annotations

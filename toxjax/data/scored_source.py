@@ -1,7 +1,7 @@
 """A SeqIO data source over the scored shards written by `toxjax.scoring.job`.
 
-Each example is {"text": tf.string, "score": tf.float64, "key": tf.string} (toxjax.data.
-scored_data says what each field is), plus each segment's end and score for SEGMENT tasks.
+Each example is {"text": tf.string, "score": tf.float64, "key": tf.string} (what each field
+is: toxjax.data.scored_data), plus each segment's end and score for SEGMENT tasks.
 Hosts shard by file (seqio.ShardInfo), so no host reads a record another host reads.
 """
 
