@@ -32,6 +32,9 @@ INSTALL_REQUIRES = [
     "matplotlib>=3.8",
     "tqdm>=4.66",
     "numpy>=1.26",
+    # 0.7.0 registers its numpy ufunc loops one by one at import: 0.8-1.3 s in every process
+    # (0.6.0: 0.01 s), measured with numpy 2.4; jax and TensorFlow need only >=0.5.1.
+    "ml-dtypes>=0.5.1,<0.7",
 ]
 
 GCS = "google-cloud-storage>=2.10,<4"

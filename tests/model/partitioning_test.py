@@ -205,3 +205,22 @@ def test_abstract_params_shard_params_and_batch_shards(rules):
     other = dataclasses.replace(cfg, use_bias=not cfg.use_bias)  # other param tree
     with pytest.raises(ValueError, match="params do not match config.model"):
         partitioning.shard_params(params, other, mesh, rules)
+
+
+def test_abstract_params_traces_the_model_once_per_config_mesh_and_rules(rules, monkeypatch):
+    mesh = partitioning.create_mesh(mesh_config({"data": 4, "fsdp": 2, "tensor": 1}))
+    cfg = decoder.ModelConfig(
+        num_layers=1, d_model=16, num_heads=2, num_kv_heads=2, mlp_dim=32, vocab_size=48, max_len=8
+    )
+    traces = []
+    init = decoder.Decoder.init
+    monkeypatch.setattr(decoder.Decoder, "init", lambda *a, **k: traces.append(1) or init(*a, **k))
+    first = partitioning.abstract_params(cfg, mesh, rules)
+    listed = [[name, list(axes) if isinstance(axes, tuple) else axes] for name, axes in rules]
+    second = partitioning.abstract_params(cfg, mesh, listed)  # the same rules, as lists
+    assert len(traces) == 1
+    assert second == first and second is not first  # each caller gets its own tree
+    second.pop("token_embedding")
+    assert "token_embedding" in partitioning.abstract_params(cfg, mesh, rules)
+    partitioning.abstract_params(dataclasses.replace(cfg, vocab_size=64), mesh, rules)
+    assert len(traces) == 2  # another config is traced again

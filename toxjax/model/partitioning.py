@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
@@ -291,11 +292,20 @@ def batch_sharding(mesh: Mesh, rules: LogicalRules, ndim: int = 2) -> NamedShard
 def abstract_params(model_config: decoder.ModelConfig, mesh: Mesh, rules: Sequence) -> PyTree:
     """ShapeDtypeStructs of the model's params carrying their shardings under `rules` (the
     training layout): targets for restoring a checkpoint."""
+    rules = tuple((name, tuple(axes) if isinstance(axes, list) else axes) for name, axes in rules)
+    # A fresh tree each call: callers may edit theirs; the trace behind it is shared.
+    return jax.tree.map(lambda leaf: leaf, _abstract_params(model_config, mesh, rules))
+
+
+@functools.lru_cache(maxsize=32)
+def _abstract_params(model_config: decoder.ModelConfig, mesh: Mesh, rules: LogicalRules) -> PyTree:
+    """Traces model.init once per (config, mesh, rules): every evaluation stage places its
+    params through here, and a trace of the whole model costs about a second on CPU."""
     model = decoder.Decoder(model_config)
     tokens = jax.ShapeDtypeStruct((1, 1), jnp.int32)
-    with mesh_and_rules(mesh, tuple(rules)):
+    with mesh_and_rules(mesh, rules):
         boxed = jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, tokens))
-    shardings = abstract_shardings(boxed["params"], mesh, tuple(rules))
+    shardings = abstract_shardings(boxed["params"], mesh, rules)
     return jax.tree.map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
         nn.unbox(boxed["params"]),
