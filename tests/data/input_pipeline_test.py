@@ -252,3 +252,56 @@ def test_data_layout_gives_replicas_the_same_shard(monkeypatch, process, shard):
         global_batch_size=16,
         rows=tuple(range(8 * shard, 8 * shard + 8)),
     )
+
+
+def _seqio_packed(documents: list[list[int]], seq_len: int) -> list[dict[str, np.ndarray]]:
+    dataset = tf.data.Dataset.from_generator(
+        lambda: ({"targets": np.asarray(doc, np.int32)} for doc in documents),
+        output_signature={"targets": tf.TensorSpec([None], tf.int32)},
+    )
+    return list(
+        seqio.utils.trim_and_pack_dataset(dataset, {"targets": seq_len}).as_numpy_iterator()
+    )
+
+
+@pytest.mark.parametrize(
+    "documents",
+    [
+        [[5, 6, 7], [8, 9], [10, 11, 12, 13], [14]],  # packs, then starts a new row
+        [[3] * 9, [4, 4], [], [5] * 8, [6] * 3],  # longer than a row (trimmed); empty documents
+        [[7, 0, 8, 9], [1, 2, 3, 0], [4]],  # a 0 inside: seqio keeps only the non-zero count
+        [[i + 1] * (i % 5) for i in range(21)],  # several windows of seq_len documents
+        [[], []],  # nothing but empty documents: one all-zero row
+    ],
+)
+def test_pack_like_seqio_equals_seqio_trim_and_pack(documents):
+    seq_len = 8
+    got = list(
+        input_pipeline.pack_like_seqio([np.asarray(d, np.int32) for d in documents], seq_len)
+    )
+    want = _seqio_packed(documents, seq_len)
+    assert len(got) == len(want)
+    for row, expected in zip(got, want, strict=True):
+        assert row.keys() == expected.keys()
+        for name in row:
+            np.testing.assert_array_equal(row[name], expected[name], err_msg=name)
+            assert row[name].dtype == np.int32
+
+
+@pytest.mark.parametrize("strategy", ["base", "meda", "inst", "filter", "inst_mix"])
+def test_heldout_batches_equal_seqio_get_dataset(strategy):
+    """The held-out evaluation's batches are seqio.get_dataset's with LMFeatureConverter."""
+    from toxjax.data import demo_tasks
+    from toxjax.inference import loglik
+
+    task, seq_len, batch_size = f"{demo_tasks.DEMO_NAME}_{strategy}", 64, 8
+    got = list(loglik.heldout_batches(task, seq_len=seq_len, batch_size=batch_size, num_batches=-1))
+    converter = seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID)
+    dataset = seqio.get_dataset(task, {"targets": seq_len}, converter, "validation", verbose=False)
+    want = list(dataset.batch(batch_size).as_numpy_iterator())
+    assert len(got) == len(want) > 1
+    for batch, expected in zip(got, want, strict=True):
+        rows = len(expected["decoder_target_tokens"])
+        for name in input_pipeline.FEATURES:
+            np.testing.assert_array_equal(batch[name][:rows], expected[name], err_msg=name)
+            assert not batch[name][rows:].any()  # the last batch is filled with zero rows

@@ -178,7 +178,8 @@ def test_bert_base_sized_checkpoint_equals_predict(tmp_path):
         str(tmp_path), hidden=768, layers=12, heads=12, model_type_name="bert-base-random"
     )
     reference = detoxify_module.Detoxify(checkpoint=checkpoint)
-    scorer = detoxify_jax.DetoxifyJaxScorer(checkpoint, aggregate="first")
+    # One bucket: a single 12-layer program to trace and compile (bucketing has its own tests).
+    scorer = detoxify_jax.DetoxifyJaxScorer(checkpoint, aggregate="first", buckets=(512,))
     long_text = words_text(LONG_WORDS, seed=6)  # a full 512-token window
     got = as_matrix(scorer, scorer.score([*TEXTS, long_text]))
     # The reference pads a batch to its longest text: the long one alone, the short ones apart.

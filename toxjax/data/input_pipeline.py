@@ -17,7 +17,7 @@ import dataclasses
 import json
 import queue
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 import grain
@@ -106,26 +106,65 @@ def get_data_layout(
     )
 
 
-def packed_lm_dataset(
-    task: str, split: str, seq_len: int, *, shuffle: bool, seed: int | None = None, shard_info=None
-):
-    """One epoch of the task's split through seqio, packed into rows of seq_len by
-    seqio.LMFeatureConverter (every document starts from `vocab.START_ID`); the held-out
-    evaluation reads this, training streams (`TrainPipeline`)."""
-    import seqio
-
-    get_task(task)  # clear error for unknown names
-    return seqio.get_dataset(
-        task,
-        task_feature_lengths={"targets": seq_len},
-        feature_converter=seqio.LMFeatureConverter(pack=True, bos_id=vocab.START_ID),
-        dataset_split=split,
-        shuffle=shuffle,
-        seed=seed,
-        num_epochs=1,
-        shard_info=shard_info,
-        verbose=False,
+def heldout_rows(task: str, split: str, seq_len: int) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of the task's split in seqio's order, packed into rows of seq_len exactly as
+    seqio.LMFeatureConverter(pack=True) packs them (`pack_like_seqio`); the held-out
+    evaluation reads this, training streams (`TrainPipeline`). The documents come from the
+    task's own seqio pipeline; only the packing runs in NumPy."""
+    documents = get_task(task).get_dataset(
+        {PACKED: seq_len}, split=split, shuffle=False, num_epochs=1, use_cached=False
     )
+    return pack_like_seqio((doc[PACKED] for doc in documents.as_numpy_iterator()), seq_len)
+
+
+def pack_like_seqio(
+    documents: Iterable[np.ndarray], seq_len: int
+) -> Iterator[dict[str, np.ndarray]]:
+    """seqio.utils.trim_and_pack_dataset (its TensorFlow packing), in NumPy.
+
+    seqio's version is a tf.while_loop that AutoGraph rewrites in every process that builds
+    it: 2-3 s of every evaluation's start. Same rule: documents in windows of seq_len, each
+    trimmed to seq_len and to its count of non-zero ids, packed first come first served; a
+    window ends its last row. tests/data/input_pipeline_test.py checks it against seqio.
+    """
+    window: list[np.ndarray] = []
+    for document in documents:
+        window.append(document)
+        if len(window) == seq_len:
+            yield from _pack_window(window, seq_len)
+            window = []
+    if window:
+        yield from _pack_window(window, seq_len)
+
+
+def _pack_window(window: list[np.ndarray], seq_len: int) -> Iterator[dict[str, np.ndarray]]:
+    pieces: list[np.ndarray] = []
+    used = 0
+    for document in window:
+        tokens = np.asarray(document, np.int32)[:seq_len]
+        tokens = tokens[: np.count_nonzero(tokens)]
+        if used + len(tokens) > seq_len:
+            yield _packed_row(pieces, seq_len)
+            pieces, used = [], 0
+        pieces.append(tokens)
+        used += len(tokens)
+    yield _packed_row(pieces, seq_len)
+
+
+def _packed_row(pieces: list[np.ndarray], seq_len: int) -> dict[str, np.ndarray]:
+    targets = np.zeros(seq_len, np.int32)
+    positions = np.zeros(seq_len, np.int32)
+    start = 0
+    for tokens in pieces:
+        targets[start : start + len(tokens)] = tokens
+        positions[start : start + len(tokens)] = np.arange(len(tokens), dtype=np.int32)
+        start += len(tokens)
+    segments = np.cumsum(positions == 0, dtype=np.int32) * (targets != 0)
+    return {
+        PACKED: targets,
+        f"{PACKED}_segment_ids": segments.astype(np.int32),
+        f"{PACKED}_positions": positions,
+    }
 
 
 class _Pieces(grain_experimental.FlatMapTransform):

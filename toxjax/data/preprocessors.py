@@ -24,10 +24,15 @@ LONG_DOCUMENT_MODES = ("trim", "split")
 
 Preprocessor = Callable[..., tf.data.Dataset]
 
+# The map functions below are plain TensorFlow ops (their branches are on Python values), so
+# AutoGraph has nothing to rewrite; left to it, transpiling them took 1.5 s of every held-out
+# evaluation's pipeline build.
+_no_autograph = tf.autograph.experimental.do_not_convert
+
 
 def drop_toxic(dataset: tf.data.Dataset, *, fmt: ConditioningFormat) -> tf.data.Dataset:
     """FILTER: keeps documents scored at or below the threshold (the same rule INST uses)."""
-    return dataset.filter(lambda ex: tf.logical_not(fmt.tf_is_toxic(ex["score"])))
+    return dataset.filter(_no_autograph(lambda ex: tf.logical_not(fmt.tf_is_toxic(ex["score"]))))
 
 
 def condition_text(
@@ -42,6 +47,7 @@ def condition_text(
     if strategy is Strategy.FILTER:
         dataset = drop_toxic(dataset, fmt=fmt)
 
+    @_no_autograph
     def conditioned(ex: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         if strategy is Strategy.SEGMENT:
             text = fmt.tf_condition_segments(
@@ -70,6 +76,7 @@ def split_to_length(
         return dataset
     length = int(sequence_length[feature])
 
+    @_no_autograph
     def pieces(ex: Mapping[str, tf.Tensor]) -> tf.data.Dataset:
         tokens = ex[feature]
         size = tf.size(tokens, out_type=tf.int64)

@@ -198,6 +198,7 @@ class ScoredShardsSource(seqio.DataSource):
                 if kept:
                     yield _batch(kept, segments)
 
+        @tf.autograph.experimental.do_not_convert  # plain ops: nothing for AutoGraph to rewrite
         def shard_dataset(path: tf.Tensor) -> tf.data.Dataset:
             batches = tf.data.Dataset.from_generator(
                 read_shard, args=(path,), output_signature=signature

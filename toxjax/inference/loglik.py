@@ -19,6 +19,7 @@ padding needs no mask: causal attention never lets a real token see the padding 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -181,23 +182,24 @@ def heldout_batches(
     batch_size: int,
     num_batches: int,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Packed LM batches (seqio.LMFeatureConverter(pack=True)) of a task's split, in order.
+    """Packed LM batches of a task's split, in order: what seqio.get_dataset with
+    seqio.LMFeatureConverter(pack=True) gives (`input_pipeline.heldout_rows`).
 
     The last batch is completed with all-zero rows (zero loss weight); at most num_batches
     (< 0: the whole split).
     """
-    dataset = input_pipeline.packed_lm_dataset(task_name, split, seq_len, shuffle=False)
-    dataset = dataset.batch(batch_size)
-    if num_batches >= 0:
-        dataset = dataset.take(num_batches)
-    for batch in dataset.as_numpy_iterator():
-        rows = len(batch["decoder_target_tokens"])
-        if rows < batch_size:
-            batch = {
-                name: np.concatenate([value, np.zeros((batch_size - rows, seq_len), value.dtype)])
-                for name, value in batch.items()
-            }
-        yield {name: np.asarray(value, np.int32) for name, value in batch.items()}
+    rows = input_pipeline.heldout_rows(task_name, split, seq_len)
+    for index in itertools.count():
+        if 0 <= num_batches <= index:
+            return
+        read = list(itertools.islice(rows, batch_size))
+        if not read:
+            return
+        batch = input_pipeline.model_features(read)
+        if len(read) < batch_size:
+            fill = np.zeros((batch_size - len(read), seq_len), np.int32)
+            batch = {name: np.concatenate([value, fill]) for name, value in batch.items()}
+        yield batch
 
 
 def _loss_sums(params: PyTree, batch: dict[str, jax.Array], *, model: decoder.Decoder) -> dict:
