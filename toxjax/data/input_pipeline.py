@@ -159,10 +159,10 @@ def _packed_row(pieces: list[np.ndarray], seq_len: int) -> dict[str, np.ndarray]
         targets[start : start + len(tokens)] = tokens
         positions[start : start + len(tokens)] = np.arange(len(tokens), dtype=np.int32)
         start += len(tokens)
-    segments = np.cumsum(positions == 0, dtype=np.int32) * (targets != 0)
+    segments = np.cumsum(positions == 0, dtype=np.int32) * (targets != 0).astype(np.int32)
     return {
         PACKED: targets,
-        f"{PACKED}_segment_ids": segments.astype(np.int32),
+        f"{PACKED}_segment_ids": segments,
         f"{PACKED}_positions": positions,
     }
 
