@@ -406,8 +406,7 @@ def _wait_for_shards(manifest_path: str, at_least: int, proc: subprocess.Popen) 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "backend, input_spec, records_per_shard, kills, segment",
-    [
-        ("offline", "demo", 100, (3, 15), ""),
+    [  # each backend, each segmentation
         ("detoxify-jax", "demo:600", 25, (3, 10), ""),
         ("offline", "demo:1200", 50, (3, 10), "sentence"),  # segment scores too
     ],
@@ -423,7 +422,7 @@ def test_sigkill_twice_then_rerun_equals_an_uninterrupted_run(
         f"--records_per_shard={records_per_shard}", "--shard_delay_s=0.1", "--noprogress",
         f"--scorer={spec}", f"--segment={segment}",
     ]  # fmt: skip
-    num_shards = -(-int(input_spec.partition(":")[2] or 4000) // records_per_shard)
+    num_shards = -(-int(input_spec.partition(":")[2]) // records_per_shard)
     manifest_path = os.path.join(out, "manifest.json")
     first_shards: dict[str, int] = {}
     for kill_at in kills:

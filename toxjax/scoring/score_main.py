@@ -15,7 +15,7 @@ from absl import app, flags
 from toxjax import fileio
 from toxjax.commands import run_command
 from toxjax.distributed import maybe_initialize_distributed
-from toxjax.scoring import beam_job, corpus_summary, job, multiprocess_job
+from toxjax.scoring import corpus_summary, job, multiprocess_job
 from toxjax.scoring.corpora import DEFAULT_MAX_DOC_CHARS, BadRecordError, InputError
 from toxjax.scoring.run_manifest import HISTOGRAM, OutputConflictError
 from toxjax.workdir_lock import WorkdirInUseError
@@ -85,6 +85,9 @@ def main(argv: list[str]) -> None:
         else:
             if _DISTRIBUTED.value == "true":
                 raise app.UsageError("--distributed=true needs --runner=local")
+            # Only a Beam run pays for importing Beam (about 2 s of every local run's start).
+            from toxjax.scoring import beam_job
+
             manifest = beam_job.score_corpus_beam(
                 *args,
                 options,
