@@ -189,12 +189,10 @@ def heldout_batches(
     (< 0: the whole split).
     """
     rows = input_pipeline.heldout_rows(task_name, split, seq_len)
-    for index in itertools.count():
-        if 0 <= num_batches <= index:
-            return
-        read = list(itertools.islice(rows, batch_size))
-        if not read:
-            return
+    groups = iter(lambda: list(itertools.islice(rows, batch_size)), [])  # ends with the rows
+    if num_batches >= 0:
+        groups = itertools.islice(groups, num_batches)
+    for read in groups:
         batch = input_pipeline.model_features(read)
         if len(read) < batch_size:
             fill = np.zeros((batch_size - len(read), seq_len), np.int32)
