@@ -1,6 +1,14 @@
 """Test environment: CPU JAX with 8 forced host devices, so sharding is exercised for real."""
 
 import os
+import sys
+
+# The suite imports the same stack in ~60 commands it starts (real subprocesses, several JAX
+# processes): it writes the bytecode of what it imports, once, even where the environment says
+# not to (PYTHONDONTWRITEBYTECODE), rather than having every process compile it again or the
+# install compile all ~26,000 files of the environment (README: the test command).
+os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+sys.dont_write_bytecode = False
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 _flags = os.environ.get("XLA_FLAGS", "")
@@ -27,10 +35,16 @@ if "TOXJAX_DATA_DIR" not in os.environ:
     os.environ["TOXJAX_DATA_DIR"] = tempfile.mkdtemp(prefix="toxjax_test_data_")
     atexit.register(shutil.rmtree, os.environ["TOXJAX_DATA_DIR"], ignore_errors=True)
 
-# Commands import the modules of config.data.task_modules before they look a task up; tests that
-# call lower-level functions with a demo task name directly get the demo family here. (The
-# commands' own import is tested in subprocesses: tests/main_test.py, tests/your_corpus_test.py.)
-import toxjax.data.demo_tasks  # noqa: E402,F401
+
+def pytest_configure(config):
+    """Commands import the modules of config.data.task_modules before they look a task up; tests
+    that call lower-level functions with a demo task name directly get the demo family here. (The
+    commands' own import is tested in subprocesses: tests/main_test.py, tests/your_corpus_test.py.)
+    xdist's controller runs no test: it skips the import (TensorFlow and SeqIO, ~8 CPU-s)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import toxjax.data.demo_tasks  # noqa: F401
+
 
 # The longest modules, measured (pytest --durations=0, 2 cores), in the order xdist starts them
 # (pyproject: --dist loadfile --no-loadscope-reorder): the 2-process training runs first, the long
