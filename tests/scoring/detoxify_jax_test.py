@@ -178,8 +178,12 @@ def test_bert_base_sized_checkpoint_equals_predict(tmp_path):
         str(tmp_path), hidden=768, layers=12, heads=12, model_type_name="bert-base-random"
     )
     reference = detoxify_module.Detoxify(checkpoint=checkpoint)
-    # One bucket: a single 12-layer program to trace and compile (bucketing has its own tests).
-    scorer = detoxify_jax.DetoxifyJaxScorer(checkpoint, aggregate="first", buckets=(512,))
+    # One device and a short bucket beside the full window: every padded row costs a 110M-parameter
+    # forward on 2 CPU cores (sharding and bucketing have their own tests).
+    one_device = Mesh(np.asarray(jax.local_devices()[:1]), ("data",))
+    scorer = detoxify_jax.DetoxifyJaxScorer(
+        checkpoint, aggregate="first", buckets=(64, 512), mesh=one_device
+    )
     long_text = words_text(LONG_WORDS, seed=6)  # a full 512-token window
     got = as_matrix(scorer, scorer.score([*TEXTS, long_text]))
     # The reference pads a batch to its longest text: the long one alone, the short ones apart.
