@@ -407,7 +407,7 @@ def _wait_for_shards(manifest_path: str, at_least: int, proc: subprocess.Popen) 
 @pytest.mark.parametrize(
     "backend, input_spec, records_per_shard, kills, segment",
     [  # each backend, each segmentation
-        ("detoxify-jax", "demo:600", 25, (3, 10), ""),
+        ("detoxify-jax", "demo:400", 25, (3, 10), ""),
         ("offline", "demo:1200", 50, (3, 10), "sentence"),  # segment scores too
     ],
 )
